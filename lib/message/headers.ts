@@ -1,0 +1,180 @@
+/**
+ * The header block as a milter sees and edits it (§3.6, §8). Pure code,
+ * shared by the Haraka adapter and the CLI.
+ *
+ * - CHGHEADER counts only the headers sent to the milter (the MTA's own
+ *   trace header is hidden), by case-insensitive name, from 1; 0 means 1;
+ *   an index past the end appends, unless the value is empty (a no-op).
+ * - INSHEADER is a 0-based position among all headers as delivered,
+ *   including the hidden trace header; past the end appends.
+ * - Each index is resolved against the list as the earlier edits of the
+ *   same answer left it (Postfix semantics).
+ * - Every value a milter sends is flattened onto one line: runs of CR/LF
+ *   (with the whitespace after them) become one space, NUL is removed. A
+ *   milter can neither inject a header nor break the message.
+ */
+
+/** One header field: its name and everything after the colon, raw. */
+export interface HeaderField {
+  name: string
+  /** The value after the colon, with its leading whitespace and folds (LF or CRLF). */
+  value: string
+  /** The MTA's own trace header: never sent to milters, counted by INSHEADER. */
+  hidden?: boolean
+}
+
+/** Header edits, as decoded from the milter (names and values as text). */
+export type HeaderEdit =
+  | { kind: 'addheader'; name: string; value: string }
+  | { kind: 'insheader'; index: number; name: string; value: string }
+  | { kind: 'chgheader'; index: number; name: string; value: string }
+
+/** Why an edit cannot be applied. */
+export class HeaderEditError extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'HeaderEditError'
+  }
+}
+
+/** RFC 5322 field name: printable US-ASCII except colon. */
+const FIELD_NAME = /^[\x21-\x39\x3b-\x7e]+$/
+
+/** Checks a header name a milter sent. */
+export function checkHeaderName(name: string): void {
+  if (!FIELD_NAME.test(name)) {
+    const shown = JSON.stringify(name.slice(0, 60))
+    throw new HeaderEditError(`invalid header name ${shown} from milter`)
+  }
+}
+
+/** Flattens a milter's header value onto one line and removes NUL and stray CR. */
+export function flattenHeaderValue(value: string): string {
+  // eslint-disable-next-line no-control-regex
+  return value.replace(/[\r\n]+[ \t]*/g, ' ').replace(/\x00/g, '')
+}
+
+/**
+ * The stored form of a value the milter sent: flattened, and with one space
+ * after the colon unless the milter negotiated HDR_LEADSPC (§8.3).
+ */
+export function milterValueToField(value: string, leadingSpace: boolean): string {
+  const flat = flattenHeaderValue(value)
+  return leadingSpace ? flat : ` ${flat}`
+}
+
+function sameName(a: string, b: string): boolean {
+  return a.toLowerCase() === b.toLowerCase()
+}
+
+/** Position in `fields` of the n-th visible header named `name` (1-based), or -1. */
+function findVisible(fields: readonly HeaderField[], name: string, n: number): number {
+  let seen = 0
+  for (let i = 0; i < fields.length; i++) {
+    const f = fields[i]
+    if (!f || f.hidden || !sameName(f.name, name)) continue
+    seen++
+    if (seen === n) return i
+  }
+  return -1
+}
+
+/** Applies the edits in order and returns the new list (the input is not changed). */
+export function applyHeaderEdits(
+  input: readonly HeaderField[],
+  edits: readonly HeaderEdit[],
+  leadingSpace: boolean,
+): HeaderField[] {
+  const fields = input.map((f) => ({ ...f }))
+  for (const e of edits) {
+    checkHeaderName(e.name)
+    const value = milterValueToField(e.value, leadingSpace)
+    switch (e.kind) {
+      case 'addheader':
+        fields.push({ name: e.name, value })
+        break
+      case 'insheader': {
+        const at = Math.min(Math.max(0, e.index), fields.length)
+        fields.splice(at, 0, { name: e.name, value })
+        break
+      }
+      case 'chgheader': {
+        const at = findVisible(fields, e.name, Math.max(1, e.index))
+        const deleting = flattenHeaderValue(e.value).trim() === '' && e.value.trim() === ''
+        if (at < 0) {
+          if (!deleting) fields.push({ name: e.name, value })
+        } else if (deleting) {
+          fields.splice(at, 1)
+        } else {
+          fields[at] = { name: e.name, value }
+        }
+        break
+      }
+    }
+  }
+  return fields
+}
+
+/** `Name:value` lines joined with CRLF, folds normalised to CRLF (for output). */
+export function formatHeaderBlock(fields: readonly HeaderField[]): string {
+  return fields.map((f) => `${f.name}:${f.value.replace(/\r?\n/g, '\r\n')}\r\n`).join('')
+}
+
+/** Splits a raw message into header fields and body (CRLF or LF line ends). */
+export function parseMessage(raw: Buffer): { headers: HeaderField[]; body: Buffer } {
+  let end = -1
+  let sepLen = 0
+  for (let i = 0; i < raw.length; i++) {
+    if (raw[i] !== 0x0a) continue
+    if (i === 0 || (i === 1 && raw[0] === 0x0d)) {
+      end = 0
+      sepLen = i + 1
+      break
+    }
+    if (raw[i + 1] === 0x0a) {
+      end = i + 1
+      sepLen = 1
+      break
+    }
+    if (raw[i + 1] === 0x0d && raw[i + 2] === 0x0a) {
+      end = i + 1
+      sepLen = 2
+      break
+    }
+  }
+  const headerText = (end < 0 ? raw : raw.subarray(0, end)).toString('latin1')
+  const body = end < 0 ? Buffer.alloc(0) : raw.subarray(end + sepLen)
+  const headers: HeaderField[] = []
+  for (const line of headerText.split(/(?<=\n)/)) {
+    if (line === '') continue
+    const last = headers[headers.length - 1]
+    if ((line.startsWith(' ') || line.startsWith('\t')) && last) {
+      last.value += line
+      continue
+    }
+    const colon = line.indexOf(':')
+    if (colon <= 0) continue
+    headers.push({ name: line.slice(0, colon).trimEnd(), value: line.slice(colon + 1) })
+  }
+  for (const h of headers) h.value = h.value.replace(/\r?\n$/, '')
+  return { headers, body: toCrlf(body) }
+}
+
+/** Bare LF -> CRLF, existing CRLF kept, bare CR kept (Sendmail's rule, §8.2). */
+export function toCrlf(body: Buffer): Buffer {
+  const parts: Buffer[] = []
+  let start = 0
+  let i = body.indexOf(0x0a)
+  while (i >= 0) {
+    if (i === 0 || body[i - 1] !== 0x0d) {
+      parts.push(body.subarray(start, i), CRLF)
+      start = i + 1
+    }
+    i = body.indexOf(0x0a, i + 1)
+  }
+  if (parts.length === 0) return body
+  parts.push(body.subarray(start))
+  return Buffer.concat(parts)
+}
+
+const CRLF = Buffer.from('\r\n')

@@ -1,0 +1,76 @@
+/**
+ * SMFIR_REPLYCODE validation, as Postfix 3.12 does it (§3.4): every line
+ * `ddd` then `-` (all but the last) or space/end (the last), the same 4xx or
+ * 5xx code on every line, an enhanced status code whose class matches the
+ * first digit, CRLF between lines. `%%` becomes `%` and a lone `%` is
+ * dropped. A reply that fails is a milter failure, never forwarded.
+ */
+
+/** A validated SMTP reply from a milter. */
+export interface SmtpReply {
+  /** 421, 450, 550, ... always 4xx or 5xx. */
+  code: number
+  /** The enhanced status code of the first line, e.g. '5.7.1', if any. */
+  enhanced?: string
+  /** Per line: the enhanced code given on that line (if any) and the text after it. */
+  lines: Array<{ enhanced?: string; text: string }>
+}
+
+/** The outcome of validation: the reply, or why it is malformed. */
+export type ReplyCodeResult = { ok: true; reply: SmtpReply } | { ok: false; error: string }
+
+const LINE = /^([45][0-9][0-9])(?:([ -])(.*))?$/s
+const ENHANCED = /^([245])\.([0-9]{1,3})\.([0-9]{1,3})(?:[ \t]+|$)/
+
+/** Postfix: `%%` -> `%`, a lone `%` is deleted. Control characters are dropped too. */
+function cleanText(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/%(%?)/g, '$1').replace(/[\x00-\x08\x0a-\x1f\x7f]/g, '')
+}
+
+function parseLine(
+  line: string,
+  isLast: boolean,
+): { code: number; enhanced?: string; text: string } | string {
+  const m = LINE.exec(line)
+  if (!m) return `line "${line.slice(0, 40)}" does not start with a 4xx or 5xx code`
+  const sep = m[2]
+  if (!isLast && sep !== '-') return 'a continuation line lacks "-" after the code'
+  if (isLast && sep === '-') return 'the last line has "-" after the code'
+  const code = Number(m[1])
+  let text = m[3] ?? ''
+  const e = ENHANCED.exec(text)
+  if (!e) return { code, text: cleanText(text) }
+  if (e[1] !== m[1]?.[0]) return `enhanced code ${e[1]}.${e[2]}.${e[3]} does not match ${code}`
+  text = text.slice(e[0].length)
+  return { code, enhanced: `${e[1]}.${e[2]}.${e[3]}`, text: cleanText(text) }
+}
+
+/** Validates the text of a REPLYCODE (without its NUL). */
+export function parseReplyCode(raw: string): ReplyCodeResult {
+  if (raw.length === 0) return { ok: false, error: 'empty reply' }
+  const rawLines = raw.replace(/\r\n$/, '').split('\r\n')
+  const lines: SmtpReply['lines'] = []
+  let code = 0
+  for (let i = 0; i < rawLines.length; i++) {
+    const parsed = parseLine(rawLines[i] ?? '', i === rawLines.length - 1)
+    if (typeof parsed === 'string') return { ok: false, error: parsed }
+    if (i === 0) code = parsed.code
+    else if (parsed.code !== code)
+      return { ok: false, error: `mixed codes ${code} and ${parsed.code}` }
+    lines.push(
+      parsed.enhanced ? { enhanced: parsed.enhanced, text: parsed.text } : { text: parsed.text },
+    )
+  }
+  const enhanced = lines[0]?.enhanced
+  return { ok: true, reply: enhanced ? { code, enhanced, lines } : { code, lines } }
+}
+
+/** The reply as SMTP lines (`550-5.7.1 a`, `550 5.7.1 b`), for logs and the CLI. */
+export function formatSmtpReply(reply: SmtpReply): string[] {
+  return reply.lines.map((l, i) => {
+    const sep = i === reply.lines.length - 1 ? ' ' : '-'
+    const body = [l.enhanced, l.text].filter((s) => s !== undefined && s !== '').join(' ')
+    return `${reply.code}${sep}${body}`.trimEnd()
+  })
+}

@@ -1,0 +1,25 @@
+/**
+ * Dial a milter and negotiate, both under the connect timeout.
+ */
+import { MilterTimeoutError } from '../errors'
+import { dial, type SocketSpec } from '../transport'
+import { MilterSession, type SessionOptions } from './session'
+
+/** Opens a negotiated session; rejects with a MilterError. */
+export async function openSession(spec: SocketSpec, opts: SessionOptions): Promise<MilterSession> {
+  const started = Date.now()
+  const sock = await dial(spec, opts.timeouts.connectMs)
+  const left = Math.max(1, opts.timeouts.connectMs - (Date.now() - started))
+  try {
+    return await MilterSession.negotiate(sock, {
+      ...opts,
+      timeouts: { ...opts.timeouts, connectMs: left },
+    })
+  } catch (e) {
+    sock.destroy()
+    if (e instanceof MilterTimeoutError) {
+      throw new MilterTimeoutError('connect', opts.timeouts.connectMs, e.step, { cause: e })
+    }
+    throw e
+  }
+}

@@ -1,0 +1,787 @@
+/**
+ * MilterSession: one milter connection as an explicit state machine.
+ * One method per protocol step (connect, helo, mail, rcpt, data, header,
+ * eoh, body, endOfMessage, unknown, abort, quit), each returning a typed
+ * verdict. Every read is timed; any error destroys the connection and is
+ * sticky. The session never sends a command out of order, because
+ * libmilter silently drops those and the client would hang (§5.3).
+ */
+import {
+  MilterClosedError,
+  MilterNegotiationError,
+  MilterProtocolError,
+  MilterSizeError,
+  MilterStateError,
+  MilterTimeoutError,
+  isMilterError,
+  type MilterError,
+  type Phase,
+} from '../errors'
+import {
+  encodeBare,
+  encodeBody,
+  encodeConnect,
+  encodeHeader,
+  encodeHelo,
+  encodeMacro,
+  encodeMail,
+  encodeOptneg,
+  encodeRcpt,
+  encodeUnknown,
+  type Bytes,
+  type ConnectAddress,
+} from '../protocol/commands'
+import { Act, CHUNK_SIZE, Cmd, LEN_BYTES, MacroStage, Proto, hex } from '../protocol/constants'
+import { FrameDecoder, type Frame } from '../protocol/frame'
+import { decodeReply, type Modification, type Reply } from '../protocol/replies'
+import { parseReplyCode, type SmtpReply } from '../protocol/replycode'
+import { macroPairs, type MacroLists, type MacroLookup } from './macros'
+import { offerFor, validateOptneg, type Negotiated, type Offer } from './negotiate'
+import { FROM, IN_MESSAGE, allowed, type State, type Step } from './state'
+
+/** The duplex byte stream a session runs on (a net.Socket satisfies it). */
+export interface MilterStream {
+  write(data: Uint8Array): boolean
+  destroy(): void
+  end(): void
+  on(event: 'data', listener: (chunk: Buffer) => void): unknown
+  on(event: 'close' | 'drain', listener: () => void): unknown
+  on(event: 'error', listener: (err: Error) => void): unknown
+  once(event: 'drain', listener: () => void): unknown
+  removeListener(event: 'drain', listener: () => void): unknown
+}
+
+/** A milter's answer to one step. */
+export type Verdict =
+  | { kind: 'continue' | 'accept' | 'reject' | 'tempfail' | 'discard' | 'skip' }
+  | { kind: 'shutdown' | 'conn_fail' }
+  | { kind: 'replycode'; reply: SmtpReply }
+
+/** The outcome of end of message: final verdict, modifications in order, body replacement. */
+export interface EomResult {
+  verdict: Verdict
+  /** Every modification except body chunks, in the order received. */
+  modifications: Modification[]
+  /** True when the milter sent REPLBODY (even an empty one). */
+  bodyReplaced: boolean
+  /** The replacement body, when no onReplaceBody sink was given. */
+  replacementBody?: Buffer
+}
+
+/** The three timeouts (§7.3), in milliseconds. */
+export interface Timeouts {
+  connectMs: number
+  commandMs: number
+  contentMs: number
+}
+
+/** Optional observers: packet trace (what the seed calls DEBUG=2) and warnings. */
+export interface SessionObserver {
+  trace?(dir: 'send' | 'recv', frame: Frame): void
+  warn?(message: string): void
+  debug?(message: string): void
+}
+
+/** How to run a session. */
+export interface SessionOptions {
+  /** The milter's name, for errors and logs. */
+  name: string
+  /** Offered protocol version (2 to 6). Default 6. */
+  version?: number
+  /** Offered actions, cut down to the version's mask. Default all. */
+  actions?: number
+  timeouts: Timeouts
+  /** Configured macro names per stage; a milter's symlist overrides a stage. */
+  macros: MacroLists
+  /** Largest reply payload accepted from the milter. */
+  maxReplyBytes?: number
+  observer?: SessionObserver
+}
+
+/** What a step sends: omitted by which NO* bit, unanswered under which NR_* bit. */
+interface StepSpec {
+  step: Step
+  macroStage?: MacroStage | undefined
+  macros?: MacroLookup | undefined
+  omit: number
+  noReply: number
+  phase: Phase
+  packet: () => Buffer
+  label: string
+}
+
+const CONTINUE: Verdict = { kind: 'continue' }
+
+/** Which action bit allows which modification (§4.3). */
+const MOD_ACTION: Readonly<Record<Modification['kind'], number>> = {
+  addheader: Act.ADDHDRS,
+  insheader: Act.ADDHDRS,
+  chgheader: Act.CHGHDRS,
+  replbody: Act.CHGBODY,
+  addrcpt: Act.ADDRCPT,
+  addrcpt_par: Act.ADDRCPT_PAR,
+  delrcpt: Act.DELRCPT,
+  chgfrom: Act.CHGFROM,
+  quarantine: Act.QUARANTINE,
+}
+
+const MODIFICATION_KINDS = new Set<string>(Object.keys(MOD_ACTION))
+
+function isModification(r: Reply): r is Modification {
+  return MODIFICATION_KINDS.has(r.kind)
+}
+
+/** One milter connection. Create it with MilterSession.negotiate(). */
+export class MilterSession {
+  private state: State = 'negotiated'
+  private readonly decoder: FrameDecoder
+  private readonly frames: Frame[] = []
+  private waiter: { resolve: (f: Frame) => void; reject: (e: MilterError) => void } | undefined
+  private timer: NodeJS.Timeout | undefined
+  private failure: MilterError | undefined
+  private afterEob = false
+  private skipping: Step | undefined
+  private closedByPeer = false
+  private ending = false
+
+  private constructor(
+    private readonly stream: MilterStream,
+    private readonly opts: SessionOptions,
+    /** The options in force; set by negotiate(). */
+    public negotiated: Negotiated,
+  ) {
+    this.decoder = new FrameDecoder(opts.maxReplyBytes)
+    stream.on('data', (chunk) => this.onData(chunk))
+    stream.on('error', (err) =>
+      this.fail(new MilterClosedError(`${this.opts.name}: ${err.message}`, { cause: err })),
+    )
+    stream.on('close', () => {
+      this.closedByPeer = true
+      if (!this.ending)
+        this.fail(new MilterClosedError(`${this.opts.name}: connection closed by the milter`))
+    })
+  }
+
+  /**
+   * Sends OPTNEG on an open stream and validates the answer (§4.6). The
+   * connect timeout covers the exchange. A milter that hangs up instead of
+   * answering usually needs actions or steps we did not offer (§4.8).
+   */
+  static async negotiate(stream: MilterStream, opts: SessionOptions): Promise<MilterSession> {
+    const offer: Offer = offerFor(opts.version ?? 6, opts.actions)
+    const placeholder: Negotiated = { ...offer, maxDataBytes: 65535, symlist: new Map(), offer }
+    const s = new MilterSession(stream, opts, placeholder)
+    s.state = 'negotiated'
+    try {
+      s.send(encodeOptneg(offer.version, offer.actions, offer.protocol))
+      const frame = await s.nextFrame('connect', 'SMFIC_OPTNEG', opts.timeouts.connectMs)
+      const reply = decodeReply(frame)
+      if (reply.kind !== 'optneg') {
+        throw new MilterNegotiationError(`milter answered OPTNEG with ${reply.kind}`)
+      }
+      for (const w of reply.symlistWarnings) opts.observer?.warn?.(`${opts.name}: ${w}`)
+      s.negotiated = validateOptneg(offer, reply)
+      return s
+    } catch (e) {
+      const err = s.negotiationError(e, offer)
+      s.fail(err)
+      throw err
+    }
+  }
+
+  private negotiationError(e: unknown, offer: Offer): MilterError {
+    if (e instanceof MilterClosedError) {
+      return new MilterNegotiationError(
+        `${this.opts.name}: milter closed the connection during option negotiation; it probably ` +
+          `requires actions or protocol steps we did not offer (offered version ${offer.version}, ` +
+          `actions=${hex(offer.actions)}, protocol=${hex(offer.protocol)})`,
+        { cause: e },
+      )
+    }
+    if (isMilterError(e)) return e
+    return new MilterProtocolError(`${this.opts.name}: ${String(e)}`, { cause: e })
+  }
+
+  /** Current state, for logs and the caller's chain logic. */
+  get currentState(): State {
+    return this.state
+  }
+
+  /** True while the milter is inside a message it has not finished with. */
+  get inMessage(): boolean {
+    return IN_MESSAGE.has(this.state)
+  }
+
+  /** False once the milter needs no more body: NOBODY, SKIP, or it ended the message. */
+  get wantsBody(): boolean {
+    if ((this.negotiated.protocol & Proto.NOBODY) !== 0) return false
+    return this.skipping !== 'body' && this.inMessage
+  }
+
+  /** The sticky error, once the session failed. */
+  get error(): MilterError | undefined {
+    return this.failure
+  }
+
+  /** True when QUIT_NC may be sent (directly after a completed EOB, §5.6). */
+  get reusable(): boolean {
+    return this.afterEob && this.state === 'ready' && !this.failure && this.negotiated.version >= 6
+  }
+
+  // ---- steps -------------------------------------------------------------
+
+  /** SMFIC_CONNECT with its macros. Accept/reject/tempfail end the session. */
+  async connect(hostname: Bytes, addr: ConnectAddress, macros?: MacroLookup): Promise<Verdict> {
+    const v = await this.step({
+      step: 'connect',
+      macroStage: MacroStage.CONNECT,
+      macros,
+      omit: Proto.NOCONNECT,
+      noReply: Proto.NR_CONN,
+      phase: 'command',
+      packet: () => encodeConnect(hostname, addr),
+      label: 'SMFIC_CONNECT',
+    })
+    return this.afterConnectionStep(v, 'CONNECT')
+  }
+
+  /** SMFIC_HELO; sends ABORT first when a message is open (§5.5). */
+  async helo(helo: Bytes, macros?: MacroLookup): Promise<Verdict> {
+    if (this.state === 'connectionDone') return CONTINUE
+    if (this.inMessage) this.abort()
+    if (this.state === 'messageDone') this.state = 'ready'
+    const v = await this.step({
+      step: 'helo',
+      macroStage: MacroStage.HELO,
+      macros,
+      omit: Proto.NOHELO,
+      noReply: Proto.NR_HELO,
+      phase: 'command',
+      packet: () => encodeHelo(helo),
+      label: 'SMFIC_HELO',
+    })
+    return this.afterConnectionStep(v, 'HELO')
+  }
+
+  /** SMFIC_MAIL: `<addr>` and one string per ESMTP parameter. */
+  async mail(args: readonly Bytes[], macros?: MacroLookup): Promise<Verdict> {
+    if (this.state === 'connectionDone') return CONTINUE
+    this.afterEob = false
+    const v = await this.step({
+      step: 'mail',
+      macroStage: MacroStage.ENVFROM,
+      macros,
+      omit: Proto.NOMAIL,
+      noReply: Proto.NR_MAIL,
+      phase: 'command',
+      packet: () => encodeMail(args),
+      label: 'SMFIC_MAIL',
+    })
+    return this.afterMessageStep(v, 'mail')
+  }
+
+  /** SMFIC_RCPT: a reject, tempfail or reply code refuses this recipient only. */
+  async rcpt(args: readonly Bytes[], macros?: MacroLookup): Promise<Verdict> {
+    if (this.passThrough('rcpt')) return CONTINUE
+    const v = await this.step({
+      step: 'rcpt',
+      macroStage: MacroStage.ENVRCPT,
+      macros,
+      omit: Proto.NORCPT,
+      noReply: Proto.NR_RCPT,
+      phase: 'command',
+      packet: () => encodeRcpt(args),
+      label: 'SMFIC_RCPT',
+    })
+    switch (v.kind) {
+      case 'continue':
+      case 'reject':
+      case 'tempfail':
+      case 'replycode':
+        this.state = 'rcpt'
+        return v
+      case 'skip':
+        this.state = 'rcpt'
+        this.skipping = 'rcpt'
+        return CONTINUE
+      default:
+        return this.afterMessageStep(v, 'rcpt')
+    }
+  }
+
+  /** SMFIC_DATA (v4+; omitted for older milters). */
+  async data(macros?: MacroLookup): Promise<Verdict> {
+    if (this.passThrough('data')) return CONTINUE
+    const v = await this.step({
+      step: 'data',
+      macroStage: this.negotiated.version >= 4 ? MacroStage.DATA : undefined,
+      macros,
+      omit: Proto.NODATA,
+      noReply: Proto.NR_DATA,
+      phase: 'command',
+      packet: () => encodeBare(Cmd.DATA),
+      label: 'SMFIC_DATA',
+    })
+    return this.afterMessageStep(v, 'data')
+  }
+
+  /**
+   * SMFIC_HEADER. `value` is everything after the colon as it stands in the
+   * message (leading space and folds included); one leading space is
+   * stripped unless HDR_LEADSPC, and CRLF folds become bare LF (§8.1).
+   */
+  async header(name: Bytes, value: Buffer): Promise<Verdict> {
+    if (this.passThrough('header')) return CONTINUE
+    const v = await this.step({
+      step: 'header',
+      omit: Proto.NOHDRS,
+      noReply: Proto.NR_HDR,
+      phase: 'content',
+      packet: () => encodeHeader(name, this.headerValueForMilter(value)),
+      label: 'SMFIC_HEADER',
+    })
+    return this.afterMessageStep(v, 'header')
+  }
+
+  /** SMFIC_EOH with its macros. */
+  async eoh(macros?: MacroLookup): Promise<Verdict> {
+    if (this.passThrough('eoh')) return CONTINUE
+    const v = await this.step({
+      step: 'eoh',
+      macroStage: this.negotiated.version >= 6 ? MacroStage.EOH : undefined,
+      macros,
+      omit: Proto.NOEOH,
+      noReply: Proto.NR_EOH,
+      phase: 'content',
+      packet: () => encodeBare(Cmd.EOH),
+      label: 'SMFIC_EOH',
+    })
+    return this.afterMessageStep(v, 'eoh')
+  }
+
+  /**
+   * SMFIC_BODY for any amount of body (CRLF line ends), cut into packets of
+   * at most 65535 bytes; never an empty packet. After SKIP, later calls
+   * send nothing.
+   */
+  async body(bytes: Buffer): Promise<Verdict> {
+    if (this.passThrough('body')) return CONTINUE
+    if (bytes.length === 0) return CONTINUE
+    const max = Math.min(CHUNK_SIZE, this.negotiated.maxDataBytes)
+    for (let off = 0; off < bytes.length; off += max) {
+      const chunk = bytes.subarray(off, Math.min(off + max, bytes.length))
+      const v = await this.step({
+        step: 'body',
+        omit: Proto.NOBODY,
+        noReply: Proto.NR_BODY,
+        phase: 'content',
+        packet: () => encodeBody(chunk),
+        label: 'SMFIC_BODY',
+      })
+      if (v.kind === 'skip') {
+        this.state = 'body'
+        this.skipping = 'body'
+        return CONTINUE
+      }
+      if (v.kind !== 'continue') return this.afterMessageStep(v, 'body')
+      this.state = 'body'
+      if ((this.negotiated.protocol & Proto.NR_BODY) !== 0) await this.drained('SMFIC_BODY')
+    }
+    return CONTINUE
+  }
+
+  /**
+   * SMFIC_BODYEOB: reads PROGRESS, modifications and the final reply.
+   * REPLBODY chunks go to `onReplaceBody` when given (so a large body is
+   * never held whole in memory), else they are collected.
+   */
+  async endOfMessage(
+    macros?: MacroLookup,
+    onReplaceBody?: (chunk: Buffer) => void | Promise<void>,
+  ): Promise<EomResult> {
+    if (this.state === 'messageDone' || this.state === 'connectionDone') {
+      return { verdict: CONTINUE, modifications: [], bodyReplaced: false }
+    }
+    this.check('eom')
+    this.sendMacros(MacroStage.EOM, macros)
+    this.send(encodeBare(Cmd.BODYEOB))
+    const mods: Modification[] = []
+    const collected: Buffer[] = []
+    let bodyReplaced = false
+    for (;;) {
+      const reply = await this.readReply('content', 'SMFIC_BODYEOB')
+      if (reply.kind === 'replbody') {
+        this.checkModification(reply)
+        bodyReplaced = true
+        if (onReplaceBody) await onReplaceBody(reply.chunk)
+        else collected.push(reply.chunk)
+        continue
+      }
+      if (isModification(reply)) {
+        this.checkModification(reply)
+        mods.push(reply)
+        continue
+      }
+      const verdict = this.toVerdict(reply, 'SMFIC_BODYEOB')
+      this.state = verdict.kind === 'shutdown' || verdict.kind === 'conn_fail' ? 'closed' : 'ready'
+      this.afterEob = this.state === 'ready'
+      this.skipping = undefined
+      if (this.state === 'closed') this.close()
+      const result: EomResult = { verdict, modifications: mods, bodyReplaced }
+      if (bodyReplaced && !onReplaceBody) result.replacementBody = Buffer.concat(collected)
+      return result
+    }
+  }
+
+  /** SMFIC_UNKNOWN (v3+): an SMTP command the MTA did not recognise. */
+  async unknown(line: Bytes): Promise<Verdict> {
+    if (this.state === 'connectionDone') return CONTINUE
+    this.check('unknown')
+    const before = this.state
+    const v = await this.step({
+      step: 'unknown',
+      omit: Proto.NOUNKNOWN,
+      noReply: Proto.NR_UNKN,
+      phase: 'command',
+      packet: () => encodeUnknown(line),
+      label: 'SMFIC_UNKNOWN',
+    })
+    this.state = before
+    if (v.kind === 'shutdown' || v.kind === 'conn_fail') this.close()
+    return v
+  }
+
+  /** SMFIC_ABORT when a message is open (no reply); a no-op otherwise. */
+  abort(): void {
+    if (this.state === 'messageDone') this.state = 'ready'
+    if (!this.inMessage) return
+    this.send(encodeBare(Cmd.ABORT))
+    this.state = 'ready'
+    this.afterEob = false
+    this.skipping = undefined
+  }
+
+  /**
+   * SMFIC_QUIT_NC: end this SMTP session but keep the connection for the
+   * next one (CONNECT follows, no OPTNEG). Only legal directly after a
+   * completed EOB; returns false (and sends nothing) otherwise.
+   */
+  quitNc(): boolean {
+    if (!this.reusable || !allowed('quit_nc', this.state)) return false
+    this.send(encodeBare(Cmd.QUIT_NC))
+    this.state = 'negotiated'
+    this.afterEob = false
+    return true
+  }
+
+  /** SMFIC_QUIT and close. Safe in any state, any number of times. */
+  quit(): void {
+    if (this.ending || this.state === 'failed') return
+    if (!this.closedByPeer) {
+      try {
+        this.stream.write(encodeBare(Cmd.QUIT))
+      } catch {
+        // the socket is going away anyway
+      }
+    }
+    this.close()
+  }
+
+  /** Destroys the connection without QUIT. */
+  destroy(): void {
+    if (this.ending || this.state === 'failed') return
+    this.close()
+    this.stream.destroy()
+  }
+
+  // ---- machinery ---------------------------------------------------------
+
+  private close(): void {
+    this.ending = true
+    this.state = 'closed'
+    this.clearTimer()
+    this.stream.end()
+    const w = this.waiter
+    this.waiter = undefined
+    w?.reject(new MilterClosedError(`${this.opts.name}: session closed`))
+  }
+
+  /** In decided states message steps are answered without I/O; skipped event types too. */
+  private passThrough(step: Step): boolean {
+    if (this.state === 'connectionDone' || this.state === 'messageDone') return true
+    if (this.skipping === step) return true
+    if (this.skipping !== undefined) this.skipping = undefined
+    return false
+  }
+
+  private check(step: Step): void {
+    if (this.failure) throw this.failure
+    if (this.state === 'closed') throw new MilterClosedError(`${this.opts.name}: session is closed`)
+    if (!allowed(step, this.state)) {
+      throw new MilterStateError(
+        `${this.opts.name}: ${step} is not allowed in state ${this.state} (allowed from ${FROM[step].join(', ')})`,
+      )
+    }
+  }
+
+  private async step(spec: StepSpec): Promise<Verdict> {
+    this.check(spec.step)
+    if (spec.macroStage !== undefined) this.sendMacros(spec.macroStage, spec.macros)
+    if ((this.negotiated.protocol & spec.omit) !== 0) {
+      this.advance(spec.step)
+      return CONTINUE
+    }
+    this.send(spec.packet())
+    if ((this.negotiated.protocol & spec.noReply) !== 0) {
+      this.advance(spec.step)
+      return CONTINUE
+    }
+    const reply = await this.readReply(spec.phase, spec.label)
+    if (isModification(reply)) {
+      throw this.fail(
+        new MilterProtocolError(
+          `${this.opts.name}: modification ${reply.kind} in reply to ${spec.label}`,
+        ),
+      )
+    }
+    const verdict = this.toVerdict(reply, spec.label)
+    if (verdict.kind === 'continue') this.advance(spec.step)
+    return verdict
+  }
+
+  /** The state reached by completing a step with CONTINUE. */
+  private advance(step: Step): void {
+    const next: Partial<Record<Step, State>> = {
+      connect: 'ready',
+      helo: 'ready',
+      mail: 'mail',
+      rcpt: 'rcpt',
+      data: 'data',
+      header: 'header',
+      eoh: 'eoh',
+      body: 'body',
+    }
+    const s = next[step]
+    if (s) this.state = s
+  }
+
+  private afterConnectionStep(v: Verdict, what: string): Verdict {
+    switch (v.kind) {
+      case 'continue':
+        return v
+      case 'discard':
+        this.opts.observer?.warn?.(
+          `${this.opts.name}: DISCARD at ${what} is meaningless; treated as CONTINUE`,
+        )
+        this.advance(what === 'CONNECT' ? 'connect' : 'helo')
+        return CONTINUE
+      case 'skip':
+        this.advance(what === 'CONNECT' ? 'connect' : 'helo')
+        return CONTINUE
+      case 'shutdown':
+      case 'conn_fail':
+        this.quit()
+        return v
+      default:
+        // accept, reject, tempfail, replycode: the milter is done with this connection (§5.4).
+        this.quit()
+        this.state = 'connectionDone'
+        return v
+    }
+  }
+
+  private afterMessageStep(v: Verdict, step: Step): Verdict {
+    switch (v.kind) {
+      case 'continue':
+        return v
+      case 'skip':
+        // SKIP after a non-body event: Postfix skips further events of that type.
+        this.advance(step)
+        this.skipping = step
+        return CONTINUE
+      case 'shutdown':
+      case 'conn_fail':
+        this.quit()
+        return v
+      default:
+        this.state = 'messageDone'
+        this.skipping = undefined
+        return v
+    }
+  }
+
+  private sendMacros(stage: MacroStage, lookup: MacroLookup | undefined): void {
+    const names = this.negotiated.symlist.get(stage) ?? this.opts.macros.get(stage) ?? []
+    const pairs = macroPairs(names, lookup)
+    if (pairs.length > 0) this.send(encodeMacro(stage, pairs))
+  }
+
+  private headerValueForMilter(value: Buffer): Buffer {
+    let v = value
+    if ((this.negotiated.protocol & Proto.HDR_LEADSPC) === 0 && v[0] === 0x20) v = v.subarray(1)
+    if (v.includes(0x0d)) v = Buffer.from(v.toString('latin1').replace(/\r\n/g, '\n'), 'latin1')
+    if (v.includes(0)) v = Buffer.from(v.toString('latin1').replace(/\0/g, ''), 'latin1')
+    return v
+  }
+
+  private checkModification(m: Modification): void {
+    const bit = MOD_ACTION[m.kind]
+    if ((this.negotiated.offer.actions & bit) === 0) {
+      throw this.fail(
+        new MilterProtocolError(
+          `${this.opts.name}: ${m.kind} needs action ${hex(bit)}, which we did not offer`,
+        ),
+      )
+    }
+    if ((this.negotiated.actions & bit) === 0) {
+      this.opts.observer?.warn?.(
+        `${this.opts.name}: milter did not negotiate ${hex(bit)} but sent ${m.kind}; applied`,
+      )
+    }
+  }
+
+  private toVerdict(reply: Reply, label: string): Verdict {
+    switch (reply.kind) {
+      case 'continue':
+      case 'accept':
+      case 'reject':
+      case 'tempfail':
+      case 'discard':
+      case 'skip':
+      case 'shutdown':
+      case 'conn_fail':
+        return { kind: reply.kind }
+      case 'replycode': {
+        const parsed = parseReplyCode(reply.text.toString('utf8'))
+        if (!parsed.ok) {
+          throw this.fail(
+            new MilterProtocolError(
+              `${this.opts.name}: malformed SMFIR_REPLYCODE to ${label}: ${parsed.error}`,
+            ),
+          )
+        }
+        return { kind: 'replycode', reply: parsed.reply }
+      }
+      default:
+        throw this.fail(
+          new MilterProtocolError(
+            `${this.opts.name}: unexpected ${reply.kind} in reply to ${label}`,
+          ),
+        )
+    }
+  }
+
+  /** Reads until a non-PROGRESS reply; each PROGRESS re-arms the phase timer. */
+  private async readReply(phase: Phase, label: string): Promise<Reply> {
+    for (;;) {
+      const frame = await this.nextFrame(phase, label, this.timeoutFor(phase))
+      let reply: Reply
+      try {
+        reply = decodeReply(frame)
+      } catch (e) {
+        throw this.fail(isMilterError(e) ? e : new MilterProtocolError(String(e)))
+      }
+      if (reply.kind === 'progress') continue
+      return reply
+    }
+  }
+
+  private timeoutFor(phase: Phase): number {
+    const t = this.opts.timeouts
+    return phase === 'connect' ? t.connectMs : phase === 'command' ? t.commandMs : t.contentMs
+  }
+
+  private nextFrame(phase: Phase, label: string, ms: number): Promise<Frame> {
+    const f = this.frames.shift()
+    if (f) return Promise.resolve(f)
+    if (this.failure) return Promise.reject(this.failure)
+    if (this.state === 'closed') {
+      return Promise.reject(new MilterClosedError(`${this.opts.name}: session is closed`))
+    }
+    return new Promise<Frame>((resolve, reject) => {
+      this.waiter = { resolve, reject }
+      this.timer = setTimeout(() => {
+        this.fail(new MilterTimeoutError(phase, ms, `${label} from ${this.opts.name}`))
+      }, ms)
+    })
+  }
+
+  private clearTimer(): void {
+    if (this.timer) clearTimeout(this.timer)
+    this.timer = undefined
+  }
+
+  private onData(chunk: Buffer): void {
+    let frames: Frame[]
+    try {
+      frames = this.decoder.push(chunk)
+    } catch (e) {
+      this.fail(isMilterError(e) ? e : new MilterProtocolError(String(e)))
+      return
+    }
+    for (const f of frames) {
+      this.opts.observer?.trace?.('recv', f)
+      const w = this.waiter
+      if (w) {
+        this.waiter = undefined
+        this.clearTimer()
+        w.resolve(f)
+      } else {
+        this.frames.push(f)
+      }
+    }
+  }
+
+  private send(packet: Buffer): void {
+    if (this.failure) throw this.failure
+    const dataLen = packet.length - LEN_BYTES - 1
+    if (dataLen > this.negotiated.maxDataBytes) {
+      throw this.fail(
+        new MilterSizeError(
+          `${this.opts.name}: a ${dataLen}-byte packet exceeds the milter's limit of ${this.negotiated.maxDataBytes}; not sent`,
+        ),
+      )
+    }
+    if (this.opts.observer?.trace) {
+      this.opts.observer.trace('send', {
+        code: packet.readUInt8(LEN_BYTES),
+        data: packet.subarray(LEN_BYTES + 1),
+      })
+    }
+    this.stream.write(packet)
+  }
+
+  /** Waits for the socket to drain (pipelined NR_BODY chunks), under the content timeout. */
+  private drained(label: string): Promise<void> {
+    const s = this.stream as MilterStream & { writableNeedDrain?: boolean }
+    if (!s.writableNeedDrain) return Promise.resolve()
+    const ms = this.opts.timeouts.contentMs
+    return new Promise<void>((resolve, reject) => {
+      const onDrain = (): void => {
+        clearTimeout(t)
+        resolve()
+      }
+      const t = setTimeout(() => {
+        s.removeListener('drain', onDrain)
+        reject(
+          this.fail(new MilterTimeoutError('content', ms, `${label} write to ${this.opts.name}`)),
+        )
+      }, ms)
+      s.once('drain', onDrain)
+    })
+  }
+
+  /** Records the sticky error, destroys the socket, wakes a waiting reader. */
+  private fail(err: MilterError): MilterError {
+    if (this.failure) return this.failure
+    if (this.state === 'closed' && err instanceof MilterClosedError) return err
+    this.failure = err
+    this.state = 'failed'
+    this.clearTimer()
+    this.stream.destroy()
+    const w = this.waiter
+    this.waiter = undefined
+    w?.reject(err)
+    return err
+  }
+}
