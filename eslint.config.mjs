@@ -2,7 +2,7 @@ import js from '@eslint/js'
 import tseslint from 'typescript-eslint'
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'run/', 'test/milters/', '*.js', '*.mjs'] },
+  { ignores: ['dist/', 'node_modules/', 'run/', 'demo/', 'test/milters/', '**/*.js', '**/*.mjs'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {
