@@ -1,0 +1,107 @@
+/**
+ * data_post: run the content phase and apply its result to the
+ * transaction (edits, quarantine, discard), returning the outcome to answer.
+ */
+import type { MessageResult, MilterChain, Outcome } from '../chain'
+import type { MilterConfig } from '../config'
+import type { MacroLookup } from '../session/macros'
+import { envelopeOf, headerFields, writeBody, writeEnvelope, writeHeaders } from './apply'
+import type { HarakaConnection, HarakaTransaction } from './haraka'
+
+/** What happens to an accepted message at queue time. */
+export interface Disposition {
+  kind: 'discard' | 'hold'
+  reason: string
+}
+
+/** The disposition recorded on the transaction, if any. */
+export function dispositionOf(t: HarakaTransaction): Disposition | undefined {
+  const d = t.notes['milter_disposition'] as
+    { kind?: string; milter?: string; reason?: string } | undefined
+  if (!d?.kind) return undefined
+  if (d.kind === 'discard')
+    return { kind: 'discard', reason: `discarded by ${d.milter ?? 'milter'}` }
+  if (d.kind === 'hold') return { kind: 'hold', reason: d.reason ?? 'quarantined' }
+  return undefined
+}
+
+/** Runs headers..EOB through the chain on the transaction's message. */
+export function runContent(
+  chain: MilterChain,
+  _cfg: MilterConfig,
+  _c: HarakaConnection,
+  t: HarakaTransaction,
+  macros: MacroLookup,
+): Promise<MessageResult> {
+  const msgId = t.header.get('Message-Id').trim()
+  const eom: MacroLookup = (n) => (n === '{msg_id}' ? msgId || undefined : macros(n))
+  return chain.message({
+    headers: headerFields(t),
+    envelope: envelopeOf(t),
+    body: () => ({
+      [Symbol.asyncIterator]: () => t.message_stream[Symbol.asyncIterator]({ skip_headers: true }),
+    }),
+    eohMacros: macros,
+    eomMacros: eom,
+  })
+}
+
+let replaced = 0
+
+/** Applies edits and quarantine; returns the outcome to answer the final dot with. */
+export async function applyStageResult(
+  this: { name: string },
+  r: MessageResult,
+  cfg: MilterConfig,
+  c: HarakaConnection,
+  t: HarakaTransaction,
+): Promise<Outcome> {
+  try {
+    if (r.outcome.action === 'discard') {
+      t.notes['milter_disposition'] = { kind: 'discard', milter: r.outcome.milter }
+      return r.outcome
+    }
+    if (r.outcome.action !== 'continue') return r.outcome
+    if (t.notes['milter_disposition']) return r.outcome // discarded earlier (MAIL, RCPT or DATA)
+    if (r.headersChanged) writeHeaders(t, r.headers)
+    if (r.envelopeChanged) writeEnvelope(t, r.envelope)
+    if (r.body) await writeBody(t, r.body, ++replaced)
+    for (const e of r.edits) {
+      t.results.add(this, { pass: `${e.milter}(edits:${e.count}${e.bodyReplaced ? ',body' : ''})` })
+    }
+    if (r.quarantine.length > 0) return quarantine(this, cfg, c, t, r.quarantine.join('; '))
+    return r.outcome
+  } finally {
+    await r.body?.dispose()
+  }
+}
+
+function quarantine(
+  plugin: { name: string },
+  cfg: MilterConfig,
+  c: HarakaConnection,
+  t: HarakaTransaction,
+  reason: string,
+): Outcome {
+  c.lognotice(plugin, `quarantine (${cfg.quarantine.action}): ${reason}`)
+  t.results.add(plugin, { quarantine: reason })
+  switch (cfg.quarantine.action) {
+    case 'hold':
+      t.notes['milter_disposition'] = { kind: 'hold', reason }
+      return { action: 'continue' }
+    case 'tag':
+      t.add_header(cfg.quarantine.tagHeader, reason)
+      return { action: 'continue' }
+    case 'reject':
+      return {
+        action: 'reject',
+        milter: reason.split(':')[0] ?? 'milter',
+        cause: 'verdict',
+        reply: {
+          code: 550,
+          enhanced: '5.7.1',
+          lines: [{ enhanced: '5.7.1', text: 'Message quarantined' }],
+        },
+      }
+  }
+}

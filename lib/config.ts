@@ -1,0 +1,337 @@
+/**
+ * milter.ini -> a validated MilterConfig (pure: takes the parsed ini
+ * object). Every error names the file, section and key.
+ */
+import { MilterConfigError } from './errors'
+import { MacroStage } from './protocol/constants'
+import { canonicalMacroName, POSTFIX_DEFAULT_MACROS, type MacroLists } from './session/macros'
+import type { Timeouts } from './session/session'
+import { parseSocketSpec, type SocketSpec } from './transport'
+
+/** What to do when a milter cannot be used (unreachable, timeout, protocol error). */
+export type DefaultAction = 'accept' | 'tempfail' | 'reject' | 'quarantine' | 'shutdown'
+
+/** One milter. */
+export interface MilterDef {
+  name: string
+  socketText: string
+  socket: SocketSpec
+  protocol: number
+  defaultAction: DefaultAction
+  timeouts: Timeouts
+  macros: MacroLists
+  /** Recipient rules (per-recipient filtering): enabled only for these channels / opt-in values. */
+  destinationChannels: string[]
+  optin: string[]
+}
+
+/** One listener's selection. */
+export interface ListenerDef {
+  name: string
+  listen: Array<{ ip: string | undefined; port: number }>
+  milters: string[]
+  sourceChannel: string
+}
+
+/** The whole plugin configuration. */
+export interface MilterConfig {
+  milters: ReadonlyMap<string, MilterDef>
+  defaultMilters: string[]
+  defaultSourceChannel: string
+  listeners: ListenerDef[]
+  replyCode: 'milter' | 'enhanced_only'
+  discard: 'drop' | 'quarantine'
+  quarantine: { action: 'hold' | 'tag' | 'reject'; dir: string; tagHeader: string }
+  reuseConnections: boolean
+  daemonName: string
+  mixedRecipients: 'defer' | 'union'
+  destinationChannel: { local: string; relay: string; domains: ReadonlyMap<string, string> }
+  optin: {
+    default: string | undefined
+    addresses: ReadonlyMap<string, string>
+    domains: ReadonlyMap<string, string>
+  }
+}
+
+/** A parsed ini file: sections of key -> value. */
+export type Ini = Record<string, Record<string, unknown> | undefined>
+
+const STAGE_KEYS: ReadonlyArray<[string, MacroStage]> = [
+  ['connect', MacroStage.CONNECT],
+  ['helo', MacroStage.HELO],
+  ['mail', MacroStage.ENVFROM],
+  ['rcpt', MacroStage.ENVRCPT],
+  ['data', MacroStage.DATA],
+  ['eoh', MacroStage.EOH],
+  ['eom', MacroStage.EOM],
+]
+
+/** The macro lists sent by default: Postfix's, plus the client macros and the seed's channels. */
+export const DEFAULT_MACROS: MacroLists = new Map<MacroStage, readonly string[]>([
+  ...POSTFIX_DEFAULT_MACROS,
+  [
+    MacroStage.CONNECT,
+    [
+      ...(POSTFIX_DEFAULT_MACROS.get(MacroStage.CONNECT) ?? []),
+      '{client_addr}',
+      '{client_name}',
+      '{client_port}',
+      '{client_ptr}',
+      '{client_resolve}',
+      '{source_channel}',
+    ],
+  ],
+  [
+    MacroStage.ENVRCPT,
+    [...(POSTFIX_DEFAULT_MACROS.get(MacroStage.ENVRCPT) ?? []), '{destination_channel}', '{optin}'],
+  ],
+  [MacroStage.EOM, ['i', '{msg_id}']],
+])
+
+const DEFAULT_ACTIONS: readonly DefaultAction[] = [
+  'accept',
+  'tempfail',
+  'reject',
+  'quarantine',
+  'shutdown',
+]
+
+class Reader {
+  constructor(
+    private readonly file: string,
+    private readonly section: string,
+    private readonly values: Record<string, unknown>,
+  ) {}
+
+  err(key: string, msg: string): MilterConfigError {
+    return new MilterConfigError(`${this.file} [${this.section}] ${key}: ${msg}`)
+  }
+
+  has(key: string): boolean {
+    return this.values[key] !== undefined && this.values[key] !== ''
+  }
+
+  str(key: string, dflt: string): string {
+    const v = this.values[key]
+    if (v === undefined || v === '') return dflt
+    if (typeof v !== 'string' && typeof v !== 'number')
+      throw this.err(key, 'must be a single value')
+    return String(v).trim()
+  }
+
+  list(key: string, dflt: string[]): string[] {
+    if (!this.has(key)) return dflt
+    return this.str(key, '')
+      .split(/[\s,]+/)
+      .filter(Boolean)
+  }
+
+  oneOf<T extends string>(key: string, allowed: readonly T[], dflt: T): T {
+    const v = this.str(key, dflt).toLowerCase()
+    if (!(allowed as readonly string[]).includes(v))
+      throw this.err(key, `must be one of ${allowed.join(', ')}, not "${v}"`)
+    return v as T
+  }
+
+  seconds(key: string, dflt: number): number {
+    const raw = this.str(key, String(dflt))
+    const n = Number(raw.replace(/s$/, ''))
+    if (!Number.isFinite(n) || n <= 0 || n > 3600)
+      throw this.err(key, `must be a number of seconds (0 < n <= 3600), not "${raw}"`)
+    return Math.round(n * 1000)
+  }
+
+  int(key: string, dflt: number, min: number, max: number): number {
+    const raw = this.str(key, String(dflt))
+    const n = Number(raw)
+    if (!Number.isInteger(n) || n < min || n > max)
+      throw this.err(key, `must be an integer from ${min} to ${max}, not "${raw}"`)
+    return n
+  }
+
+  bool(key: string, dflt: boolean): boolean {
+    const v = this.values[key]
+    if (v === undefined || v === '') return dflt
+    if (typeof v === 'boolean') return v
+    const s = String(v).toLowerCase()
+    if (['true', 'yes', 'on', '1', 'enabled'].includes(s)) return true
+    if (['false', 'no', 'off', '0', 'disabled'].includes(s)) return false
+    throw this.err(key, `must be true or false, not "${s}"`)
+  }
+
+  /** `macros.connect = j {daemon_name}` style keys, over a base. */
+  macros(prefix: string, base: MacroLists): MacroLists {
+    const out = new Map(base)
+    for (const [key, stage] of STAGE_KEYS) {
+      const k = `${prefix}${key}`
+      if (this.values[k] === undefined) continue
+      const names = this.list(k, [])
+      for (const n of names) {
+        if (!/^\{?[A-Za-z0-9_]+\}?$/.test(n) && n !== '_')
+          throw this.err(k, `invalid macro name "${n}"`)
+      }
+      out.set(stage, names.map(canonicalMacroName))
+    }
+    return out
+  }
+}
+
+function section(ini: Ini, name: string): Record<string, unknown> {
+  return ini[name] ?? {}
+}
+
+function parseListen(
+  r: Reader,
+  key: string,
+  text: string,
+): Array<{ ip: string | undefined; port: number }> {
+  return text
+    .split(/[\s,]+/)
+    .filter(Boolean)
+    .map((item) => {
+      const m = /^(?:\[([^\]]+)\]|([^:[\]]*))?:([0-9]{1,5})$/.exec(item)
+      if (!m) throw r.err(key, `"${item}" is not IP:PORT, [IPV6]:PORT or :PORT`)
+      const ip = m[1] ?? m[2]
+      const port = Number(m[3])
+      if (port < 1 || port > 65535) throw r.err(key, `port ${port} out of range`)
+      return { ip: ip === '' || ip === '*' || ip === undefined ? undefined : ip, port }
+    })
+}
+
+function parseMilter(
+  file: string,
+  ini: Ini,
+  name: string,
+  main: Reader,
+  macros: MacroLists,
+): MilterDef {
+  const sec = `milter.${name}`
+  if (!ini[sec]) throw main.err('milters', `lists "${name}" but there is no [${sec}] section`)
+  const r = new Reader(file, sec, section(ini, sec))
+  const socketText = r.str('socket', '')
+  if (socketText === '')
+    throw r.err('socket', 'is required (e.g. inet:8891@127.0.0.1 or unix:/run/milter.sock)')
+  let socket: SocketSpec
+  try {
+    socket = parseSocketSpec(socketText)
+  } catch (e) {
+    throw r.err('socket', e instanceof Error ? e.message : String(e))
+  }
+  return {
+    name,
+    socketText,
+    socket,
+    protocol: r.int('protocol', main.int('protocol', 6, 2, 6), 2, 6),
+    defaultAction: r.oneOf(
+      'default_action',
+      DEFAULT_ACTIONS,
+      main.oneOf('default_action', DEFAULT_ACTIONS, 'tempfail'),
+    ),
+    timeouts: {
+      connectMs: r.seconds('connect_timeout', main.seconds('connect_timeout', 10) / 1000),
+      commandMs: r.seconds('command_timeout', main.seconds('command_timeout', 30) / 1000),
+      contentMs: r.seconds('content_timeout', main.seconds('content_timeout', 300) / 1000),
+    },
+    macros: r.macros('macros.', macros),
+    destinationChannels: r.list('destination_channels', []),
+    optin: r.list('optin', []),
+  }
+}
+
+function parseListeners(
+  file: string,
+  ini: Ini,
+  known: ReadonlyMap<string, MilterDef>,
+): ListenerDef[] {
+  const out: ListenerDef[] = []
+  for (const sec of Object.keys(ini)) {
+    if (!sec.startsWith('listener.')) continue
+    const r = new Reader(file, sec, section(ini, sec))
+    const listenText = r.str('listen', '')
+    if (listenText === '')
+      throw r.err('listen', 'is required (e.g. 127.0.0.1:2525, [::1]:2525 or :587)')
+    const milters = r.list('milters', [])
+    for (const m of milters)
+      if (!known.has(m)) throw r.err('milters', `names "${m}", which has no [milter.${m}] section`)
+    out.push({
+      name: sec.slice('listener.'.length),
+      listen: parseListen(r, 'listen', listenText),
+      milters,
+      sourceChannel: r.str('source_channel', sec.slice('listener.'.length)),
+    })
+  }
+  return out
+}
+
+function parseMap(
+  file: string,
+  ini: Ini,
+  sec: string,
+  skip: readonly string[],
+): Map<string, string> {
+  const out = new Map<string, string>()
+  for (const [k, v] of Object.entries(section(ini, sec))) {
+    if (skip.includes(k)) continue
+    out.set(k.toLowerCase(), new Reader(file, sec, section(ini, sec)).str(k, String(v)))
+  }
+  return out
+}
+
+/** Validates milter.ini; throws MilterConfigError naming file, section and key. */
+export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
+  const main = new Reader(file, 'main', section(ini, 'main'))
+  const macros = new Reader(file, 'macros', section(ini, 'macros')).macros('', DEFAULT_MACROS)
+  const names = main.list('milters', [])
+  const milters = new Map<string, MilterDef>()
+  for (const name of names) {
+    if (!/^[A-Za-z0-9_-]+$/.test(name)) throw main.err('milters', `invalid milter name "${name}"`)
+    if (milters.has(name)) throw main.err('milters', `lists "${name}" twice`)
+    milters.set(name, parseMilter(file, ini, name, main, macros))
+  }
+  for (const sec of Object.keys(ini)) {
+    const m = /^milter\.(.+)$/.exec(sec)
+    if (m && !milters.has(m[1] ?? ''))
+      throw main.err('milters', `[${sec}] is defined but not listed in milters`)
+  }
+  const q = new Reader(file, 'quarantine', section(ini, 'quarantine'))
+  const dc = new Reader(file, 'destination_channel', section(ini, 'destination_channel'))
+  const opt = new Reader(file, 'optin', section(ini, 'optin'))
+  const optinEntries = parseMap(file, ini, 'optin', ['default'])
+  return {
+    milters,
+    defaultMilters: main.list('default_milters', names),
+    defaultSourceChannel: main.str('source_channel', 'tcp_local'),
+    listeners: parseListeners(file, ini, milters),
+    replyCode: main.oneOf('reply_code', ['milter', 'enhanced_only'] as const, 'milter'),
+    discard: main.oneOf('discard', ['drop', 'quarantine'] as const, 'drop'),
+    quarantine: {
+      action: q.oneOf('action', ['hold', 'tag', 'reject'] as const, 'hold'),
+      dir: q.str('dir', '/var/spool/haraka/milter-quarantine'),
+      tagHeader: q.str('tag_header', 'X-Milter-Quarantine'),
+    },
+    reuseConnections: main.bool('reuse_connections', false),
+    daemonName: main.str('daemon_name', 'Haraka'),
+    mixedRecipients: main.oneOf('mixed_recipients', ['defer', 'union'] as const, 'defer'),
+    destinationChannel: {
+      local: dc.str('local', 'local'),
+      relay: dc.str('relay', 'relay'),
+      domains: parseMap(file, ini, 'destination_channel', ['local', 'relay']),
+    },
+    optin: {
+      default: opt.has('default') ? opt.str('default', '') : undefined,
+      addresses: new Map([...optinEntries].filter(([k]) => k.includes('@'))),
+      domains: new Map([...optinEntries].filter(([k]) => !k.includes('@'))),
+    },
+  }
+}
+
+/** The listener a local address belongs to, if any (exact IP first, then port-only). */
+export function findListener(cfg: MilterConfig, ip: string, port: number): ListenerDef | undefined {
+  const norm = (a: string): string => a.replace(/^::ffff:/i, '').toLowerCase()
+  const exact = cfg.listeners.find((l) =>
+    l.listen.some((x) => x.port === port && x.ip !== undefined && norm(x.ip) === norm(ip)),
+  )
+  return (
+    exact ?? cfg.listeners.find((l) => l.listen.some((x) => x.port === port && x.ip === undefined))
+  )
+}

@@ -1,0 +1,346 @@
+/**
+ * haraka-plugin-milter: the Haraka entry. Hooks drive one MilterChain per
+ * SMTP connection; everything else lives in lib/. Exports are plain
+ * functions (Haraka copies enumerable exports onto the plugin object).
+ */
+import { MilterChain, type Outcome } from '../lib/chain'
+import {
+  findListener,
+  parseMilterConfig,
+  type Ini,
+  type MilterConfig,
+  type MilterDef,
+} from '../lib/config'
+import { applyStageResult, dispositionOf, runContent } from '../lib/adapter/content'
+import {
+  connectAddress,
+  connectHostname,
+  esmtpArgs,
+  macroLookup,
+  rcptExtras,
+  recipientFacts,
+  type LocalDomain,
+} from '../lib/adapter/facts'
+import type { HarakaAddress, HarakaConnection, HarakaPlugin, Next } from '../lib/adapter/haraka'
+import { toHookResult, type HookResult } from '../lib/adapter/reply'
+import { writeQuarantine } from '../lib/adapter/apply'
+import { MilterPool } from '../lib/pool'
+
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const constants = require('haraka-constants') as Record<string, number>
+
+/** The plugin object with our state. */
+export interface MilterPlugin extends HarakaPlugin {
+  milterCfg?: MilterConfig
+  milterCfgError?: string
+  milterPool?: MilterPool
+  hostList?: Set<string>
+  load_milter_ini(): void
+}
+
+/** Per-connection state. */
+interface ConnState {
+  cfg: MilterConfig
+  chain: MilterChain
+  sourceChannel: string
+  isLocal: LocalDomain
+}
+
+const STATES = new WeakMap<object, ConnState>()
+
+function code(r: HookResult): number {
+  switch (r.kind) {
+    case 'cont':
+      return constants['cont'] as number
+    case 'deny':
+      return constants['deny'] as number
+    case 'denysoft':
+      return constants['denysoft'] as number
+    case 'denydisconnect':
+      return constants['denydisconnect'] as number
+    case 'denysoftdisconnect':
+      return constants['denysoftdisconnect'] as number
+  }
+}
+
+function answer(
+  this: MilterPlugin,
+  next: Next,
+  c: HarakaConnection,
+  stage: string,
+  o: Outcome,
+  mode: MilterConfig['replyCode'],
+): void {
+  const r = toHookResult(o, mode)
+  if (o.action !== 'continue' && o.action !== 'discard') {
+    c.results.add(this, {
+      fail: `${o.milter}(${stage}:${o.action}${o.cause === 'failure' ? ',failure' : ''})`,
+    })
+    c.loginfo(
+      this,
+      `${o.milter} ${o.action} at ${stage}: ${o.reply.code} ${o.reply.lines.map((l) => l.text).join(' / ')}`,
+    )
+  }
+  if (r.kind === 'cont') return next()
+  next(code(r), r.msg)
+}
+
+/** Loads (and re-loads on change) milter.ini; a bad file keeps the previous config. */
+export function load_milter_ini(this: MilterPlugin): void {
+  const ini = this.config.get('milter.ini', { booleans: ['main.reuse_connections'] }, () =>
+    this.load_milter_ini(),
+  ) as Ini
+  try {
+    const cfg = parseMilterConfig(ini, 'milter.ini')
+    this.milterCfg = cfg
+    delete this.milterCfgError
+    this.milterPool?.close()
+    this.milterPool = new MilterPool({ reuse: cfg.reuseConnections })
+    this.loginfo(
+      `milters: ${[...cfg.milters.values()].map((m) => `${m.name}=${m.socketText}`).join(', ') || '(none)'}`,
+    )
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e)
+    this.logcrit(
+      `configuration error: ${msg}${this.milterCfg ? ' (keeping the previous configuration)' : ''}`,
+    )
+    if (!this.milterCfg) this.milterCfgError = msg
+  }
+  const hosts = this.config.get('host_list', 'list') as string[] | undefined
+  this.hostList = new Set((hosts ?? []).map((h) => h.toLowerCase()))
+}
+
+/** Loads the config and registers the hooks that need a priority. */
+export function register(this: MilterPlugin): void {
+  this.load_milter_ini()
+  // Milters see RCPT after Haraka's own recipient checks said OK, as in Postfix.
+  this.register_hook('rcpt_ok', 'milter_rcpt')
+  // Discard and quarantine-hold take the message before any delivering queue plugin.
+  this.register_hook('queue', 'milter_queue', -100)
+  this.register_hook('queue_outbound', 'milter_queue', -100)
+  // Run after tls/auth, which answer STARTTLS and AUTH themselves.
+  this.register_hook('unrecognized_command', 'milter_unknown', 100)
+}
+
+function listenerMilters(
+  cfg: MilterConfig,
+  c: HarakaConnection,
+): { defs: MilterDef[]; sourceChannel: string } {
+  const l = findListener(cfg, c.local.ip ?? '', c.local.port ?? 0)
+  const names = l ? l.milters : cfg.defaultMilters
+  const defs = names.map((n) => cfg.milters.get(n)).filter((d): d is MilterDef => d !== undefined)
+  return { defs, sourceChannel: l?.sourceChannel ?? cfg.defaultSourceChannel }
+}
+
+/** CONNECT: opens this connection's milters and reports the client. */
+export function hook_connect(this: MilterPlugin, next: Next, c: HarakaConnection): void {
+  if (this.milterCfgError) {
+    c.logerror(this, `refusing mail: ${this.milterCfgError}`)
+    next(constants['denysoft'], 'Server configuration problem - try again later')
+    return
+  }
+  const cfg = this.milterCfg
+  if (!cfg) return next()
+  const { defs, sourceChannel } = listenerMilters(cfg, c)
+  if (defs.length === 0) return next()
+  const pool = this.milterPool
+  const chain = new MilterChain({
+    milters: defs,
+    ...(pool ? { open: (d) => pool.acquire(d), release: (d, s) => pool.release(d, s) } : {}),
+    onEvent: (e) => {
+      const text = `${e.milter} ${e.stage}: ${e.message}${e.code ? ` (${e.code})` : ''}`
+      if (e.level === 'error') {
+        c.logerror(this, text)
+        c.results.add(this, { err: `${e.milter}(${e.stage}:${e.code ?? 'error'})` })
+      } else if (e.level === 'warn') c.logwarn(this, text)
+      else c.logdebug(this, text)
+    },
+  })
+  const hosts = this.hostList ?? new Set<string>()
+  const isLocal: LocalDomain = (d) => hosts.has(d)
+  STATES.set(c, { cfg, chain, sourceChannel, isLocal })
+  chain
+    .connect(connectHostname(c), connectAddress(c), macroLookup(cfg, c, sourceChannel, isLocal))
+    .then((o) => answer.call(this, next, c, 'connect', o, cfg.replyCode))
+    .catch((e: unknown) => crash.call(this, next, c, 'connect', e))
+}
+
+function crash(
+  this: MilterPlugin,
+  next: Next,
+  c: HarakaConnection,
+  stage: string,
+  e: unknown,
+): void {
+  c.logerror(
+    this,
+    `internal error at ${stage}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`,
+  )
+  next(constants['denysoft'], 'Temporary milter failure - try again later')
+}
+
+function onHelo(this: MilterPlugin, next: Next, c: HarakaConnection, host: string): void {
+  const st = STATES.get(c)
+  if (!st) return next()
+  st.chain
+    .helo(host, macroLookup(st.cfg, c, st.sourceChannel, st.isLocal))
+    .then((o) => answer.call(this, next, c, 'helo', o, st.cfg.replyCode))
+    .catch((e: unknown) => crash.call(this, next, c, 'helo', e))
+}
+
+/** HELO. */
+export function hook_helo(this: MilterPlugin, next: Next, c: HarakaConnection, host: string): void {
+  onHelo.call(this, next, c, host)
+}
+
+/** EHLO (again after STARTTLS). */
+export function hook_ehlo(this: MilterPlugin, next: Next, c: HarakaConnection, host: string): void {
+  onHelo.call(this, next, c, host)
+}
+
+/** MAIL FROM with its ESMTP parameters (kept in notes: Haraka stores them nowhere). */
+export function hook_mail(
+  this: MilterPlugin,
+  next: Next,
+  c: HarakaConnection,
+  params: [HarakaAddress, Record<string, string | null> | undefined],
+): void {
+  const st = STATES.get(c)
+  const t = c.transaction
+  if (!st || !t) return next()
+  const [from, esmtp] = params
+  t.notes['milter_mail_args'] = esmtp ?? {}
+  st.chain
+    .mail(
+      [from.format(), ...esmtpArgs(esmtp)],
+      macroLookup(st.cfg, c, st.sourceChannel, st.isLocal),
+    )
+    .then((o) => {
+      if (o.action === 'discard')
+        t.notes['milter_disposition'] = { kind: 'discard', milter: o.milter }
+      answer.call(this, next, c, 'mail', o, st.cfg.replyCode)
+    })
+    .catch((e: unknown) => crash.call(this, next, c, 'mail', e))
+}
+
+/** RCPT TO (at rcpt_ok: after Haraka accepted the recipient). */
+export function milter_rcpt(
+  this: MilterPlugin,
+  next: Next,
+  c: HarakaConnection,
+  rcpt: HarakaAddress,
+): void {
+  const st = STATES.get(c)
+  const t = c.transaction
+  if (!st || !t) return next()
+  const facts = recipientFacts(st.cfg, c, rcpt, st.isLocal)
+  const macros = macroLookup(
+    st.cfg,
+    c,
+    st.sourceChannel,
+    st.isLocal,
+    rcptExtras(rcpt, facts, st.isLocal),
+  )
+  st.chain
+    .rcpt([rcpt.format()], macros)
+    .then((o) => {
+      if (o.action === 'discard')
+        t.notes['milter_disposition'] = { kind: 'discard', milter: o.milter }
+      answer.call(this, next, c, 'rcpt', o, st.cfg.replyCode)
+    })
+    .catch((e: unknown) => crash.call(this, next, c, 'rcpt', e))
+}
+
+/** DATA. */
+export function hook_data(this: MilterPlugin, next: Next, c: HarakaConnection): void {
+  const st = STATES.get(c)
+  const t = c.transaction
+  if (!st || !t) return next()
+  st.chain
+    .data(macroLookup(st.cfg, c, st.sourceChannel, st.isLocal))
+    .then((o) => {
+      if (o.action === 'discard')
+        t.notes['milter_disposition'] = { kind: 'discard', milter: o.milter }
+      answer.call(this, next, c, 'data', o, st.cfg.replyCode)
+    })
+    .catch((e: unknown) => crash.call(this, next, c, 'data', e))
+}
+
+/** End of data: the content phase milter by milter, then the edits. */
+export function hook_data_post(this: MilterPlugin, next: Next, c: HarakaConnection): void {
+  const st = STATES.get(c)
+  const t = c.transaction
+  if (!st || !t) return next()
+  runContent(st.chain, st.cfg, c, t, macroLookup(st.cfg, c, st.sourceChannel, st.isLocal))
+    .then((result) => applyStageResult.call(this, result, st.cfg, c, t))
+    .then((o) => answer.call(this, next, c, 'eom', o, st.cfg.replyCode))
+    .catch((e: unknown) => crash.call(this, next, c, 'data_post', e))
+}
+
+/** Queue: takes discarded and held messages before any delivering plugin. */
+export function milter_queue(this: MilterPlugin, next: Next, c: HarakaConnection): void {
+  const st = STATES.get(c)
+  const t = c.transaction
+  if (!st || !t) return next()
+  const d = dispositionOf(t)
+  if (!d) return next()
+  const keepCopy = d.kind === 'hold' || (d.kind === 'discard' && st.cfg.discard === 'quarantine')
+  const done = (file?: string): void => {
+    t.results.add(this, { pass: `${d.kind}${file ? `:${file}` : ''}` })
+    c.loginfo(
+      this,
+      `message ${d.kind === 'hold' ? 'held in quarantine' : 'discarded'} (${d.reason})${file ? `: ${file}` : ''}`,
+    )
+    next(
+      constants['ok'],
+      d.kind === 'hold' ? 'Message accepted and held for review' : 'Message accepted',
+    )
+  }
+  if (!keepCopy) return done()
+  writeQuarantine(t, st.cfg.quarantine.dir, d.reason)
+    .then(done)
+    .catch((e: unknown) => {
+      c.logerror(
+        this,
+        `cannot write quarantine copy: ${e instanceof Error ? e.message : String(e)}`,
+      )
+      next(constants['denysoft'], 'Temporary local problem - try again later')
+    })
+}
+
+/** RSET, a new MAIL or EHLO, end of message: ABORT to milters inside a message. */
+export function hook_reset_transaction(this: MilterPlugin, next: Next, c: HarakaConnection): void {
+  STATES.get(c)?.chain.abort()
+  next()
+}
+
+/** End of the SMTP session: QUIT every milter. */
+export function hook_disconnect(this: MilterPlugin, next: Next, c: HarakaConnection): void {
+  const st = STATES.get(c)
+  if (st) {
+    st.chain.close()
+    STATES.delete(c)
+  }
+  next()
+}
+
+/** An unrecognised SMTP command: UNKNOWN to the milters; a reject or tempfail is passed on. */
+export function milter_unknown(
+  this: MilterPlugin,
+  next: Next,
+  c: HarakaConnection,
+  params: [string, string],
+): void {
+  const st = STATES.get(c)
+  if (!st) return next()
+  const line = params.filter((p) => p !== undefined && p !== '').join(' ')
+  st.chain
+    .unknown(line)
+    .then((o) => answer.call(this, next, c, 'unknown', o, st.cfg.replyCode))
+    .catch((e: unknown) => crash.call(this, next, c, 'unknown', e))
+}
+
+/** Graceful shutdown: close idle reusable sessions. */
+export function shutdown(this: MilterPlugin): void {
+  this.milterPool?.close()
+}
