@@ -95,6 +95,11 @@ const REPLIES = {
     enhanced: '5.7.1',
     lines: [{ enhanced: '5.7.1', text: 'Command rejected' }],
   },
+  rejectConnect: {
+    code: 554,
+    enhanced: '5.7.1',
+    lines: [{ enhanced: '5.7.1', text: 'Service refused' }],
+  },
   rejectEom: {
     code: 554,
     enhanced: '5.7.1',
@@ -371,7 +376,12 @@ export class MilterChain {
         if (connLevel) slot.retired = true
         return {
           action: 'reject',
-          reply: stage === 'eom' ? REPLIES.rejectEom : REPLIES.reject,
+          reply:
+            stage === 'eom'
+              ? REPLIES.rejectEom
+              : stage === 'connect'
+                ? REPLIES.rejectConnect
+                : REPLIES.reject,
           milter: slot.def.name,
           cause: 'verdict',
         }

@@ -94,6 +94,12 @@ export function load_milter_ini(this: MilterPlugin): void {
     const cfg = parseMilterConfig(ini, 'milter.ini')
     this.milterCfg = cfg
     delete this.milterCfgError
+    // Haraka's per-hook timer must not fire before our own milter timeouts do.
+    let budgetMs = 0
+    for (const m of cfg.milters.values()) {
+      budgetMs += m.timeouts.connectMs + m.timeouts.commandMs + 2 * m.timeouts.contentMs
+    }
+    this.timeout = Math.ceil(budgetMs / 1000) + 10
     this.milterPool?.close()
     this.milterPool = new MilterPool({ reuse: cfg.reuseConnections })
     this.loginfo(
