@@ -421,7 +421,9 @@ export class MilterChain {
   private failed(slot: Slot, stage: string, e: unknown): Outcome {
     const err: MilterError = isMilterError(e)
       ? e
-      : new MilterStateError(`unexpected: ${String(e)}`, { cause: e })
+      : e instanceof HeaderEditError || e instanceof EnvelopeEditError
+        ? new MilterProtocolError(`${slot.def.name}: ${e.message}`, { cause: e })
+        : new MilterStateError(`unexpected: ${String(e)}`, { cause: e })
     const action: DefaultAction = slot.def.defaultAction
     this.event('error', slot, stage, `${err.message}; default_action=${action}`, err.code)
     slot.session?.destroy()

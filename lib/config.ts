@@ -153,6 +153,7 @@ class Reader {
     const v = this.values[key]
     if (v === undefined || v === '') return dflt
     if (typeof v === 'boolean') return v
+    if (typeof v !== 'string' && typeof v !== 'number') throw this.err(key, 'must be true or false')
     const s = String(v).toLowerCase()
     if (['true', 'yes', 'on', '1', 'enabled'].includes(s)) return true
     if (['false', 'no', 'off', '0', 'disabled'].includes(s)) return false

@@ -21,9 +21,9 @@ function text(b: Buffer): string {
 
 /** A quarantine reason made safe for logs and headers. */
 export function cleanReason(b: Buffer): string {
-  // eslint-disable-next-line no-control-regex
   return (
     text(b)
+      // eslint-disable-next-line no-control-regex
       .replace(/[\x00-\x1f\x7f]+/g, ' ')
       .trim()
       .slice(0, 200) || 'quarantined by milter'

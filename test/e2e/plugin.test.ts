@@ -205,7 +205,7 @@ describe('plugin end to end (real Haraka, real libmilter, real SMTP delivery)', 
     await milterOne({ reply: { connect: 'reject' } })
     const c = await SmtpClient.connect('127.0.0.1', ports.a)
     assert.equal(c.greeting.code, 554)
-    c.close()
+    await c.close()
     assert.equal(sink.messages.length, 0)
   })
 
@@ -406,7 +406,7 @@ describe('plugin end to end (real Haraka, real libmilter, real SMTP delivery)', 
   it('applies default_action=tempfail when the milter is not listening', async () => {
     const c = await SmtpClient.connect('127.0.0.1', ports.a)
     assert.equal(Math.floor(c.greeting.code / 100), 4)
-    c.close()
+    await c.close()
     assert.match(
       haraka.log(),
       /one connect: cannot connect to milter at inet:\d+@127\.0\.0\.1.*\(MILTER_ERR_CONNECT\)/,
