@@ -50,6 +50,14 @@ export interface ChainOptions {
   onEvent?: (e: ChainEvent) => void
   /** Directory for spooled replacement bodies. */
   spoolDir?: string
+  /** Recipients needing different milters in one message: defer them (4xx) or run the union. */
+  mixedRecipients?: 'defer' | 'union'
+}
+
+/** What the recipient rules of a milter look at. */
+export interface RecipientFacts {
+  destinationChannel: string
+  optin: string | undefined
 }
 
 /** The message as the content phase starts. */
@@ -80,6 +88,8 @@ export interface MessageResult {
 /** Per-milter state in this connection. */
 interface Slot {
   def: MilterDef
+  /** Enabled by recipient rules: contacted only from the first matching RCPT of a message. */
+  lazy: boolean
   session: MilterSession | undefined
   /** Not consulted again on this connection (accepted or rejected it, or failed open). */
   retired: boolean
@@ -125,7 +135,28 @@ const REPLIES = {
     enhanced: '4.7.1',
     lines: [{ enhanced: '4.7.1', text: 'Service unavailable - try again later' }],
   },
+  defer: {
+    code: 452,
+    enhanced: '4.5.3',
+    lines: [
+      {
+        enhanced: '4.5.3',
+        text: 'Recipient needs different filtering - send it in a separate transaction',
+      },
+    ],
+  },
 } satisfies Record<string, SmtpReply>
+
+/** Is a rule milter enabled for this recipient? */
+export function enabledFor(def: MilterDef, facts: RecipientFacts | undefined): boolean {
+  if (!facts) return false
+  if (def.destinationChannels.includes(facts.destinationChannel)) return true
+  return facts.optin !== undefined && def.optin.includes(facts.optin)
+}
+
+function sameSet<T>(a: ReadonlySet<T>, b: ReadonlySet<T>): boolean {
+  return a.size === b.size && [...a].every((x) => b.has(x))
+}
 
 /** Facts of the connection, kept to replay CONNECT/HELO to late milters. */
 interface ConnectFacts {
@@ -138,12 +169,18 @@ interface ConnectFacts {
 export class MilterChain {
   private readonly slots: Slot[]
   private connectFacts: ConnectFacts | undefined
+  private heloFacts: { helo: string; macros: MacroLookup | undefined } | undefined
+  private mailFacts: { args: readonly string[]; macros: MacroLookup | undefined } | undefined
+  /** Rule milters taking part in the current message (undefined until the first RCPT). */
+  private messageSet: Set<Slot> | undefined
+  private acceptedRcpts: Array<{ args: readonly string[]; macros: MacroLookup | undefined }> = []
   private messageDiscarded = false
   private readonly open: (def: MilterDef) => Promise<MilterSession>
 
   constructor(private readonly opts: ChainOptions) {
     this.slots = opts.milters.map((def) => ({
       def,
+      lazy: def.destinationChannels.length > 0 || def.optin.length > 0,
       session: undefined,
       retired: false,
       sticky: undefined,
@@ -168,25 +205,147 @@ export class MilterChain {
   /** Opens every milter (in parallel) and reports CONNECT (in order). */
   async connect(hostname: string, addr: ConnectAddress, macros?: MacroLookup): Promise<Outcome> {
     this.connectFacts = { hostname, addr, macros }
-    await Promise.all(this.slots.map((slot) => this.ensureOpen(slot, 'connect')))
+    await Promise.all(
+      this.slots.filter((s) => !s.lazy).map((slot) => this.ensureOpen(slot, 'connect')),
+    )
     return this.each('connect', (s) => s.connect(hostname, addr, macros))
   }
 
   /** HELO/EHLO (again after STARTTLS). */
   helo(helo: string, macros?: MacroLookup): Promise<Outcome> {
-    this.messageDiscarded = false
+    this.heloFacts = { helo, macros }
+    this.resetMessage()
     return this.each('helo', (s) => s.helo(helo, macros))
   }
 
   /** MAIL FROM with its ESMTP arguments. */
   mail(args: readonly string[], macros?: MacroLookup): Promise<Outcome> {
-    this.messageDiscarded = false
+    this.resetMessage()
+    this.mailFacts = { args, macros }
     return this.each('mail', (s) => s.mail(args, macros))
   }
 
-  /** RCPT TO: a reject or tempfail refuses this recipient only. */
-  rcpt(args: readonly string[], macros?: MacroLookup): Promise<Outcome> {
-    return this.each('rcpt', (s) => s.rcpt(args, macros))
+  /**
+   * RCPT TO: a reject or tempfail refuses this recipient only. Milters
+   * enabled by recipient rules join the message at the first matching
+   * recipient (CONNECT, HELO and MAIL replayed with their macros). Every
+   * recipient of a message must need the same milters: with the `defer`
+   * policy a recipient needing another set gets 452 4.5.3 (the client sends
+   * it in a new transaction); with `union` the milters are added.
+   */
+  async rcpt(
+    args: readonly string[],
+    macros?: MacroLookup,
+    facts?: RecipientFacts,
+  ): Promise<Outcome> {
+    const wanted = new Set(this.slots.filter((s) => s.lazy && enabledFor(s.def, facts)))
+    const before = this.messageSet
+    let activate: Slot[]
+    if ((this.opts.mixedRecipients ?? 'defer') === 'defer') {
+      if (before !== undefined && !sameSet(wanted, before)) {
+        return {
+          action: 'tempfail',
+          reply: REPLIES.defer,
+          milter: 'recipient rules',
+          cause: 'verdict',
+        }
+      }
+      activate = before === undefined ? [...wanted] : []
+    } else {
+      activate = [...wanted].filter((s) => !before?.has(s))
+    }
+    this.messageSet = new Set([...(before ?? []), ...wanted])
+    for (const slot of activate) {
+      const o = await this.activate(slot)
+      if (o.action !== 'continue') {
+        this.undo(activate, before)
+        return o
+      }
+    }
+    const o = await this.each('rcpt', (s) => s.rcpt(args, macros))
+    if (o.action === 'continue' || o.action === 'discard') this.acceptedRcpts.push({ args, macros })
+    else this.undo(activate, before)
+    return o
+  }
+
+  /** Rule milters of the current message, for logs and tests. */
+  get messageMilters(): string[] {
+    return this.slots.filter((s) => !s.lazy || this.messageSet?.has(s)).map((s) => s.def.name)
+  }
+
+  private undo(activated: readonly Slot[], before: Set<Slot> | undefined): void {
+    if (activated.length === 0) return
+    for (const slot of activated) {
+      try {
+        slot.session?.abort()
+      } catch (e) {
+        this.failed(slot, 'abort', e)
+      }
+    }
+    this.messageSet = before
+  }
+
+  /** Brings a rule milter into the current message: open, CONNECT, HELO (once), MAIL, earlier RCPTs. */
+  private async activate(slot: Slot): Promise<Outcome> {
+    if (!slot.session && !slot.retired && !slot.sticky) {
+      await this.ensureOpen(slot, 'rcpt')
+      const s = slot.session as MilterSession | undefined
+      const cf = this.connectFacts
+      if (s && cf) {
+        const o = await this.replay(slot, 'connect', () =>
+          s.connect(cf.hostname, cf.addr, cf.macros),
+        )
+        if (o.action !== 'continue') return o
+        const hf = this.heloFacts
+        if (hf) {
+          const h = await this.replay(slot, 'helo', () => s.helo(hf.helo, hf.macros))
+          if (h.action !== 'continue') return h
+        }
+      }
+    }
+    if (slot.sticky) return slot.sticky
+    const s = slot.session
+    if (!s || slot.retired) return { action: 'continue' }
+    const mf = this.mailFacts
+    if (mf) {
+      const o = await this.replay(slot, 'mail', () => s.mail(mf.args, mf.macros))
+      if (o.action !== 'continue') return o
+    }
+    for (const r of this.acceptedRcpts) {
+      // union policy: the milter learns of recipients already accepted; it can no longer refuse them
+      await this.replay(slot, 'rcpt', () => s.rcpt(r.args, r.macros))
+    }
+    return { action: 'continue' }
+  }
+
+  /** A replayed step: its refusal applies to the recipient that brought the milter in. */
+  private async replay(slot: Slot, stage: string, run: () => Promise<Verdict>): Promise<Outcome> {
+    let o: Outcome
+    try {
+      o = this.fromVerdict(slot, stage, await run())
+    } catch (e) {
+      o = this.failed(slot, stage, e)
+    }
+    if (o.action === 'reject' && o.cause === 'verdict' && o.reply.code === 554) {
+      return { ...o, reply: REPLIES.reject }
+    }
+    return o
+  }
+
+  private resetMessage(): void {
+    this.messageDiscarded = false
+    this.messageSet = undefined
+    this.acceptedRcpts = []
+    this.mailFacts = undefined
+  }
+
+  /** Does this milter take part in this stage of the current message? */
+  private participates(slot: Slot, stage: string): boolean {
+    if (!slot.lazy) return true
+    if (stage === 'connect' || stage === 'helo' || stage === 'unknown')
+      return slot.session !== undefined
+    if (stage === 'mail') return false
+    return this.messageSet?.has(slot) ?? false
   }
 
   /** DATA. */
@@ -206,7 +365,7 @@ export class MilterChain {
 
   /** ABORT to every milter inside a message (RSET, rejected transaction, ...). */
   abort(): void {
-    this.messageDiscarded = false
+    this.resetMessage()
     for (const slot of this.slots) {
       const s = slot.session
       if (!s || slot.retired) continue
@@ -245,6 +404,7 @@ export class MilterChain {
       edits: [],
     }
     for (const slot of this.slots) {
+      if (!this.participates(slot, 'eom')) continue
       if (slot.quarantineOnFailure) result.quarantine.push(slot.quarantineOnFailure)
       if (this.messageDiscarded) break
       if (slot.sticky) {
@@ -322,6 +482,7 @@ export class MilterChain {
   private async each(stage: string, run: (s: MilterSession) => Promise<Verdict>): Promise<Outcome> {
     for (const slot of this.slots) {
       if (this.messageDiscarded && stage !== 'helo' && stage !== 'mail') break
+      if (!this.participates(slot, stage)) continue
       if (slot.sticky) return slot.sticky
       if (slot.retired || !slot.session) continue
       let outcome: Outcome

@@ -152,6 +152,7 @@ export function hook_connect(this: MilterPlugin, next: Next, c: HarakaConnection
   const pool = this.milterPool
   const chain = new MilterChain({
     milters: defs,
+    mixedRecipients: cfg.mixedRecipients,
     ...(pool ? { open: (d) => pool.acquire(d), release: (d, s) => pool.release(d, s) } : {}),
     onEvent: (e) => {
       const text = `${e.milter} ${e.stage}: ${e.message}${e.code ? ` (${e.code})` : ''}`
@@ -248,7 +249,7 @@ export function milter_rcpt(
     rcptExtras(rcpt, facts, st.isLocal),
   )
   st.chain
-    .rcpt([rcpt.format()], macros)
+    .rcpt([rcpt.format()], macros, facts)
     .then((o) => {
       if (o.action === 'discard')
         t.notes['milter_disposition'] = { kind: 'discard', milter: o.milter }
