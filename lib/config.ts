@@ -168,7 +168,7 @@ class Reader {
       if (this.values[k] === undefined) continue
       const names = this.list(k, [])
       for (const n of names) {
-        if (!/^\{?[A-Za-z0-9_]+\}?$/.test(n) && n !== '_')
+        if (!/^(\{[A-Za-z0-9_]+\}|[A-Za-z0-9_]+)$/.test(n))
           throw this.err(k, `invalid macro name "${n}"`)
       }
       out.set(stage, names.map(canonicalMacroName))
@@ -298,9 +298,14 @@ export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
   const dc = new Reader(file, 'destination_channel', section(ini, 'destination_channel'))
   const opt = new Reader(file, 'optin', section(ini, 'optin'))
   const optinEntries = parseMap(file, ini, 'optin', ['default'])
+  const defaultMilters = main.list('default_milters', names)
+  for (const m of defaultMilters) {
+    if (!milters.has(m))
+      throw main.err('default_milters', `names "${m}", which has no [milter.${m}] section`)
+  }
   return {
     milters,
-    defaultMilters: main.list('default_milters', names),
+    defaultMilters,
     defaultSourceChannel: main.str('source_channel', 'tcp_local'),
     listeners: parseListeners(file, ini, milters),
     replyCode: main.oneOf('reply_code', ['milter', 'enhanced_only'] as const, 'milter'),

@@ -58,9 +58,35 @@ export function flattenHeaderValue(value: string): string {
  * The stored form of a value the milter sent: flattened, and with one space
  * after the colon unless the milter negotiated HDR_LEADSPC (§8.3).
  */
-export function milterValueToField(value: string, leadingSpace: boolean): string {
+export function milterValueToField(value: string, leadingSpace: boolean, nameLength = 0): string {
   const flat = flattenHeaderValue(value)
-  return leadingSpace ? flat : ` ${flat}`
+  return foldLongValue(leadingSpace ? flat : ` ${flat}`, nameLength + 1)
+}
+
+/** RFC 5322 2.1.1: a line must not exceed 998 characters. */
+const MAX_LINE = 998
+
+/**
+ * A flattened value whose line would exceed 998 characters is folded at
+ * spaces (CRLF + the space), lines kept near 78 characters. Each
+ * continuation starts with whitespace, so no header can be injected.
+ */
+export function foldLongValue(value: string, prefix: number): string {
+  if (prefix + value.length <= MAX_LINE) return value
+  const out: string[] = []
+  let line = ''
+  let width = prefix
+  for (const word of value.split(/(?= )/)) {
+    if (line !== '' && width + word.length > 78) {
+      out.push(line)
+      line = ''
+      width = 0
+    }
+    line += word
+    width += word.length
+  }
+  out.push(line)
+  return out.join('\r\n')
 }
 
 function sameName(a: string, b: string): boolean {
@@ -88,7 +114,7 @@ export function applyHeaderEdits(
   const fields = input.map((f) => ({ ...f }))
   for (const e of edits) {
     checkHeaderName(e.name)
-    const value = milterValueToField(e.value, leadingSpace)
+    const value = milterValueToField(e.value, leadingSpace, e.name.length)
     switch (e.kind) {
       case 'addheader':
         fields.push({ name: e.name, value })
@@ -100,7 +126,7 @@ export function applyHeaderEdits(
       }
       case 'chgheader': {
         const at = findVisible(fields, e.name, Math.max(1, e.index))
-        const deleting = flattenHeaderValue(e.value).trim() === '' && e.value.trim() === ''
+        const deleting = e.value === ''
         if (at < 0) {
           if (!deleting) fields.push({ name: e.name, value })
         } else if (deleting) {
@@ -154,7 +180,10 @@ export function parseMessage(raw: Buffer): { headers: HeaderField[]; body: Buffe
     }
     const colon = line.indexOf(':')
     if (colon <= 0) continue
-    headers.push({ name: line.slice(0, colon).trimEnd(), value: line.slice(colon + 1) })
+    const name = line.slice(0, colon).trimEnd()
+    // an mbox "From " line or other junk is not a header field
+    if (!FIELD_NAME.test(name)) continue
+    headers.push({ name, value: line.slice(colon + 1) })
   }
   for (const h of headers) h.value = h.value.replace(/\r?\n$/, '')
   return { headers, body: toCrlf(body) }

@@ -55,7 +55,13 @@ export function macroPairs(
     if (seen.has(name)) continue
     seen.add(name)
     const value = lookup(name)
-    if (value !== undefined) out.push([name, value])
+    if (value === undefined) continue
+    out.push([
+      name,
+      typeof value === 'string'
+        ? value.replace(/\0/g, '')
+        : Buffer.from(value.filter((b) => b !== 0)),
+    ])
   }
   return out
 }

@@ -131,6 +131,12 @@ function isModification(r: Reply): r is Modification {
   return MODIFICATION_KINDS.has(r.kind)
 }
 
+/** NUL cannot travel in a `str\0` field: client-supplied text loses it (§1.5). */
+function noNul(v: Bytes): Bytes {
+  if (typeof v === 'string') return v.includes('\0') ? v.replace(/\0/g, '') : v
+  return v.includes(0) ? Buffer.from(v.toString('latin1').replace(/\0/g, ''), 'latin1') : v
+}
+
 /** One milter connection. Create it with MilterSession.negotiate(). */
 export class MilterSession {
   private state: State = 'negotiated'
@@ -239,7 +245,7 @@ export class MilterSession {
       omit: Proto.NOCONNECT,
       noReply: Proto.NR_CONN,
       phase: 'command',
-      packet: () => encodeConnect(hostname, addr),
+      packet: () => encodeConnect(noNul(hostname), addr),
       label: 'SMFIC_CONNECT',
     })
     return this.afterConnectionStep(v, 'CONNECT')
@@ -257,7 +263,7 @@ export class MilterSession {
       omit: Proto.NOHELO,
       noReply: Proto.NR_HELO,
       phase: 'command',
-      packet: () => encodeHelo(helo),
+      packet: () => encodeHelo(noNul(helo)),
       label: 'SMFIC_HELO',
     })
     return this.afterConnectionStep(v, 'HELO')
@@ -274,7 +280,7 @@ export class MilterSession {
       omit: Proto.NOMAIL,
       noReply: Proto.NR_MAIL,
       phase: 'command',
-      packet: () => encodeMail(args),
+      packet: () => encodeMail(args.map(noNul)),
       label: 'SMFIC_MAIL',
     })
     return this.afterMessageStep(v, 'mail')
@@ -290,7 +296,7 @@ export class MilterSession {
       omit: Proto.NORCPT,
       noReply: Proto.NR_RCPT,
       phase: 'command',
-      packet: () => encodeRcpt(args),
+      packet: () => encodeRcpt(args.map(noNul)),
       label: 'SMFIC_RCPT',
     })
     switch (v.kind) {
@@ -337,7 +343,7 @@ export class MilterSession {
       omit: Proto.NOHDRS,
       noReply: Proto.NR_HDR,
       phase: 'content',
-      packet: () => encodeHeader(name, this.headerValueForMilter(value)),
+      packet: () => encodeHeader(noNul(name), this.headerValueForMilter(value)),
       label: 'SMFIC_HEADER',
     })
     return this.afterMessageStep(v, 'header')
@@ -443,7 +449,7 @@ export class MilterSession {
       omit: Proto.NOUNKNOWN,
       noReply: Proto.NR_UNKN,
       phase: 'command',
-      packet: () => encodeUnknown(line),
+      packet: () => encodeUnknown(noNul(line)),
       label: 'SMFIC_UNKNOWN',
     })
     this.state = before

@@ -1,0 +1,136 @@
+import assert from 'node:assert/strict'
+
+import { formatSmtpReply, parseReplyCode, type SmtpReply } from '../../../lib/protocol/replycode'
+
+function ok(raw: string): SmtpReply {
+  const r = parseReplyCode(raw)
+  if (!r.ok) assert.fail(`${JSON.stringify(raw)} refused: ${r.error}`)
+  return r.reply
+}
+
+function refused(raw: string): string {
+  const r = parseReplyCode(raw)
+  if (r.ok) assert.fail(`${JSON.stringify(raw)} accepted as ${JSON.stringify(r.reply)}`)
+  assert.ok(r.error.length > 0)
+  return r.error
+}
+
+describe('parseReplyCode: valid replies', () => {
+  it('accepts a single line with an enhanced code', () => {
+    assert.deepStrictEqual(ok('550 5.7.1 Message refused'), {
+      code: 550,
+      enhanced: '5.7.1',
+      lines: [{ enhanced: '5.7.1', text: 'Message refused' }],
+    })
+  })
+
+  it('accepts a single line without an enhanced code', () => {
+    assert.deepStrictEqual(ok('451 Try later'), { code: 451, lines: [{ text: 'Try later' }] })
+  })
+
+  it('accepts a multi-line reply joined by CRLF', () => {
+    assert.deepStrictEqual(ok('550-5.7.0 a\r\n550 5.7.0 b'), {
+      code: 550,
+      enhanced: '5.7.0',
+      lines: [
+        { enhanced: '5.7.0', text: 'a' },
+        { enhanced: '5.7.0', text: 'b' },
+      ],
+    })
+  })
+
+  it('accepts the multi-line reply captured from smfi_setmlreply (§3.4)', () => {
+    const r = ok('450-4.2.0 line one\r\n450 4.2.0 line two')
+    assert.equal(r.code, 450)
+    assert.deepStrictEqual(
+      r.lines.map((l) => l.text),
+      ['line one', 'line two'],
+    )
+  })
+
+  it('accepts 421 (the caller closes the SMTP session)', () => {
+    assert.equal(ok('421 4.7.0 Server closing connection').code, 421)
+    assert.equal(ok('421-4.7.0 a\r\n421 4.7.0 b').code, 421)
+  })
+
+  it('accepts a bare code with no text', () => {
+    assert.deepStrictEqual(ok('554'), { code: 554, lines: [{ text: '' }] })
+  })
+
+  it('turns %% into % and drops a lone % (Postfix)', () => {
+    assert.equal(ok('550 5.7.1 100%% sure').lines[0]?.text, '100% sure')
+    assert.equal(ok('550 5.7.1 50% off').lines[0]?.text, '50 off')
+    assert.equal(ok('550 5.7.1 %%%').lines[0]?.text, '%')
+  })
+
+  it('does not take a non-matching dotted word for an enhanced code', () => {
+    const r = ok('550 5.7.1x refused')
+    assert.equal(r.enhanced, undefined)
+    assert.equal(r.lines[0]?.text, '5.7.1x refused')
+  })
+
+  it('accepts a trailing CRLF after the last line', () => {
+    assert.equal(ok('550 5.7.1 no\r\n').lines.length, 1)
+  })
+})
+
+describe('parseReplyCode: invalid replies', () => {
+  const cases: Array<[string, string]> = [
+    ['a 2xx code', '250 ok'],
+    ['a 2xx code with an enhanced code', '250 2.0.0 ok'],
+    ['a 3xx code', '354 go ahead'],
+    ['a 1xx code', '100 hmm'],
+    ['a 6xx code', '600 6.0.0 x'],
+    ['an enhanced class that does not match (550 4.7.1)', '550 4.7.1 x'],
+    ['an enhanced class that does not match (451 5.7.1)', '451 5.7.1 x'],
+    ['a 2.x.x enhanced code on a 5xx reply', '550 2.0.0 x'],
+    ['a mismatched enhanced class on a continuation line', '550-5.7.0 a\r\n550 4.7.0 b'],
+    ['different codes across lines', '550-5.7.0 a\r\n551 5.7.0 b'],
+    ['4xx and 5xx across lines', '450-4.7.0 a\r\n550 5.7.0 b'],
+    ['a last line with "-"', '550-5.7.0 a\r\n550-5.7.0 b'],
+    ['a single line with "-"', '550-5.7.1 only'],
+    ['a continuation line without "-"', '550 5.7.0 a\r\n550 5.7.0 b'],
+    ['lines joined by bare LF', '550-5.7.0 a\n550 5.7.0 b'],
+    ['an empty reply', ''],
+    ['garbage', 'garbage'],
+    ['a two-digit code', '55 x'],
+    ['a four-digit code', '5500 x'],
+    ['a code not at the start', ' 550 x'],
+    ['a tab after the code', '550\tx'],
+    ['an empty line in the middle', '550-a\r\n\r\n550 b'],
+  ]
+  for (const [name, raw] of cases) {
+    it(`refuses ${name}`, () => {
+      refused(raw)
+    })
+  }
+
+  it('says which codes were mixed', () => {
+    assert.match(refused('550-5.7.0 a\r\n551 5.7.0 b'), /550.*551/)
+  })
+})
+
+describe('formatSmtpReply', () => {
+  const roundTrip = [
+    '550 5.7.1 Message refused',
+    '451 Try later',
+    '550-5.7.0 a\r\n550 5.7.0 b',
+    '421-4.7.0 first\r\n421-4.7.0 second\r\n421 4.7.0 third',
+    '554',
+  ]
+  for (const raw of roundTrip) {
+    it(`gives back ${JSON.stringify(raw)} after parsing`, () => {
+      assert.equal(formatSmtpReply(ok(raw)).join('\r\n'), raw)
+    })
+  }
+
+  it('puts "-" after every line but the last', () => {
+    const lines = formatSmtpReply(ok('550-a\r\n550-b\r\n550 c'))
+    assert.deepStrictEqual(lines, ['550-a', '550-b', '550 c'])
+  })
+
+  it('re-parses its own output to the same reply', () => {
+    const r = ok('450-4.2.0 x\r\n450 y')
+    assert.deepStrictEqual(ok(formatSmtpReply(r).join('\r\n')), r)
+  })
+})
