@@ -9,6 +9,7 @@
 import * as fs from 'node:fs'
 import { parseArgs } from 'node:util'
 import { exitCode, formatReport, runCheck, type CheckReport } from '../lib/check'
+import { parseSocketSpec } from '../lib/transport'
 
 const USAGE = `usage: haraka-milter check --milter SOCKET [--from ADDR] [--rcpt ADDR]...
        [--client-ip IP] [--client-name NAME] [--helo NAME] [--macro NAME=VALUE]...
@@ -70,6 +71,11 @@ async function main(argv: string[]): Promise<number> {
     return 0
   }
   if (!v.milter) fail('--milter is required')
+  try {
+    parseSocketSpec(v.milter)
+  } catch (e) {
+    fail(e instanceof Error ? e.message : String(e))
+  }
   if (parsed.positionals.length !== 1) fail('exactly one MESSAGE.eml is required')
   const protocol = Number(v.protocol)
   if (![2, 3, 4, 5, 6].includes(protocol)) fail(`--protocol must be 2 to 6, not "${v.protocol}"`)

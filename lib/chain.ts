@@ -97,6 +97,8 @@ interface Slot {
   sticky: Outcome | undefined
   /** Failed with default_action quarantine: messages are quarantined. */
   quarantineOnFailure: string | undefined
+  /** A lazy milter that refused the client at its replayed CONNECT/HELO: every recipient needing it is refused. */
+  refusal: Outcome | undefined
 }
 
 const REPLIES = {
@@ -185,6 +187,7 @@ export class MilterChain {
       retired: false,
       sticky: undefined,
       quarantineOnFailure: undefined,
+      refusal: undefined,
     }))
     this.open =
       opts.open ??
@@ -274,7 +277,7 @@ export class MilterChain {
   }
 
   private undo(activated: readonly Slot[], before: Set<Slot> | undefined): void {
-    if (activated.length === 0) return
+    this.messageSet = before
     for (const slot of activated) {
       try {
         slot.session?.abort()
@@ -282,11 +285,11 @@ export class MilterChain {
         this.failed(slot, 'abort', e)
       }
     }
-    this.messageSet = before
   }
 
   /** Brings a rule milter into the current message: open, CONNECT, HELO (once), MAIL, earlier RCPTs. */
   private async activate(slot: Slot): Promise<Outcome> {
+    if (slot.refusal) return slot.refusal
     if (!slot.session && !slot.retired && !slot.sticky) {
       await this.ensureOpen(slot, 'rcpt')
       const s = slot.session as MilterSession | undefined
@@ -295,11 +298,11 @@ export class MilterChain {
         const o = await this.replay(slot, 'connect', () =>
           s.connect(cf.hostname, cf.addr, cf.macros),
         )
-        if (o.action !== 'continue') return o
+        if (o.action !== 'continue') return (slot.refusal = o)
         const hf = this.heloFacts
         if (hf) {
           const h = await this.replay(slot, 'helo', () => s.helo(hf.helo, hf.macros))
-          if (h.action !== 'continue') return h
+          if (h.action !== 'continue') return (slot.refusal = h)
         }
       }
     }
@@ -450,7 +453,12 @@ export class MilterChain {
       }
       // Validate every edit before applying any (all or none).
       const sorted = sortModifications(eom.modifications)
-      const headers = applyHeaderEdits(result.headers, sorted.headerEdits, leadspc)
+      const headers = applyHeaderEdits(
+        result.headers,
+        sorted.headerEdits,
+        leadspc,
+        slot.def.headerFolds,
+      )
       const envelope = applyEnvelopeEdits(result.envelope, sorted.envelopeEdits)
       result.headers = headers
       result.headersChanged ||= sorted.headerEdits.length > 0

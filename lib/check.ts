@@ -243,7 +243,7 @@ function buildOutput(
   }
   const newBody = eom.bodyReplaced ? (eom.replacementBody ?? Buffer.alloc(0)) : body
   report.output = Buffer.concat([
-    Buffer.from(formatHeaderBlock(newHeaders), 'latin1'),
+    Buffer.from(formatHeaderBlock(newHeaders), 'utf8'),
     Buffer.from('\r\n'),
     newBody,
   ])
@@ -294,9 +294,9 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
     report.negotiated = negotiatedReport(session)
     const rcpts = await envelopeStages(session, opts, report)
     if (!rcpts) return report
-    const { headers, body } = parseMessage(opts.message)
+    const { headers, body } = parseMessage(opts.message, 'utf8')
     const eom = await sendContent(session, {
-      headers: headers.map((h) => ({ name: h.name, value: Buffer.from(h.value, 'latin1') })),
+      headers: headers.map((h) => ({ name: h.name, value: Buffer.from(h.value, 'utf8') })),
       body: [body],
       eomMacros: macroLookup(opts, {}),
     })

@@ -3,6 +3,7 @@
  * object). Every error names the file, section and key.
  */
 import { MilterConfigError } from './errors'
+import type { HeaderFolds } from './message/headers'
 import { MacroStage } from './protocol/constants'
 import { canonicalMacroName, POSTFIX_DEFAULT_MACROS, type MacroLists } from './session/macros'
 import type { Timeouts } from './session/session'
@@ -23,6 +24,8 @@ export interface MilterDef {
   /** Recipient rules (per-recipient filtering): enabled only for these channels / opt-in values. */
   destinationChannels: string[]
   optin: string[]
+  /** Header values from this milter: one line (flatten) or proper folds kept (keep). */
+  headerFolds: HeaderFolds
 }
 
 /** One listener's selection. */
@@ -87,6 +90,8 @@ export const DEFAULT_MACROS: MacroLists = new Map<MacroStage, readonly string[]>
   ],
   [MacroStage.EOM, ['i', '{msg_id}']],
 ])
+
+const FOLDS = ['flatten', 'keep'] as const
 
 const DEFAULT_ACTIONS: readonly DefaultAction[] = [
   'accept',
@@ -234,6 +239,7 @@ function parseMilter(
       contentMs: r.seconds('content_timeout', main.seconds('content_timeout', 300) / 1000),
     },
     macros: r.macros('macros.', macros),
+    headerFolds: r.oneOf('header_folds', FOLDS, main.oneOf('header_folds', FOLDS, 'flatten')),
     destinationChannels: r.list('destination_channels', []),
     optin: r.list('optin', []),
   }

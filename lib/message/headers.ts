@@ -58,9 +58,38 @@ export function flattenHeaderValue(value: string): string {
  * The stored form of a value the milter sent: flattened, and with one space
  * after the colon unless the milter negotiated HDR_LEADSPC (§8.3).
  */
-export function milterValueToField(value: string, leadingSpace: boolean, nameLength = 0): string {
+export function milterValueToField(
+  value: string,
+  leadingSpace: boolean,
+  nameLength = 0,
+  folds: HeaderFolds = 'flatten',
+): string {
+  if (folds === 'keep') {
+    const kept = keepFolds(value)
+    return leadingSpace ? kept : ` ${kept}`
+  }
   const flat = flattenHeaderValue(value)
   return foldLongValue(leadingSpace ? flat : ` ${flat}`, nameLength + 1)
+}
+
+/**
+ * `flatten` (the default, as the seed does): every value on one line.
+ * `keep`: a line break followed by a space or tab stays a fold (what the
+ * milter signed, e.g. a DKIM-Signature under simple header
+ * canonicalization); any other line break still becomes a space.
+ */
+export type HeaderFolds = 'flatten' | 'keep'
+
+/** Keeps proper folds (stored with LF, as Haraka stores parsed headers); neutralises the rest. */
+export function keepFolds(value: string): string {
+  return (
+    value
+      // eslint-disable-next-line no-control-regex
+      .replace(/\x00/g, '')
+      .replace(/(?:\r\n|\r|\n)+(?=[ \t])/g, '\n')
+      .replace(/[\r\n]+[ \t]*/g, (m) => (m.startsWith('\n') && /[ \t]$/.test(m) ? m : ' '))
+      .replace(/\n(?![ \t])/g, ' ')
+  )
 }
 
 /** RFC 5322 2.1.1: a line must not exceed 998 characters. */
@@ -110,11 +139,12 @@ export function applyHeaderEdits(
   input: readonly HeaderField[],
   edits: readonly HeaderEdit[],
   leadingSpace: boolean,
+  folds: HeaderFolds = 'flatten',
 ): HeaderField[] {
   const fields = input.map((f) => ({ ...f }))
   for (const e of edits) {
     checkHeaderName(e.name)
-    const value = milterValueToField(e.value, leadingSpace, e.name.length)
+    const value = milterValueToField(e.value, leadingSpace, e.name.length, folds)
     switch (e.kind) {
       case 'addheader':
         fields.push({ name: e.name, value })
@@ -147,7 +177,10 @@ export function formatHeaderBlock(fields: readonly HeaderField[]): string {
 }
 
 /** Splits a raw message into header fields and body (CRLF or LF line ends). */
-export function parseMessage(raw: Buffer): { headers: HeaderField[]; body: Buffer } {
+export function parseMessage(
+  raw: Buffer,
+  encoding: 'latin1' | 'utf8' = 'latin1',
+): { headers: HeaderField[]; body: Buffer } {
   let end = -1
   let sepLen = 0
   for (let i = 0; i < raw.length; i++) {
@@ -168,7 +201,7 @@ export function parseMessage(raw: Buffer): { headers: HeaderField[]; body: Buffe
       break
     }
   }
-  const headerText = (end < 0 ? raw : raw.subarray(0, end)).toString('latin1')
+  const headerText = (end < 0 ? raw : raw.subarray(0, end)).toString(encoding)
   const body = end < 0 ? Buffer.alloc(0) : raw.subarray(end + sepLen)
   const headers: HeaderField[] = []
   for (const line of headerText.split(/(?<=\n)/)) {

@@ -28,6 +28,11 @@ export interface HarakaOptions {
   me?: string
   /** config/log.ini level (default 'debug'). */
   logLevel?: string
+  /**
+   * Plain Haraka plugins (name -> JavaScript source), written to `<dir>/plugins/<name>.js`
+   * where Haraka finds them before its own; list them in `plugins` by that name.
+   */
+  pluginFiles?: Record<string, string>
   /** Extra environment variables for the Haraka process. */
   env?: Record<string, string>
   /** How long to wait for every listener (default 20000 ms). */
@@ -248,6 +253,8 @@ export async function startHaraka(opts: HarakaOptions): Promise<RunningHaraka> {
   const files = { ...defaultConfig(dir, opts, listeners), ...(opts.config ?? {}) }
   for (const [name, content] of Object.entries(files))
     writeFile(path.join(configDir, name), content)
+  for (const [name, source] of Object.entries(opts.pluginFiles ?? {}))
+    writeFile(path.join(dir, 'plugins', `${name}.js`), source)
 
   const logFile = path.join(dir, 'haraka.log')
   const logFd = fs.openSync(logFile, 'a')

@@ -1,0 +1,745 @@
+/**
+ * `haraka-milter check` (dist/bin/haraka-milter.js) against a real libmilter
+ * filter (test/milters/scripted.py): exit status, the human and JSON
+ * reports, --out, --trace, and what the filter saw.
+ */
+import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+
+import {
+  assertPymilterInstalled,
+  freePort,
+  repoRoot,
+  startScriptedMilter,
+  stopAllMilters,
+  type MilterEventName,
+  type EventOf,
+  type MilterScript,
+  type StartedMilter,
+  type Transport,
+} from '../helpers/milter-process'
+
+const CLI = path.join(repoRoot(), 'dist', 'bin', 'haraka-milter.js')
+
+const HEADER_TEXT =
+  'From: Alice <alice@example.com>\r\n' +
+  'To: Bob <bob@example.net>\r\n' +
+  'Subject: Original subject\r\n' +
+  'Message-ID: <cli-1@example.com>\r\n'
+const BODY = 'Hello Bob,\r\nthis is the original body.\r\n'
+const MESSAGE = HEADER_TEXT + '\r\n' + BODY
+
+const USAGE = /usage: haraka-milter check --milter SOCKET/
+
+interface Run {
+  code: number | null
+  stdout: string
+  stderr: string
+}
+
+/** Runs the CLI; never rejects (a non-zero exit is a result). */
+function runCli(args: string[], timeoutMs = 20000): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [CLI, ...args],
+      { timeout: timeoutMs, encoding: 'utf8' },
+      (err, stdout, stderr) => {
+        let code: number | null = 0
+        if (err) code = typeof err.code === 'number' ? err.code : null
+        resolve({ code, stdout, stderr })
+      },
+    )
+  })
+}
+
+function sha256(text: string): string {
+  return createHash('sha256').update(Buffer.from(text, 'latin1')).digest('hex')
+}
+
+function lines(text: string): string[] {
+  return text.split('\n').filter((l) => l !== '')
+}
+
+function one<K extends MilterEventName>(m: StartedMilter, kind: K): EventOf<K> {
+  const list = m.eventsOf(kind)
+  assert.equal(list.length, 1, `expected one ${kind} event, got ${list.length}`)
+  return list[0]!
+}
+
+/** The JSON report, as bin/haraka-milter.ts prints it. */
+interface JsonReport {
+  milter: string
+  verdict: string
+  reply?: string[]
+  stages: Array<{ stage: string; verdict: string; reply?: string[] }>
+  modifications: string[]
+  negotiated?: {
+    version: number
+    actions: string[]
+    protocol: string[]
+    actionsHex: string
+    protocolHex: string
+    macrosRequested: Record<string, string[]>
+  }
+  envelope?: { from: string; rcpts: string[] }
+  quarantine?: string
+  error?: { code: string; message: string }
+  trace?: Array<{ dir: 'send' | 'recv'; name: string; hex: string }>
+  outputBytes?: number
+}
+
+function parseJson(stdout: string): JsonReport {
+  const doc: unknown = JSON.parse(stdout)
+  assert.ok(typeof doc === 'object' && doc !== null && !Array.isArray(doc), 'one JSON object')
+  return doc as JsonReport
+}
+
+const EDITS: MilterScript = {
+  eom: [
+    { op: 'addheader', name: 'X-Scanned', value: 'clean' },
+    { op: 'chgheader', name: 'Subject', index: 1, value: 'Edited subject' },
+    { op: 'replacebody', text: 'Replaced body.\r\n' },
+    { op: 'addrcpt', rcpt: '<added@example.org>' },
+    { op: 'chgfrom', sender: '<bounce@example.org>', params: 'BODY=8BITMIME' },
+  ],
+}
+
+const EDIT_LINES = [
+  'modifications:',
+  '  add header X-Scanned: "clean"',
+  '  change header Subject #1: "Edited subject"',
+  '  add recipient <added@example.org>',
+  '  change sender to <bounce@example.org> BODY=8BITMIME',
+  '  replace body (16 bytes)',
+]
+
+describe('haraka-milter check (CLI) against libmilter (scripted.py)', function () {
+  this.timeout(30000)
+
+  let dir: string
+  let msgFile: string
+
+  before(function () {
+    // A missing pymilter must fail the suite, never skip it.
+    assertPymilterInstalled()
+    assert.ok(fs.existsSync(CLI), `${CLI} is missing: run npx tsc -p tsconfig.json first`)
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'haraka-milter-cli-'))
+    msgFile = path.join(dir, 'message.eml')
+    fs.writeFileSync(msgFile, MESSAGE)
+  })
+
+  afterEach(async function () {
+    await stopAllMilters()
+  })
+
+  after(async function () {
+    await stopAllMilters()
+    if (dir) fs.rmSync(dir, { recursive: true, force: true })
+  })
+
+  async function start(script: MilterScript, transport: Transport = 'inet') {
+    return startScriptedMilter(script, { transport })
+  }
+
+  it('an accepted message with edits: exit 0, negotiated options, stages, modifications, verdict', async function () {
+    const m = await start(EDITS)
+    const out = path.join(dir, 'edited.eml')
+    const r = await runCli([
+      'check',
+      '--milter',
+      m.socket,
+      '--from',
+      'alice@example.com',
+      '--rcpt',
+      'bob@example.net',
+      '--out',
+      out,
+      msgFile,
+    ])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    assert.equal(r.stderr, '')
+    const l = lines(r.stdout)
+    assert.equal(l[0], `milter: ${m.socket}`)
+    assert.equal(
+      l[1],
+      'negotiated: version 6, actions 0x1ff [ADDHDRS CHGBODY ADDRCPT DELRCPT CHGHDRS QUARANTINE CHGFROM ADDRCPT_PAR SETSYMLIST], protocol 0x0 []',
+    )
+    assert.deepEqual(l.slice(2), [
+      'connect: continue',
+      'helo: continue',
+      'mail: continue',
+      'rcpt <bob@example.net>: continue',
+      'data: continue',
+      'eom: continue',
+      ...EDIT_LINES,
+      'envelope: from <bounce@example.org> to <bob@example.net> <added@example.org>',
+      'verdict: accept',
+    ])
+
+    // --out: the message as the edits leave it
+    assert.equal(
+      fs.readFileSync(out, 'latin1'),
+      'From: Alice <alice@example.com>\r\n' +
+        'To: Bob <bob@example.net>\r\n' +
+        'Subject: Edited subject\r\n' +
+        'Message-ID: <cli-1@example.com>\r\n' +
+        'X-Scanned: clean\r\n' +
+        '\r\n' +
+        'Replaced body.\r\n',
+    )
+
+    // the filter's side
+    const c = one(m, 'connect')
+    assert.equal(c.hostname, 'localhost')
+    assert.deepEqual(c.hostaddr, ['127.0.0.1', 0])
+    assert.equal(one(m, 'helo').helo, 'localhost')
+    assert.deepEqual(one(m, 'envfrom').args, ['<alice@example.com>'])
+    assert.deepEqual(one(m, 'envrcpt').args, ['<bob@example.net>'])
+    one(m, 'data')
+    const eom = one(m, 'eom')
+    assert.deepEqual(eom.headers, [
+      ['From', 'Alice <alice@example.com>'],
+      ['To', 'Bob <bob@example.net>'],
+      ['Subject', 'Original subject'],
+      ['Message-ID', '<cli-1@example.com>'],
+    ])
+    assert.equal(eom.body, BODY)
+    assert.equal(eom.bodySha256, sha256(BODY))
+    await m.waitForEvent((e) => e.event === 'close')
+    assert.equal(m.eventsOf('error').length, 0)
+  })
+
+  it('a message with bare LF line ends reaches the filter with CRLF', async function () {
+    const m = await start({})
+    const file = path.join(dir, 'lf.eml')
+    fs.writeFileSync(file, 'Subject: lf\n\nline one\nline two\n')
+    const r = await runCli(['check', '--milter', m.socket, file])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    const eom = one(m, 'eom')
+    assert.deepEqual(eom.headers, [['Subject', 'lf']])
+    assert.equal(eom.body, 'line one\r\nline two\r\n')
+    assert.match(r.stdout, /^verdict: accept$/m)
+    // with no --from / --rcpt, the defaults
+    assert.equal(one(m, 'envfrom').sender, '<sender@example.org>')
+    assert.equal(one(m, 'envrcpt').rcpt, '<recipient@example.org>')
+  })
+
+  it('insheader at 0 and a header deletion land in --out', async function () {
+    const m = await start({
+      eom: [
+        { op: 'insheader', index: 0, name: 'X-Top', value: 'first' },
+        { op: 'chgheader', name: 'To', index: 1, value: '' },
+        { op: 'addrcpt_par', rcpt: '<par@example.org>', params: 'NOTIFY=NEVER' },
+        { op: 'delrcpt', rcpt: '<recipient@example.org>' },
+      ],
+    })
+    const out = path.join(dir, 'ins.eml')
+    const r = await runCli(['check', '--milter', m.socket, '--out', out, msgFile])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    const l = lines(r.stdout)
+    const i = l.indexOf('modifications:')
+    assert.deepEqual(l.slice(i, i + 5), [
+      'modifications:',
+      '  insert header at 0 X-Top: "first"',
+      '  delete header To #1',
+      '  add recipient <par@example.org> NOTIFY=NEVER',
+      '  delete recipient <recipient@example.org>',
+    ])
+    assert.ok(l.includes('envelope: from <sender@example.org> to <par@example.org>'), r.stdout)
+    assert.equal(
+      fs.readFileSync(out, 'latin1'),
+      'X-Top: first\r\n' +
+        'From: Alice <alice@example.com>\r\n' +
+        'Subject: Original subject\r\n' +
+        'Message-ID: <cli-1@example.com>\r\n' +
+        '\r\n' +
+        BODY,
+    )
+  })
+
+  it('8-bit (UTF-8) headers: the filter sees the bytes and --out keeps them and the edits as UTF-8', async function () {
+    const m = await start({
+      eom: [
+        { op: 'addheader', name: 'X-Note', value: 'café €' },
+        { op: 'chgheader', name: 'Subject', index: 1, value: 'Ünïcødé' },
+      ],
+    })
+    const file = path.join(dir, 'utf8.eml')
+    const out = path.join(dir, 'utf8-out.eml')
+    fs.writeFileSync(file, 'From: Jürgen <j@example.com>\r\nSubject: Grüße\r\n\r\nbody\r\n', 'utf8')
+    const r = await runCli(['check', '--milter', m.socket, '--out', out, file])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    assert.deepEqual(one(m, 'eom').headers, [
+      ['From', 'Jürgen <j@example.com>'],
+      ['Subject', 'Grüße'],
+    ])
+    assert.match(r.stdout, /^ {2}add header X-Note: "café €"$/m)
+    const written = fs.readFileSync(out)
+    const expected = Buffer.from(
+      'From: Jürgen <j@example.com>\r\nSubject: Ünïcødé\r\nX-Note: café €\r\n\r\nbody\r\n',
+      'utf8',
+    )
+    assert.equal(written.toString('hex'), expected.toString('hex'), written.toString('utf8'))
+  })
+
+  it('--json prints one JSON document with verdict, stages, modifications, negotiated', async function () {
+    const m = await start(EDITS)
+    const r = await runCli([
+      'check',
+      '--milter',
+      m.socket,
+      '--rcpt',
+      'bob@example.net',
+      '--json',
+      msgFile,
+    ])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    const doc = parseJson(r.stdout)
+    assert.equal(doc.verdict, 'accept')
+    assert.equal(doc.milter, m.socket)
+    assert.deepEqual(doc.stages, [
+      { stage: 'connect', verdict: 'continue' },
+      { stage: 'helo', verdict: 'continue' },
+      { stage: 'mail', verdict: 'continue' },
+      { stage: 'rcpt <bob@example.net>', verdict: 'continue' },
+      { stage: 'data', verdict: 'continue' },
+      { stage: 'eom', verdict: 'continue' },
+    ])
+    assert.deepEqual(
+      doc.modifications,
+      EDIT_LINES.slice(1).map((l) => l.trim()),
+    )
+    assert.deepEqual(doc.negotiated, {
+      version: 6,
+      actions: [
+        'ADDHDRS',
+        'CHGBODY',
+        'ADDRCPT',
+        'DELRCPT',
+        'CHGHDRS',
+        'QUARANTINE',
+        'CHGFROM',
+        'ADDRCPT_PAR',
+        'SETSYMLIST',
+      ],
+      protocol: [],
+      actionsHex: '0x1ff',
+      protocolHex: '0x0',
+      macrosRequested: {},
+    })
+    assert.deepEqual(doc.envelope, {
+      from: '<bounce@example.org>',
+      rcpts: ['<bob@example.net>', '<added@example.org>'],
+    })
+    assert.equal(doc.trace, undefined, 'no trace without --trace')
+    assert.equal(doc.error, undefined)
+    one(m, 'eom')
+  })
+
+  it('--json reports the macros a filter requested', async function () {
+    const m = await start({ symlist: { connect: 'j {client_addr}', eom: ['i'] } })
+    const r = await runCli(['check', '--milter', m.socket, '--json', msgFile])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    const doc = parseJson(r.stdout)
+    assert.deepEqual(doc.negotiated?.macrosRequested, {
+      connect: ['j', '{client_addr}'],
+      eom: ['i'],
+    })
+    // only the requested CONNECT macros were sent
+    const macros = one(m, 'connect').macros
+    assert.deepEqual(Object.keys(macros).sort(), ['j', '{client_addr}'])
+    assert.equal(macros['{client_addr}'], '127.0.0.1')
+  })
+
+  it('--trace adds the packets (>> SMFIC_OPTNEG 4f00000006...)', async function () {
+    const m = await start({ eom: [{ op: 'addheader', name: 'X-T', value: 't' }] })
+    const r = await runCli(['check', '--milter', m.socket, '--trace', msgFile])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    const l = lines(r.stdout)
+    const packets = l.filter((x) => x.startsWith('>> ') || x.startsWith('<< '))
+    assert.equal(packets[0], '>> SMFIC_OPTNEG 4f00000006000001ff001ff7ff')
+    assert.equal(packets[1], '<< SMFIC_OPTNEG 4f00000006000001ff00000000')
+    const body = Buffer.from('B' + BODY, 'latin1').toString('hex')
+    assert.ok(packets.includes(`>> SMFIC_BODY ${body}`), 'the BODY packet, hex')
+    assert.ok(packets.includes('>> SMFIC_BODYEOB 45'))
+    assert.ok(
+      packets.includes(`<< SMFIR_ADDHEADER ${Buffer.from('hX-T\0t\0').toString('hex')}`),
+      packets.join('\n'),
+    )
+    assert.equal(packets[packets.length - 1], '<< SMFIR_CONTINUE 63')
+    const names = packets.map((p) => p.split(' ')[1])
+    for (const n of ['SMFIC_CONNECT', 'SMFIC_HELO', 'SMFIC_MAIL', 'SMFIC_RCPT', 'SMFIC_DATA']) {
+      assert.ok(names.includes(n), `${n} in the trace`)
+    }
+    assert.equal(names.filter((n) => n === 'SMFIC_HEADER').length, 4)
+    assert.match(r.stdout, /^verdict: accept$/m)
+
+    // and as a `trace` array in JSON
+    const j = await runCli(['check', '--milter', m.socket, '--trace', '--json', msgFile])
+    assert.equal(j.code, 0)
+    const doc = parseJson(j.stdout)
+    assert.ok(doc.trace)
+    assert.deepEqual(doc.trace[0], {
+      dir: 'send',
+      name: 'SMFIC_OPTNEG',
+      hex: '4f00000006000001ff001ff7ff',
+    })
+    assert.deepEqual(doc.trace[doc.trace.length - 1], {
+      dir: 'recv',
+      name: 'SMFIR_CONTINUE',
+      hex: '63',
+    })
+    assert.equal(doc.trace.length, packets.length)
+  })
+
+  it('a single-line reply code at EOB: exit 1 with the reply line, no --out written', async function () {
+    const m = await start({
+      reply: { eom: { code: '554', xcode: '5.7.1', text: 'Spam detected' } },
+      eom: [{ op: 'addheader', name: 'X-Moot', value: '1' }],
+    })
+    const out = path.join(dir, 'rejected.eml')
+    const r = await runCli(['check', '--milter', m.socket, '--out', out, msgFile])
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    const l = lines(r.stdout)
+    const i = l.indexOf('eom: replycode 554')
+    assert.ok(i > 0, r.stdout)
+    assert.equal(l[i + 1], '  554 5.7.1 Spam detected')
+    assert.equal(l[l.length - 1], 'verdict: reject (554 5.7.1 Spam detected)')
+    assert.equal(fs.existsSync(out), false)
+    one(m, 'eom')
+  })
+
+  it('a multi-line reply code at EOB: exit 1 with every line', async function () {
+    const m = await start({
+      reply: { eom: { code: '550', xcode: '5.7.1', lines: ['first line', 'second line'] } },
+    })
+    const r = await runCli(['check', '--milter', m.socket, '--json', msgFile])
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    const doc = parseJson(r.stdout)
+    assert.equal(doc.verdict, 'reject')
+    assert.deepEqual(doc.reply, ['550-5.7.1 first line', '550 5.7.1 second line'])
+    assert.deepEqual(doc.stages[doc.stages.length - 1], {
+      stage: 'eom',
+      verdict: 'replycode 550',
+      reply: ['550-5.7.1 first line', '550 5.7.1 second line'],
+    })
+    const t = await runCli(['check', '--milter', m.socket, msgFile])
+    assert.equal(t.code, 1)
+    assert.match(t.stdout, /^ {2}550-5\.7\.1 first line\n {2}550 5\.7\.1 second line$/m)
+    assert.match(
+      t.stdout,
+      /^verdict: reject \(550-5\.7\.1 first line \/ 550 5\.7\.1 second line\)$/m,
+    )
+  })
+
+  it('tempfail at EOB: exit 1', async function () {
+    const m = await start({ reply: { eom: 'tempfail' } })
+    const r = await runCli(['check', '--milter', m.socket, msgFile])
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    assert.match(r.stdout, /^eom: tempfail$/m)
+    assert.match(r.stdout, /^verdict: tempfail \(451 /m)
+  })
+
+  it('a plain reject at MAIL: exit 1, later stages not run', async function () {
+    const m = await start({ reply: { mail: 'reject' } })
+    const r = await runCli(['check', '--milter', m.socket, msgFile])
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    assert.deepEqual(lines(r.stdout).slice(2), [
+      'connect: continue',
+      'helo: continue',
+      'mail: reject',
+      'verdict: reject (550 5.7.1 Command rejected)',
+    ])
+    assert.equal(m.eventsOf('envrcpt').length, 0)
+    assert.equal(m.eventsOf('eom').length, 0)
+  })
+
+  it('discard at EOB: exit 0 with verdict discard', async function () {
+    const m = await start({ reply: { eom: 'discard' } })
+    const r = await runCli(['check', '--milter', m.socket, msgFile])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    assert.match(r.stdout, /^verdict: discard$/m)
+  })
+
+  it('a quarantine is reported', async function () {
+    const m = await start({ eom: [{ op: 'quarantine', reason: 'looks odd' }] })
+    const r = await runCli(['check', '--milter', m.socket, msgFile])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    assert.match(r.stdout, /^ {2}quarantine: looks odd$/m)
+    assert.match(r.stdout, /^quarantine: looks odd$/m)
+  })
+
+  it('a milter that is not listening: exit 2 with MILTER_ERR_CONNECT', async function () {
+    const port = await freePort()
+    const r = await runCli(['check', '--milter', `inet:${port}@127.0.0.1`, msgFile])
+    assert.equal(r.code, 2, r.stdout + r.stderr)
+    assert.match(
+      r.stdout,
+      /^error: MILTER_ERR_CONNECT: cannot connect to milter at inet:\d+@127\.0\.0\.1/m,
+    )
+    assert.match(r.stdout, /^verdict: error$/m)
+    const j = await runCli([
+      'check',
+      '--milter',
+      `unix:${path.join(dir, 'no-such.sock')}`,
+      '--json',
+      msgFile,
+    ])
+    assert.equal(j.code, 2)
+    const doc = parseJson(j.stdout)
+    assert.equal(doc.verdict, 'error')
+    assert.equal(doc.error?.code, 'MILTER_ERR_CONNECT')
+  })
+
+  it('a filter requiring what we do not offer: exit 2 with MILTER_ERR_NEGOTIATE and our masks', async function () {
+    // we never offer SMFIP_RCPT_REJ; libmilter hangs up
+    const m = await start({ protocol: { rcptRej: true } })
+    const r = await runCli(['check', '--milter', m.socket, msgFile])
+    assert.equal(r.code, 2, r.stdout + r.stderr)
+    assert.match(r.stdout, /^error: MILTER_ERR_NEGOTIATE: .*actions=0x1ff, protocol=0x1ff7ff/m)
+    assert.equal(m.eventsOf('connect').length, 0)
+  })
+
+  it('a filter slower than --timeout: exit 2 with MILTER_ERR_TIMEOUT', async function () {
+    const m = await start({ sleepMs: { eom: 1500 } })
+    const t0 = Date.now()
+    const r = await runCli(['check', '--milter', m.socket, '--timeout', '0.3', msgFile])
+    assert.equal(r.code, 2, r.stdout + r.stderr)
+    assert.match(r.stdout, /^error: MILTER_ERR_TIMEOUT: milter content timeout after 300 ms/m)
+    assert.ok(Date.now() - t0 < 1500, 'the CLI did not wait for the filter')
+  })
+
+  describe('bad arguments: exit 2 with a usage message', function () {
+    const cases: Array<[string, (file: string) => string[], RegExp]> = [
+      ['no --milter', (f) => ['check', f], /--milter is required/],
+      ['no command', () => [], /missing command/],
+      [
+        'an unknown command',
+        (f) => ['scan', '--milter', 'inet:1@127.0.0.1', f],
+        /unknown command "scan"/,
+      ],
+      [
+        'a bad --protocol',
+        (f) => ['check', '--milter', 'inet:1@127.0.0.1', '--protocol', '7', f],
+        /--protocol must be 2 to 6, not "7"/,
+      ],
+      [
+        'a non-numeric --protocol',
+        (f) => ['check', '--milter', 'inet:1@127.0.0.1', '--protocol', 'six', f],
+        /--protocol must be 2 to 6/,
+      ],
+      [
+        'an unreadable file',
+        () => ['check', '--milter', 'inet:1@127.0.0.1', '/nonexistent/message.eml'],
+        /cannot read \/nonexistent\/message\.eml/,
+      ],
+      [
+        'no message file',
+        () => ['check', '--milter', 'inet:1@127.0.0.1'],
+        /exactly one MESSAGE\.eml is required/,
+      ],
+      [
+        'two message files',
+        (f) => ['check', '--milter', 'inet:1@127.0.0.1', f, f],
+        /exactly one MESSAGE\.eml is required/,
+      ],
+      [
+        'a --macro without =',
+        (f) => ['check', '--milter', 'inet:1@127.0.0.1', '--macro', 'novalue', f],
+        /--macro needs NAME=VALUE/,
+      ],
+      [
+        'a bad --timeout',
+        (f) => ['check', '--milter', 'inet:1@127.0.0.1', '--timeout', '0', f],
+        /--timeout must be a positive number/,
+      ],
+      [
+        'an unknown option',
+        (f) => ['check', '--milter', 'inet:1@127.0.0.1', '--frobnicate', f],
+        /Unknown option '--frobnicate'/,
+      ],
+    ]
+    for (const [title, args, reason] of cases) {
+      it(title, async function () {
+        const r = await runCli(args(msgFile))
+        assert.equal(r.code, 2, r.stdout + r.stderr)
+        assert.match(r.stderr, reason)
+        assert.match(r.stderr, USAGE)
+        assert.equal(r.stdout, '', 'nothing on stdout: no report was run')
+      })
+    }
+
+    // bin/haraka-milter.ts does not validate --milter before running the check:
+    // a bad spec is reported as MILTER_ERR_CONFIG on stdout, without the usage.
+    it('a bad socket spec (unrecognised, relative unix path, port out of range)', async function () {
+      const specs: Array<[string, RegExp]> = [
+        ['bogus', /unrecognised milter socket "bogus"/],
+        ['unix:milter.sock', /unix socket path must be absolute/],
+        ['inet:70000@127.0.0.1', /port 70000 out of range/],
+      ]
+      for (const [spec, reason] of specs) {
+        const r = await runCli(['check', '--milter', spec, msgFile])
+        assert.equal(r.code, 2, r.stdout + r.stderr)
+        assert.match(r.stdout + r.stderr, reason)
+        assert.match(r.stderr, USAGE, `usage on stderr for --milter ${spec}`)
+        assert.equal(r.stdout, '', `nothing on stdout for --milter ${spec}: no report was run`)
+      }
+    })
+
+    it('--help prints the usage on stdout with exit 0', async function () {
+      const r = await runCli(['check', '--help'])
+      assert.equal(r.code, 0)
+      assert.match(r.stdout, USAGE)
+    })
+  })
+
+  it('--protocol 2: negotiates version 2, no DATA reaches the filter, edits still apply', async function () {
+    const m = await start({ eom: [{ op: 'addheader', name: 'X-V2', value: 'yes' }] })
+    const out = path.join(dir, 'v2.eml')
+    const r = await runCli([
+      'check',
+      '--milter',
+      m.socket,
+      '--protocol',
+      '2',
+      '--out',
+      out,
+      msgFile,
+    ])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    assert.match(
+      r.stdout,
+      /^negotiated: version 2, actions 0x3f \[ADDHDRS CHGBODY ADDRCPT DELRCPT CHGHDRS QUARANTINE\], protocol 0x300 \[NOUNKNOWN NODATA\]$/m,
+    )
+    assert.match(r.stdout, /^ {2}add header X-V2: "yes"$/m)
+    assert.match(r.stdout, /^verdict: accept$/m)
+    assert.ok(r.stdout.startsWith(`milter: ${m.socket}\n`))
+    assert.equal(m.eventsOf('data').length, 0)
+    assert.equal(one(m, 'negotiate').offered.actions, 0x3f)
+    assert.equal(one(m, 'eom').bodySha256, sha256(BODY))
+    assert.match(fs.readFileSync(out, 'latin1'), /\r\nX-V2: yes\r\n\r\nHello Bob,/)
+  })
+
+  it('--macro NAME=VALUE and the client options reach the filter', async function () {
+    const m = await start({})
+    const r = await runCli([
+      'check',
+      '--milter',
+      m.socket,
+      '--macro',
+      '{auth_authen}=alice',
+      '--macro',
+      'auth_type=PLAIN',
+      '--macro',
+      'i=QID4242',
+      '--client-ip',
+      '192.0.2.7',
+      '--client-name',
+      'mail.example.com',
+      '--helo',
+      'helo.example.com',
+      '--from',
+      '<alice@example.com>',
+      msgFile,
+    ])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    const c = one(m, 'connect')
+    assert.equal(c.hostname, 'mail.example.com')
+    assert.deepEqual(c.hostaddr, ['192.0.2.7', 0])
+    assert.equal(c.macros['{auth_authen}'], 'alice')
+    assert.equal(c.macros['{auth_type}'], 'PLAIN')
+    assert.equal(c.macros['{client_addr}'], '192.0.2.7')
+    assert.equal(c.macros['{client_name}'], 'mail.example.com')
+    assert.equal(one(m, 'helo').helo, 'helo.example.com')
+    const from = one(m, 'envfrom')
+    assert.equal(from.sender, '<alice@example.com>')
+    assert.equal(from.macros['i'], 'QID4242')
+    assert.equal(from.macros['{mail_addr}'], 'alice@example.com')
+    assert.equal(one(m, 'eom').macros['i'], 'QID4242')
+  })
+
+  it('--rcpt twice, one rejected by the filter: the other continues and the message is accepted', async function () {
+    const m = await start({
+      reply: {
+        rcpt: {
+          '<bad@example.com>': { code: '550', xcode: '5.1.1', text: 'No such user' },
+          '*': 'continue',
+        },
+      },
+      eom: [{ op: 'addheader', name: 'X-Rcpt', value: 'ok' }],
+    })
+    const r = await runCli([
+      'check',
+      '--milter',
+      m.socket,
+      '--rcpt',
+      'bad@example.com',
+      '--rcpt',
+      'good@example.com',
+      msgFile,
+    ])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    const l = lines(r.stdout)
+    const i = l.indexOf('rcpt <bad@example.com>: replycode 550')
+    assert.ok(i > 0, r.stdout)
+    assert.equal(l[i + 1], '  550 5.1.1 No such user')
+    assert.equal(l[i + 2], 'rcpt <good@example.com>: continue')
+    assert.ok(l.includes('envelope: from <sender@example.org> to <good@example.com>'), r.stdout)
+    assert.equal(l[l.length - 1], 'verdict: accept')
+    assert.deepEqual(
+      m.eventsOf('envrcpt').map((e) => [e.rcpt, e.macros['{rcpt_addr}']]),
+      [
+        ['<bad@example.com>', 'bad@example.com'],
+        ['<good@example.com>', 'good@example.com'],
+      ],
+    )
+    assert.equal(one(m, 'eom').bodySha256, sha256(BODY))
+  })
+
+  it('every --rcpt rejected: exit 1, no DATA', async function () {
+    const m = await start({ reply: { rcpt: 'reject' } })
+    const r = await runCli([
+      'check',
+      '--milter',
+      m.socket,
+      '--rcpt',
+      'a@example.com',
+      '--rcpt',
+      'b@example.com',
+      msgFile,
+    ])
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    assert.match(r.stdout, /^verdict: reject \(554 5\.5\.1 No valid recipients\)$/m)
+    assert.equal(m.eventsOf('envrcpt').length, 2)
+    assert.equal(m.eventsOf('data').length, 0)
+  })
+
+  it('over a unix socket, with an IPv6 client address', async function () {
+    const m = await start(EDITS, 'unix')
+    assert.match(m.socket, /^unix:\//)
+    const out = path.join(dir, 'unix.eml')
+    const r = await runCli([
+      'check',
+      '--milter',
+      m.socket,
+      '--client-ip',
+      '2001:db8::7',
+      '--out',
+      out,
+      msgFile,
+    ])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    assert.match(r.stdout, /^verdict: accept$/m)
+    const c = one(m, 'connect')
+    assert.equal(c.familyName, 'inet6')
+    assert.ok(Array.isArray(c.hostaddr))
+    assert.equal(c.hostaddr[0], '2001:db8::7')
+    assert.match(fs.readFileSync(out, 'latin1'), /^Subject: Edited subject\r$/m)
+    assert.equal(one(m, 'eom').bodySha256, sha256(BODY))
+  })
+})
