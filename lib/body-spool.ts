@@ -27,8 +27,12 @@ export class BodySpool {
     if (!this.stream.write(chunk)) {
       const s = this.stream
       await new Promise<void>((resolve, reject) => {
-        s.once('drain', resolve)
-        s.once('error', reject)
+        const onError = (e: Error): void => reject(e)
+        s.once('error', onError)
+        s.once('drain', () => {
+          s.removeListener('error', onError)
+          resolve()
+        })
       })
     }
   }

@@ -19,11 +19,18 @@ function isOwnReceived(entry: string, uuid: string): boolean {
 
 /** header_list -> fields; Haraka's own Received is hidden from milters (as Postfix hides its own). */
 export function headerFields(t: HarakaTransaction): HeaderField[] {
-  return t.header.header_list.map((entry, i) => {
+  // Another plugin may have added a leading header before Haraka parsed its own
+  // Received (spf's Received-SPF at MAIL), so look for the first one carrying our id.
+  let hidden = false
+  return t.header.header_list.map((entry) => {
     const colon = entry.indexOf(':')
     const name = colon > 0 ? entry.slice(0, colon).trimEnd() : entry.trim()
     const value = colon > 0 ? entry.slice(colon + 1).replace(/\r?\n$/, '') : ''
-    return i === 0 && isOwnReceived(entry, t.uuid) ? { name, value, hidden: true } : { name, value }
+    if (!hidden && isOwnReceived(entry, t.uuid)) {
+      hidden = true
+      return { name, value, hidden: true }
+    }
+    return { name, value }
   })
 }
 

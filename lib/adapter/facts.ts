@@ -15,14 +15,20 @@ function rdnsName(c: HarakaConnection): string | undefined {
   return h
 }
 
+/** The client IP with an IPv4-mapped IPv6 prefix removed. */
+export function clientIp(c: HarakaConnection): string | undefined {
+  return c.remote.ip?.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '')
+}
+
 /** The CONNECT hostname: the client name, or `[addr]` when there is none (§2.4). */
 export function connectHostname(c: HarakaConnection): string {
-  return rdnsName(c) ?? (c.remote.ip ? `[${c.remote.ip}]` : 'localhost')
+  const ip = clientIp(c)
+  return rdnsName(c) ?? (ip ? `[${ip}]` : 'localhost')
 }
 
 /** The CONNECT address: IPv4 dotted quad, bare IPv6 text, or unknown. */
 export function connectAddress(c: HarakaConnection): ConnectAddress {
-  const ip = (c.remote.ip ?? '').replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '')
+  const ip = clientIp(c) ?? ''
   const port = c.remote.port ?? 0
   const fam = isIP(ip)
   if (fam === 4) return { family: 'inet', address: ip, port }
@@ -93,7 +99,7 @@ export function macroLookup(
 ): MacroLookup {
   const t = c.transaction
   const name = rdnsName(c)
-  const ip = c.remote.ip
+  const ip = clientIp(c)
   const auth = (c.notes['auth_user'] as string | undefined) ?? undefined
   const values: Record<string, string | undefined> = {
     j: c.local.host,

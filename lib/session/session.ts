@@ -49,7 +49,14 @@ export interface MilterStream {
   on(event: 'error', listener: (err: Error) => void): unknown
   once(event: 'drain', listener: () => void): unknown
   removeListener(event: 'drain', listener: () => void): unknown
+  /** Flow control: frames are read faster than a slow consumer (a body spool) takes them. */
+  pause?(): unknown
+  resume?(): unknown
 }
+
+/** Frames queued before the socket is paused, and the level at which it resumes. */
+const QUEUE_HIGH = 16
+const QUEUE_LOW = 4
 
 /** A milter's answer to one step. */
 export type Verdict =
@@ -149,6 +156,7 @@ export class MilterSession {
   private skipping: Step | undefined
   private closedByPeer = false
   private ending = false
+  private paused = false
 
   private constructor(
     private readonly stream: MilterStream,
@@ -699,6 +707,10 @@ export class MilterSession {
 
   private nextFrame(phase: Phase, label: string, ms: number): Promise<Frame> {
     const f = this.frames.shift()
+    if (this.paused && this.frames.length <= QUEUE_LOW) {
+      this.paused = false
+      this.stream.resume?.()
+    }
     if (f) return Promise.resolve(f)
     if (this.failure) return Promise.reject(this.failure)
     if (this.state === 'closed') {
@@ -735,6 +747,10 @@ export class MilterSession {
       } else {
         this.frames.push(f)
       }
+    }
+    if (!this.paused && this.frames.length >= QUEUE_HIGH && this.stream.pause) {
+      this.paused = true
+      this.stream.pause()
     }
   }
 
