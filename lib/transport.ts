@@ -29,6 +29,8 @@ function tcp(host: string, port: string, spec: string, want: 4 | 6 | 0): SocketS
     throw new MilterConfigError(`invalid IPv6 address "${h}" in milter socket "${spec}"`)
   }
   const ipFamily = net.isIP(h)
+  // Postfix writes IPv6 as inet:[::1]:PORT: a bracketed IPv6 literal is fine after inet:
+  if (want === 4 && ipFamily === 6 && host.startsWith('[')) want = 6
   if (want === 4 && ipFamily === 6)
     throw new MilterConfigError(`inet: needs an IPv4 host, not "${h}" ("${spec}")`)
   if (want === 6 && ipFamily === 4)

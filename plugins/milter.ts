@@ -11,7 +11,12 @@ import {
   type MilterConfig,
   type MilterDef,
 } from '../lib/config'
-import { applyStageResult, dispositionOf, runContent } from '../lib/adapter/content'
+import {
+  applyStageResult,
+  dispositionOf,
+  restoreAuthResults,
+  runContent,
+} from '../lib/adapter/content'
 import {
   connectAddress,
   connectHostname,
@@ -289,6 +294,8 @@ export function milter_queue(this: MilterPlugin, next: Next, c: HarakaConnection
   const st = STATES.get(c)
   const t = c.transaction
   if (!st || !t) return next()
+  const restored = restoreAuthResults(t)
+  if (restored > 0) c.logdebug(this, `restored ${restored} milter Authentication-Results header(s)`)
   const d = dispositionOf(t)
   if (!d) return next()
   const keepCopy = d.kind === 'hold' || (d.kind === 'discard' && st.cfg.discard === 'quarantine')

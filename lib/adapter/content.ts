@@ -48,6 +48,35 @@ export function runContent(
 
 let replaced = 0
 
+const AR = 'authentication-results'
+
+function normalise(v: string): string {
+  return v.replace(/\s+/g, ' ').trim()
+}
+
+/**
+ * Haraka replaces every Authentication-Results header with its own after
+ * data_post when a plugin recorded auth results (connection.js
+ * data_post_respond): remember the ones milters added, to restore at queue.
+ */
+function rememberAuthResults(t: HarakaTransaction, r: MessageResult): void {
+  const before = new Set(t.header.get_all(AR).map(normalise))
+  const added = r.headers
+    .filter((h) => !h.hidden && h.name.toLowerCase() === AR && !before.has(normalise(h.value)))
+    .map((h) => normalise(h.value))
+  if (added.length > 0) t.notes['milter_auth_results'] = added
+}
+
+/** Restores milter-added Authentication-Results that Haraka removed (run at queue). */
+export function restoreAuthResults(t: HarakaTransaction): number {
+  const wanted = t.notes['milter_auth_results']
+  if (!Array.isArray(wanted)) return 0
+  const have = new Set(t.header.get_all(AR).map(normalise))
+  const missing = (wanted as string[]).filter((v) => !have.has(v))
+  for (const v of [...missing].reverse()) t.add_leading_header('Authentication-Results', v)
+  return missing.length
+}
+
 /** Applies edits and quarantine; returns the outcome to answer the final dot with. */
 export async function applyStageResult(
   this: { name: string },
@@ -63,7 +92,10 @@ export async function applyStageResult(
     }
     if (r.outcome.action !== 'continue') return r.outcome
     if (t.notes['milter_disposition']) return r.outcome // discarded earlier (MAIL, RCPT or DATA)
-    if (r.headersChanged) writeHeaders(t, r.headers)
+    if (r.headersChanged) {
+      rememberAuthResults(t, r)
+      writeHeaders(t, r.headers)
+    }
     if (r.envelopeChanged) writeEnvelope(t, r.envelope)
     if (r.body) await writeBody(t, r.body, ++replaced)
     for (const e of r.edits) {

@@ -32,6 +32,7 @@ export interface HarakaHeader {
   headers: Record<string, unknown>
   headers_decoded: Record<string, unknown>
   get(name: string): string
+  get_all(name: string): readonly string[]
   parse(lines: string[]): void
 }
 
@@ -56,6 +57,7 @@ export interface HarakaTransaction {
   results: Results
   cfg: unknown
   add_header(name: string, value: string): void
+  add_leading_header(name: string, value: string): void
 }
 
 /** The connection. */
