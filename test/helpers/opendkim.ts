@@ -12,22 +12,31 @@
  * `after()` hook; a process 'exit' hook SIGKILLs whatever is left.
  */
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
 import fs from 'node:fs'
-import net from 'node:net'
-import os from 'node:os'
 import path from 'node:path'
 
-import { freePort } from './paths'
+import {
+  DaemonProcess,
+  DaemonRegistry,
+  assertBinariesExist,
+  canConnect,
+  makeTempDir,
+  removeTempDir,
+  tail,
+  versionLine,
+  withFreePort,
+} from './daemons/process'
 
 export const OPENDKIM_BIN = '/usr/sbin/opendkim'
-const INSTALL_HINT = 'install opendkim: apt-get install opendkim opendkim-tools'
+const OPENDKIM_PACKAGES = ['opendkim', 'opendkim-tools']
 
 const READY_TIMEOUT_MS = 10_000
 const STOP_GRACE_MS = 3_000
 const POLL_MS = 25
-const PORT_ATTEMPTS = 3
+
+const registry = new DaemonRegistry()
 
 // ---------------------------------------------------------------------------
 // Installation check
@@ -40,18 +49,8 @@ let checkedVersion: string | null = null
  */
 export function assertOpenDkimInstalled(): string {
   if (checkedVersion !== null) return checkedVersion
-  if (!fs.existsSync(OPENDKIM_BIN)) {
-    throw new Error(`${OPENDKIM_BIN} not found: ${INSTALL_HINT}`)
-  }
-  const res = spawnSync(OPENDKIM_BIN, ['-V'], { encoding: 'utf8' })
-  const out = `${res.stdout ?? ''}${res.stderr ?? ''}`
-  const m = /OpenDKIM Filter v[\w.~-]+/.exec(out)
-  if (res.error !== undefined || !m) {
-    throw new Error(
-      `${OPENDKIM_BIN} -V failed (${res.error?.message ?? `exit ${String(res.status)}`}): ${out}; ${INSTALL_HINT}`,
-    )
-  }
-  checkedVersion = m[0]
+  assertBinariesExist('OpenDKIM tests', [OPENDKIM_BIN], OPENDKIM_PACKAGES)
+  checkedVersion = versionLine(OPENDKIM_BIN, ['-V'], /OpenDKIM Filter v[\w.~-]+/, OPENDKIM_PACKAGES)
   return checkedVersion
 }
 
@@ -187,47 +186,29 @@ export interface RunningOpenDkim {
   stop(): Promise<void>
 }
 
-interface Running {
-  child: ChildProcess
-  exited: Promise<void>
-  hasExited: () => boolean
-  dir: string
-  stopping: Promise<void> | null
-}
-
-const registry = new Set<Running>()
-let exitHookInstalled = false
-
 /** Stop every OpenDKIM started by this module (for `after()` hooks). */
 export async function stopAllOpenDkims(): Promise<void> {
-  await Promise.all([...registry].map((r) => stopRunning(r)))
+  await registry.stopAll()
 }
 
 /** Start OpenDKIM and resolve once it accepts TCP connections on its socket. */
 export async function startOpenDkim(opts: OpenDkimOptions): Promise<RunningOpenDkim> {
   assertOpenDkimInstalled()
-  const attempts = opts.port === undefined ? PORT_ATTEMPTS : 1
-  let lastError: unknown
-  for (let attempt = 1; attempt <= attempts; attempt++) {
-    try {
-      return await startOnce(opts)
-    } catch (err) {
-      // a free port can be taken between our probe and OpenDKIM's bind()
-      lastError = err
-      if (!(err instanceof Error) || !/address already in use/i.test(err.message)) break
-    }
-  }
-  throw lastError
+  // a free port can be taken between our probe and OpenDKIM's bind()
+  return withFreePort(
+    (port) => startOnce(opts, port),
+    (err) => /address already in use/i.test(err.message),
+    { port: opts.port },
+  )
 }
 
 function writePrivate(file: string, content: string): void {
   fs.writeFileSync(file, content, { mode: 0o600 })
 }
 
-async function startOnce(opts: OpenDkimOptions): Promise<RunningOpenDkim> {
-  const port = opts.port ?? (await freePort('127.0.0.1'))
+async function startOnce(opts: OpenDkimOptions, port: number): Promise<RunningOpenDkim> {
   const socket = `inet:${port}@127.0.0.1`
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `opendkim-${opts.mode}-`))
+  const dir = makeTempDir(`opendkim-${opts.mode}-`)
   const files: Parameters<typeof openDkimConfig>[1] = {
     socket,
     pidFile: path.join(dir, 'opendkim.pid'),
@@ -245,151 +226,33 @@ async function startOnce(opts: OpenDkimOptions): Promise<RunningOpenDkim> {
   const configFile = path.join(dir, 'opendkim.conf')
   writePrivate(configFile, config)
 
-  const child = spawn(OPENDKIM_BIN, ['-f', '-x', configFile], {
+  // not in a process group of its own: stopped (and killed) by PID only
+  const c = DaemonProcess.spawn({
+    name: 'opendkim',
+    bin: OPENDKIM_BIN,
+    args: ['-f', '-x', configFile],
     cwd: dir,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let output = ''
-  let exited = false
-  let exitInfo = ''
-  child.stdout?.setEncoding('utf8')
-  child.stderr?.setEncoding('utf8')
-  child.stdout?.on('data', (d: string) => (output += d))
-  child.stderr?.on('data', (d: string) => (output += d))
-  const exitedPromise = new Promise<void>((resolve) => {
-    child.once('exit', (code, signal) => {
-      exited = true
-      exitInfo = `code ${String(code)}, signal ${String(signal)}`
-      resolve()
-    })
-    child.once('error', (err) => {
-      exited = true
-      exitInfo = err.message
-      resolve()
-    })
-  })
-  const running: Running = {
-    child,
-    exited: exitedPromise,
-    hasExited: () => exited,
     dir,
-    stopping: null,
-  }
-  registry.add(running)
-  installExitHook()
-
-  try {
-    const deadline = Date.now() + READY_TIMEOUT_MS
-    for (;;) {
-      if (exited) {
-        throw new Error(
-          `opendkim exited before listening on ${socket} (${exitInfo}): ${output.trim()}\nconfig:\n${config}`,
-        )
-      }
-      if (await canConnect(port)) break
-      if (Date.now() > deadline) {
-        throw new Error(
-          `opendkim did not listen on ${socket} within ${READY_TIMEOUT_MS} ms: ${output.trim()}`,
-        )
-      }
-      await sleep(POLL_MS)
-    }
-  } catch (err) {
-    await stopRunning(running)
-    throw err
-  }
-  const pid = child.pid
-  if (pid === undefined) {
-    await stopRunning(running)
-    throw new Error('opendkim has no pid')
-  }
-  // An instance a test forgot to stop must not keep mocha alive; the exit hook kills it.
-  child.unref()
-  unrefStream(child.stdout)
-  unrefStream(child.stderr)
+    processGroup: false,
+    stopGraceMs: STOP_GRACE_MS,
+    registry,
+  })
+  await c.startedWhen(`listening on ${socket}`, () => canConnect({ port }), {
+    timeoutMs: READY_TIMEOUT_MS,
+    pollMs: POLL_MS,
+    details: () => `${tail(c.output())}\nconfig:\n${config}`,
+  })
 
   return {
     socket,
     port,
-    pid,
+    pid: c.pid,
     dir,
     configFile,
     config,
-    output: () => output,
-    stop: () => stopRunning(running),
+    output: () => c.output(),
+    stop: () => c.stop(),
   }
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: '127.0.0.1', port })
-    s.once('connect', () => {
-      s.destroy()
-      resolve(true)
-    })
-    s.once('error', () => {
-      s.destroy()
-      resolve(false)
-    })
-  })
-}
-
-async function stopRunning(r: Running): Promise<void> {
-  r.stopping ??= (async () => {
-    const pid = r.child.pid
-    if (!r.hasExited() && pid !== undefined) {
-      // keep the event loop alive until the exit is seen
-      r.child.ref()
-      signal(pid, 'SIGTERM')
-      let timer: NodeJS.Timeout | undefined
-      const timedOut = await Promise.race([
-        r.exited.then(() => false),
-        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), STOP_GRACE_MS))),
-      ])
-      clearTimeout(timer)
-      if (timedOut && !r.hasExited()) {
-        signal(pid, 'SIGKILL')
-        await r.exited
-      }
-    }
-    r.child.stdout?.destroy()
-    r.child.stderr?.destroy()
-    fs.rmSync(r.dir, { recursive: true, force: true })
-    registry.delete(r)
-  })()
-  return r.stopping
-}
-
-function unrefStream(stream: NodeJS.ReadableStream | null): void {
-  if (stream !== null && 'unref' in stream && typeof stream.unref === 'function') stream.unref()
-}
-
-function signal(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(pid, sig)
-  } catch {
-    // already gone
-  }
-}
-
-function installExitHook(): void {
-  if (exitHookInstalled) return
-  exitHookInstalled = true
-  process.on('exit', () => {
-    for (const r of registry) {
-      const pid = r.child.pid
-      if (!r.hasExited() && pid !== undefined) signal(pid, 'SIGKILL')
-      try {
-        fs.rmSync(r.dir, { recursive: true, force: true })
-      } catch {
-        // best effort
-      }
-    }
-  })
-}
-
-async function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms))
 }
 
 // ---------------------------------------------------------------------------
@@ -416,7 +279,7 @@ export function verifyWithOpenDkim(
   publicKeys: readonly DkimTestKey[],
 ): DkimVerification {
   assertOpenDkimInstalled()
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'opendkim-t-'))
+  const dir = makeTempDir('opendkim-t-')
   try {
     const keysFile = path.join(dir, 'public-keys.txt')
     const msgFile = path.join(dir, 'message.eml')
@@ -445,6 +308,6 @@ export function verifyWithOpenDkim(
       output,
     }
   } finally {
-    fs.rmSync(dir, { recursive: true, force: true })
+    removeTempDir(dir)
   }
 }

@@ -15,13 +15,26 @@
  * needs up to ~5 s to notice), then SIGKILL to the group for anything left (Perl workers).
  * `stopAllMimeDefang()` stops every instance; a process 'exit' hook SIGKILLs what is left.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
-import * as net from 'node:net'
 import * as os from 'node:os'
 import * as path from 'node:path'
 
-import { REPO_ROOT, freePort } from '../paths'
+import { REPO_ROOT } from '../paths'
+import {
+  DaemonProcess,
+  DaemonRegistry,
+  assertBinariesExist,
+  canConnect,
+  installHint,
+  makeTempDir,
+  removeTempDir,
+  tail,
+  versionLine,
+  withFreePort,
+  type ReadyOptions,
+  type Stoppable,
+} from './process'
 
 export const MIMEDEFANG_BIN = '/usr/bin/mimedefang'
 export const MULTIPLEXOR_BIN = '/usr/bin/mimedefang-multiplexor'
@@ -29,7 +42,6 @@ export const MIMEDEFANG_PL = '/usr/bin/mimedefang.pl'
 
 /** The Debian 12 packages these tests need. */
 export const MIMEDEFANG_PACKAGES = ['mimedefang']
-const INSTALL_HINT = `install it: apt-get install --no-install-recommends ${MIMEDEFANG_PACKAGES.join(' ')}`
 
 export const MIMEDEFANG_FILTER = path.join(
   REPO_ROOT,
@@ -45,26 +57,18 @@ const DEBIAN_USER = 'defang'
 const READY_TIMEOUT_MS = 30_000
 const STOP_GRACE_MS = 10_000
 const POLL_MS = 50
-const PORT_ATTEMPTS = 3
+
+/** Every running instance (a multiplexor and a milter each). */
+const registry = new DaemonRegistry<Stoppable>()
 
 /**
  * Throws (the tests must fail, not skip) when MIMEDefang is missing or unusable; returns its
  * version line, e.g. 'mimedefang version 3.3'.
  */
 export function assertMimeDefangInstalled(): string {
-  const missing = [MIMEDEFANG_BIN, MULTIPLEXOR_BIN, MIMEDEFANG_PL].filter((f) => !fs.existsSync(f))
-  if (missing.length > 0) {
-    throw new Error(`MIMEDefang interop tests: ${missing.join(', ')} not found; ${INSTALL_HINT}`)
-  }
-  const res = spawnSync(MIMEDEFANG_BIN, ['-v'], { encoding: 'utf8' })
-  const out = `${res.stdout ?? ''}${res.stderr ?? ''}`
-  const m = /mimedefang version [\w.~+-]+/.exec(out)
-  if (res.error !== undefined || !m) {
-    throw new Error(
-      `${MIMEDEFANG_BIN} -v failed (${res.error?.message ?? `exit ${String(res.status)}`}): ${out}; ${INSTALL_HINT}`,
-    )
-  }
-  return m[0]
+  const bins = [MIMEDEFANG_BIN, MULTIPLEXOR_BIN, MIMEDEFANG_PL]
+  assertBinariesExist('MIMEDefang interop tests', bins, MIMEDEFANG_PACKAGES)
+  return versionLine(MIMEDEFANG_BIN, ['-v'], /mimedefang version [\w.~+-]+/, MIMEDEFANG_PACKAGES)
 }
 
 interface RunAs {
@@ -85,7 +89,7 @@ function runAs(): RunAs {
   if (!entry || entry[2] === undefined || entry[3] === undefined) {
     throw new Error(
       `MIMEDefang interop tests: user ${DEBIAN_USER} not found (MIMEDefang will not run as root; ` +
-        `the Debian package creates it); ${INSTALL_HINT}`,
+        `the Debian package creates it); ${installHint(MIMEDEFANG_PACKAGES)}`,
     )
   }
   return { user: DEBIAN_USER, owner: { uid: Number(entry[2]), gid: Number(entry[3]) } }
@@ -103,159 +107,17 @@ function chownTree(dir: string, owner: { uid: number; gid: number }): void {
 // ---------------------------------------------------------------------------
 // Child processes
 
-interface Child {
-  name: string
-  child: ChildProcess
-  exited: Promise<void>
-  hasExited(): boolean
-  exitInfo(): string
-  output(): string
-  stopping: Promise<void> | null
+/** Start `bin` in `cwd`, in its own process group (for the multiplexor's Perl workers). */
+function spawnChild(name: string, bin: string, args: string[], cwd: string): DaemonProcess {
+  return DaemonProcess.spawn({ name, bin, args, cwd, stopGraceMs: STOP_GRACE_MS })
 }
 
-const children = new Set<Child>()
-const dirs = new Set<string>()
-/** The stop() of every running instance. */
-const instances = new Set<() => Promise<void>>()
-let exitHookInstalled = false
-
-function signal(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(pid, sig)
-  } catch {
-    // already gone
-  }
-}
-
-function installExitHook(): void {
-  if (exitHookInstalled) return
-  exitHookInstalled = true
-  process.on('exit', () => {
-    for (const c of children) {
-      const pid = c.child.pid
-      if (pid !== undefined) signal(-pid, 'SIGKILL')
-    }
-    for (const dir of dirs) {
-      try {
-        fs.rmSync(dir, { recursive: true, force: true })
-      } catch {
-        // best effort
-      }
-    }
-  })
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms))
-}
-
-function spawnChild(name: string, bin: string, args: string[], cwd: string): Child {
-  const child = spawn(bin, args, { cwd, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
-  let output = ''
-  let exited = false
-  let info = ''
-  child.stdout?.setEncoding('utf8')
-  child.stderr?.setEncoding('utf8')
-  child.stdout?.on('data', (d: string) => (output += d))
-  child.stderr?.on('data', (d: string) => (output += d))
-  const exitedPromise = new Promise<void>((resolve) => {
-    child.once('exit', (code, sig) => {
-      exited = true
-      info = `exit code ${String(code)}, signal ${String(sig)}`
-      resolve()
-    })
-    child.once('error', (err) => {
-      exited = true
-      info = err.message
-      resolve()
-    })
-  })
-  const c: Child = {
-    name,
-    child,
-    exited: exitedPromise,
-    hasExited: () => exited,
-    exitInfo: () => info,
-    output: () => output,
-    stopping: null,
-  }
-  children.add(c)
-  installExitHook()
-  return c
-}
-
-/** SIGTERM by PID; SIGKILL to its process group after the grace period; then the group again. */
-function stopChild(c: Child): Promise<void> {
-  c.stopping ??= (async () => {
-    const pid = c.child.pid
-    if (pid !== undefined) {
-      if (!c.hasExited()) {
-        c.child.ref()
-        signal(pid, 'SIGTERM')
-        let timer: NodeJS.Timeout | undefined
-        const timedOut = await Promise.race([
-          c.exited.then(() => false),
-          new Promise<boolean>(
-            (resolve) => (timer = setTimeout(() => resolve(true), STOP_GRACE_MS)),
-          ),
-        ])
-        clearTimeout(timer)
-        if (timedOut) signal(-pid, 'SIGKILL')
-        await c.exited
-      }
-      // what it left behind (the multiplexor's Perl workers)
-      signal(-pid, 'SIGKILL')
-    }
-    c.child.stdout?.destroy()
-    c.child.stderr?.destroy()
-    children.delete(c)
-  })()
-  return c.stopping
-}
-
-/** Let mocha exit even if a test forgot to stop an instance (the exit hook kills it). */
-function detachFromEventLoop(c: Child): void {
-  c.child.unref()
-  for (const s of [c.child.stdout, c.child.stderr]) {
-    if (s !== null && 'unref' in s && typeof s.unref === 'function') s.unref()
-  }
-}
-
-function canConnect(to: { port: number } | { path: string }): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s =
-      'path' in to
-        ? net.connect({ path: to.path })
-        : net.connect({ host: '127.0.0.1', port: to.port })
-    s.once('connect', () => {
-      s.destroy()
-      resolve(true)
-    })
-    s.once('error', () => {
-      s.destroy()
-      resolve(false)
-    })
-  })
-}
-
-/** Poll `ready()` until true; throws with the output if the process exits or times out. */
-async function waitUntilReady(
-  c: Child,
-  what: string,
-  ready: () => Promise<boolean>,
-): Promise<void> {
-  const deadline = Date.now() + READY_TIMEOUT_MS
-  for (;;) {
-    if (c.hasExited()) {
-      throw new Error(
-        `${c.name} exited before ${what} (${c.exitInfo()}; it logs to syslog only): ${c.output().trim()}`,
-      )
-    }
-    if (await ready()) return
-    if (Date.now() > deadline) {
-      throw new Error(`${c.name} not ${what} within ${READY_TIMEOUT_MS} ms: ${c.output().trim()}`)
-    }
-    await sleep(POLL_MS)
+/** Ready-wait options; both log to syslog only, so the error has just their stdout/stderr. */
+function readyOptions(c: DaemonProcess): ReadyOptions {
+  return {
+    timeoutMs: READY_TIMEOUT_MS,
+    pollMs: POLL_MS,
+    details: () => `(it logs to syslog only) ${tail(c.output())}`,
   }
 }
 
@@ -298,8 +160,7 @@ async function startOnce(
   version: string,
   as: RunAs,
 ): Promise<RunningMimeDefang> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mimedefang-'))
-  dirs.add(dir)
+  const dir = makeTempDir('mimedefang-')
   const spool = path.join(dir, 'spool')
   fs.mkdirSync(spool, { mode: 0o700 })
   const filter = path.join(dir, 'mimedefang-filter')
@@ -339,41 +200,43 @@ async function startOnce(
     spool,
     ...(opts.args ?? []),
   ]
-  let multiplexor: Child | undefined
-  let milter: Child | undefined
-  const stop = async (): Promise<void> => {
-    // the milter first: it talks to the multiplexor
-    if (milter) await stopChild(milter)
-    if (multiplexor) await stopChild(multiplexor)
-    if (process.env['KEEP_MIMEDEFANG_DIR']) {
-      process.stderr.write(`KEEP_MIMEDEFANG_DIR: MIMEDefang dir kept at ${dir}\n`)
-    } else {
-      fs.rmSync(dir, { recursive: true, force: true })
-    }
-    dirs.delete(dir)
-    instances.delete(stop)
+  let multiplexor: DaemonProcess | undefined
+  let milter: DaemonProcess | undefined
+  const instance: Stoppable = {
+    stop: async () => {
+      // the milter first: it talks to the multiplexor
+      if (milter) await milter.stop()
+      if (multiplexor) await multiplexor.stop()
+      removeTempDir(dir, 'KEEP_MIMEDEFANG_DIR')
+      registry.delete(instance)
+    },
   }
-  instances.add(stop)
+  const stop = (): Promise<void> => instance.stop()
+  registry.add(instance)
   try {
     multiplexor = spawnChild('mimedefang-multiplexor', MULTIPLEXOR_BIN, multiplexorArgs, dir)
     const mx = multiplexor
-    await waitUntilReady(mx, `listening on ${mxSocket}`, () => canConnect({ path: mxSocket }))
+    await mx.waitUntilReady(
+      `listening on ${mxSocket}`,
+      () => canConnect({ path: mxSocket }),
+      readyOptions(mx),
+    )
     milter = spawnChild('mimedefang', MIMEDEFANG_BIN, args, dir)
     const md = milter
-    await waitUntilReady(md, `listening on ${socket}`, () => canConnect({ port }))
+    await md.waitUntilReady(`listening on ${socket}`, () => canConnect({ port }), readyOptions(md))
   } catch (err) {
     await stop()
     throw err
   }
-  detachFromEventLoop(multiplexor)
-  detachFromEventLoop(milter)
+  multiplexor.detach()
+  milter.detach()
   const mx = multiplexor
   const md = milter
   return {
     socket,
     port,
-    pid: md.child.pid!,
-    multiplexorPid: mx.child.pid!,
+    pid: md.pid,
+    multiplexorPid: mx.pid,
     user: as.user,
     args,
     multiplexorArgs,
@@ -398,22 +261,14 @@ export async function startMimeDefang(opts: MimeDefangOptions = {}): Promise<Run
   if (check.status !== 0) {
     throw new Error(`mimedefang.pl -test failed: ${check.stdout ?? ''}${check.stderr ?? ''}`)
   }
-  let lastError: unknown
-  for (let attempt = 1; attempt <= PORT_ATTEMPTS; attempt++) {
-    const port = await freePort('127.0.0.1')
-    try {
-      return await startOnce(port, opts, version, as)
-    } catch (err) {
-      lastError = err
-      // mimedefang exits (logging to syslog only) when its port was taken after our probe
-      if (!(err instanceof Error) || !/^mimedefang exited/.test(err.message)) break
-      if (!(await canConnect({ port }))) break
-    }
-  }
-  throw lastError
+  return withFreePort(
+    (port) => startOnce(port, opts, version, as),
+    // mimedefang exits (logging to syslog only) when its port was taken after our probe
+    async (err, port) => /^mimedefang exited/.test(err.message) && (await canConnect({ port })),
+  )
 }
 
 /** Stop every MIMEDefang started by this module (for `after()` hooks). */
 export async function stopAllMimeDefang(): Promise<void> {
-  await Promise.all([...instances].map((stop) => stop()))
+  await registry.stopAll()
 }
