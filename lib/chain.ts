@@ -17,7 +17,7 @@ import { Proto } from './protocol/constants'
 import type { SmtpReply } from './protocol/replycode'
 import { sendContent } from './session/content'
 import type { MacroLookup } from './session/macros'
-import { openSession } from './session/open'
+import { openMilter } from './pool'
 import type { MilterSession, Verdict } from './session/session'
 
 /** What the chain decided for one SMTP command. */
@@ -189,20 +189,7 @@ export class MilterChain {
       quarantineOnFailure: undefined,
       refusal: undefined,
     }))
-    this.open =
-      opts.open ??
-      ((def) =>
-        openSession(def.socket, {
-          name: def.name,
-          version: def.protocol,
-          timeouts: def.timeouts,
-          macros: def.macros,
-        }))
-  }
-
-  /** The milter names, in order. */
-  get names(): string[] {
-    return this.slots.map((s) => s.def.name)
+    this.open = opts.open ?? openMilter
   }
 
   /** Opens every milter (in parallel) and reports CONNECT (in order). */
@@ -489,7 +476,7 @@ export class MilterChain {
   /** Runs one step on each milter in order; the first non-continue outcome wins. */
   private async each(stage: string, run: (s: MilterSession) => Promise<Verdict>): Promise<Outcome> {
     for (const slot of this.slots) {
-      if (this.messageDiscarded && stage !== 'helo' && stage !== 'mail') break
+      if (this.messageDiscarded) break // helo() and mail() reset it first
       if (!this.participates(slot, stage)) continue
       if (slot.sticky) return slot.sticky
       if (slot.retired || !slot.session) continue

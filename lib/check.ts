@@ -4,7 +4,7 @@
  * milter do to this mail?".
  */
 import * as os from 'node:os'
-import { isIP } from 'node:net'
+import { DEFAULT_MACROS } from './config'
 import { isMilterError } from './errors'
 import { applyEnvelopeEdits, type Envelope } from './message/envelope'
 import {
@@ -14,7 +14,6 @@ import {
   type HeaderField,
 } from './message/headers'
 import { describeModification, sortModifications } from './message/modifications'
-import type { ConnectAddress } from './protocol/commands'
 import {
   actionNames,
   cmdName,
@@ -28,10 +27,10 @@ import {
 import type { Frame } from './protocol/frame'
 import { formatSmtpReply } from './protocol/replycode'
 import { sendContent } from './session/content'
-import { canonicalMacroName, POSTFIX_DEFAULT_MACROS, type MacroLookup } from './session/macros'
+import { canonicalMacroName, type MacroLookup } from './session/macros'
 import { openSession } from './session/open'
 import type { EomResult, MilterSession, Verdict } from './session/session'
-import { parseSocketSpec } from './transport'
+import { connectAddressFor, parseSocketSpec } from './transport'
 
 /** Options of one check run. */
 export interface CheckOptions {
@@ -130,13 +129,6 @@ function settle(report: CheckReport, v: Verdict): void {
   }
 }
 
-function connectAddress(ip: string): ConnectAddress {
-  const fam = isIP(ip)
-  if (fam === 4) return { family: 'inet', address: ip, port: 0 }
-  if (fam === 6) return { family: 'inet6', address: ip, port: 0 }
-  return { family: 'unknown' }
-}
-
 function bracket(a: string): string {
   return a.startsWith('<') ? a : `<${a}>`
 }
@@ -170,7 +162,7 @@ async function envelopeStages(
 ): Promise<string[] | undefined> {
   const macros = macroLookup(opts, {})
   const steps: Array<[string, () => Promise<Verdict>]> = [
-    ['connect', () => s.connect(opts.clientName, connectAddress(opts.clientIp), macros)],
+    ['connect', () => s.connect(opts.clientName, connectAddressFor(opts.clientIp, 0), macros)],
     ['helo', () => s.helo(opts.helo, macros)],
     ['mail', () => s.mail([bracket(opts.from)], macros)],
   ]
@@ -267,17 +259,10 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
       version: opts.protocol,
       timeouts: { connectMs: opts.timeoutMs, commandMs: opts.timeoutMs, contentMs: opts.timeoutMs },
       macros: new Map([
-        ...POSTFIX_DEFAULT_MACROS,
+        ...DEFAULT_MACROS,
         [
           MacroStage.CONNECT,
-          [
-            ...(POSTFIX_DEFAULT_MACROS.get(MacroStage.CONNECT) ?? []),
-            '{client_addr}',
-            '{client_name}',
-            '{client_port}',
-            '{client_ptr}',
-            ...Object.keys(opts.macros),
-          ],
+          [...(DEFAULT_MACROS.get(MacroStage.CONNECT) ?? []), ...Object.keys(opts.macros)],
         ],
       ]),
       observer: opts.trace

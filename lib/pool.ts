@@ -8,6 +8,16 @@ import type { MilterDef } from './config'
 import { openSession } from './session/open'
 import type { MilterSession } from './session/session'
 
+/** Opens a negotiated session to a configured milter. */
+export function openMilter(def: MilterDef): Promise<MilterSession> {
+  return openSession(def.socket, {
+    name: def.name,
+    version: def.protocol,
+    timeouts: def.timeouts,
+    macros: def.macros,
+  })
+}
+
 interface Idle {
   session: MilterSession
   timer: NodeJS.Timeout
@@ -21,13 +31,7 @@ export class MilterPool {
     private readonly opts: { reuse: boolean; maxIdlePerMilter?: number; idleMs?: number } = {
       reuse: false,
     },
-    private readonly opener: (def: MilterDef) => Promise<MilterSession> = (def) =>
-      openSession(def.socket, {
-        name: def.name,
-        version: def.protocol,
-        timeouts: def.timeouts,
-        macros: def.macros,
-      }),
+    private readonly opener: (def: MilterDef) => Promise<MilterSession> = openMilter,
   ) {}
 
   private key(def: MilterDef): string {

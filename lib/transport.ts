@@ -8,6 +8,7 @@
  */
 import * as net from 'node:net'
 import { MilterConfigError, MilterConnectError, MilterTimeoutError } from './errors'
+import type { ConnectAddress } from './protocol/commands'
 
 /** Where a milter listens. */
 export type SocketSpec =
@@ -107,4 +108,22 @@ export function dial(spec: SocketSpec, timeoutMs: number): Promise<net.Socket> {
       )
     })
   })
+}
+
+/** True for an IPv4 or IPv6 address literal. */
+export function isIpLiteral(text: string): boolean {
+  return net.isIP(text) !== 0
+}
+
+/**
+ * The CONNECT address of an SMTP client (§2.4): IPv4 dotted quad (an
+ * IPv4-mapped IPv6 address counts as IPv4, as Sendmail reports it), bare
+ * IPv6 text, or family unknown when there is no usable address.
+ */
+export function connectAddressFor(ip: string | undefined, port: number): ConnectAddress {
+  const a = (ip ?? '').replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '')
+  const fam = net.isIP(a)
+  if (fam === 4) return { family: 'inet', address: a, port }
+  if (fam === 6) return { family: 'inet6', address: a, port }
+  return { family: 'unknown' }
 }

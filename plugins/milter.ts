@@ -77,6 +77,9 @@ function answer(
   mode: MilterConfig['replyCode'],
 ): void {
   const r = toHookResult(o, mode)
+  if (o.action === 'discard' && c.transaction) {
+    c.transaction.notes['milter_disposition'] ??= { kind: 'discard', milter: o.milter }
+  }
   if (o.action !== 'continue' && o.action !== 'discard') {
     c.results.add(this, {
       fail: `${o.milter}(${stage}:${o.action}${o.cause === 'failure' ? ',failure' : ''})`,
@@ -171,10 +174,18 @@ export function hook_connect(this: MilterPlugin, next: Next, c: HarakaConnection
   const hosts = this.hostList ?? new Set<string>()
   const isLocal: LocalDomain = (d) => hosts.has(d)
   STATES.set(c, { cfg, chain, sourceChannel, isLocal })
-  chain
-    .connect(connectHostname(c), connectAddress(c), macroLookup(cfg, c, sourceChannel, isLocal))
-    .then((o) => answer.call(this, next, c, 'connect', o, cfg.replyCode))
-    .catch((e: unknown) => crash.call(this, next, c, 'connect', e))
+  settle.call(
+    this,
+    next,
+    c,
+    'connect',
+    chain.connect(
+      connectHostname(c),
+      connectAddress(c),
+      macroLookup(cfg, c, sourceChannel, isLocal),
+    ),
+    cfg.replyCode,
+  )
 }
 
 function crash(
@@ -191,13 +202,31 @@ function crash(
   next(constants['denysoft'], 'Temporary milter failure - try again later')
 }
 
+/** Answers the hook with the chain's outcome; any internal error becomes a 4xx, never a crash. */
+function settle(
+  this: MilterPlugin,
+  next: Next,
+  c: HarakaConnection,
+  stage: string,
+  pending: Promise<Outcome>,
+  mode: MilterConfig['replyCode'],
+): void {
+  pending
+    .then((o) => answer.call(this, next, c, stage, o, mode))
+    .catch((e: unknown) => crash.call(this, next, c, stage, e))
+}
+
 function onHelo(this: MilterPlugin, next: Next, c: HarakaConnection, host: string): void {
   const st = STATES.get(c)
   if (!st) return next()
-  st.chain
-    .helo(host, macroLookup(st.cfg, c, st.sourceChannel, st.isLocal))
-    .then((o) => answer.call(this, next, c, 'helo', o, st.cfg.replyCode))
-    .catch((e: unknown) => crash.call(this, next, c, 'helo', e))
+  settle.call(
+    this,
+    next,
+    c,
+    'helo',
+    st.chain.helo(host, macroLookup(st.cfg, c, st.sourceChannel, st.isLocal)),
+    st.cfg.replyCode,
+  )
 }
 
 /** HELO. */
@@ -222,17 +251,17 @@ export function hook_mail(
   if (!st || !t) return next()
   const [from, esmtp] = params
   t.notes['milter_mail_args'] = esmtp ?? {}
-  st.chain
-    .mail(
+  settle.call(
+    this,
+    next,
+    c,
+    'mail',
+    st.chain.mail(
       [from.format(), ...esmtpArgs(esmtp)],
       macroLookup(st.cfg, c, st.sourceChannel, st.isLocal),
-    )
-    .then((o) => {
-      if (o.action === 'discard')
-        t.notes['milter_disposition'] = { kind: 'discard', milter: o.milter }
-      answer.call(this, next, c, 'mail', o, st.cfg.replyCode)
-    })
-    .catch((e: unknown) => crash.call(this, next, c, 'mail', e))
+    ),
+    st.cfg.replyCode,
+  )
 }
 
 /** RCPT TO (at rcpt_ok: after Haraka accepted the recipient). */
@@ -253,14 +282,14 @@ export function milter_rcpt(
     st.isLocal,
     rcptExtras(rcpt, facts, st.isLocal),
   )
-  st.chain
-    .rcpt([rcpt.format()], macros, facts)
-    .then((o) => {
-      if (o.action === 'discard')
-        t.notes['milter_disposition'] = { kind: 'discard', milter: o.milter }
-      answer.call(this, next, c, 'rcpt', o, st.cfg.replyCode)
-    })
-    .catch((e: unknown) => crash.call(this, next, c, 'rcpt', e))
+  settle.call(
+    this,
+    next,
+    c,
+    'rcpt',
+    st.chain.rcpt([rcpt.format()], macros, facts),
+    st.cfg.replyCode,
+  )
 }
 
 /** DATA. */
@@ -268,14 +297,14 @@ export function hook_data(this: MilterPlugin, next: Next, c: HarakaConnection): 
   const st = STATES.get(c)
   const t = c.transaction
   if (!st || !t) return next()
-  st.chain
-    .data(macroLookup(st.cfg, c, st.sourceChannel, st.isLocal))
-    .then((o) => {
-      if (o.action === 'discard')
-        t.notes['milter_disposition'] = { kind: 'discard', milter: o.milter }
-      answer.call(this, next, c, 'data', o, st.cfg.replyCode)
-    })
-    .catch((e: unknown) => crash.call(this, next, c, 'data', e))
+  settle.call(
+    this,
+    next,
+    c,
+    'data',
+    st.chain.data(macroLookup(st.cfg, c, st.sourceChannel, st.isLocal)),
+    st.cfg.replyCode,
+  )
 }
 
 /** End of data: the content phase milter by milter, then the edits. */
@@ -283,10 +312,12 @@ export function hook_data_post(this: MilterPlugin, next: Next, c: HarakaConnecti
   const st = STATES.get(c)
   const t = c.transaction
   if (!st || !t) return next()
-  runContent(st.chain, st.cfg, c, t, macroLookup(st.cfg, c, st.sourceChannel, st.isLocal))
-    .then((result) => applyStageResult.call(this, result, st.cfg, c, t))
-    .then((o) => answer.call(this, next, c, 'eom', o, st.cfg.replyCode))
-    .catch((e: unknown) => crash.call(this, next, c, 'data_post', e))
+  const pending = runContent(
+    st.chain,
+    t,
+    macroLookup(st.cfg, c, st.sourceChannel, st.isLocal),
+  ).then((result) => applyStageResult.call(this, result, st.cfg, c, t))
+  settle.call(this, next, c, 'eom', pending, st.cfg.replyCode)
 }
 
 /** Queue: takes discarded and held messages before any delivering plugin. */
@@ -348,10 +379,7 @@ export function milter_unknown(
   const st = STATES.get(c)
   if (!st) return next()
   const line = params.filter((p) => p !== undefined && p !== '').join(' ')
-  st.chain
-    .unknown(line)
-    .then((o) => answer.call(this, next, c, 'unknown', o, st.cfg.replyCode))
-    .catch((e: unknown) => crash.call(this, next, c, 'unknown', e))
+  settle.call(this, next, c, 'unknown', st.chain.unknown(line), st.cfg.replyCode)
 }
 
 /** Graceful shutdown: close idle reusable sessions. */

@@ -28,8 +28,6 @@ export function dispositionOf(t: HarakaTransaction): Disposition | undefined {
 /** Runs headers..EOB through the chain on the transaction's message. */
 export function runContent(
   chain: MilterChain,
-  _cfg: MilterConfig,
-  _c: HarakaConnection,
   t: HarakaTransaction,
   macros: MacroLookup,
 ): Promise<MessageResult> {

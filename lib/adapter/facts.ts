@@ -2,16 +2,16 @@
  * Haraka connection and transaction state -> milter macro values and
  * CONNECT facts (plain data).
  */
-import { isIP } from 'node:net'
 import type { MilterConfig } from '../config'
 import type { ConnectAddress } from '../protocol/commands'
+import { connectAddressFor, isIpLiteral } from '../transport'
 import type { MacroLookup } from '../session/macros'
 import type { HarakaAddress, HarakaConnection, HarakaTransaction } from './haraka'
 
 /** A name from rDNS, or undefined for Haraka's NXDOMAIN/DNSERROR sentinels. */
 function rdnsName(c: HarakaConnection): string | undefined {
   const h = c.remote.host
-  if (!h || h === 'NXDOMAIN' || h === 'DNSERROR' || isIP(h) !== 0) return undefined
+  if (!h || h === 'NXDOMAIN' || h === 'DNSERROR' || isIpLiteral(h)) return undefined
   return h
 }
 
@@ -28,12 +28,7 @@ export function connectHostname(c: HarakaConnection): string {
 
 /** The CONNECT address: IPv4 dotted quad, bare IPv6 text, or unknown. */
 export function connectAddress(c: HarakaConnection): ConnectAddress {
-  const ip = clientIp(c) ?? ''
-  const port = c.remote.port ?? 0
-  const fam = isIP(ip)
-  if (fam === 4) return { family: 'inet', address: ip, port }
-  if (fam === 6) return { family: 'inet6', address: ip, port }
-  return { family: 'unknown' }
+  return connectAddressFor(clientIp(c), c.remote.port ?? 0)
 }
 
 function cipherBits(name: string | undefined): string | undefined {

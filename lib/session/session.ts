@@ -37,7 +37,7 @@ import { decodeReply, type Modification, type Reply } from '../protocol/replies'
 import { parseReplyCode, type SmtpReply } from '../protocol/replycode'
 import { macroPairs, type MacroLists, type MacroLookup } from './macros'
 import { offerFor, validateOptneg, type Negotiated, type Offer } from './negotiate'
-import { FROM, IN_MESSAGE, allowed, type State, type Step } from './state'
+import { AFTER, FROM, IN_MESSAGE, allowed, type State, type Step } from './state'
 
 /** The duplex byte stream a session runs on (a net.Socket satisfies it). */
 export interface MilterStream {
@@ -256,7 +256,7 @@ export class MilterSession {
       packet: () => encodeConnect(noNul(hostname), addr),
       label: 'SMFIC_CONNECT',
     })
-    return this.afterConnectionStep(v, 'CONNECT')
+    return this.afterConnectionStep(v, 'connect')
   }
 
   /** SMFIC_HELO; sends ABORT first when a message is open (§5.5). */
@@ -274,7 +274,7 @@ export class MilterSession {
       packet: () => encodeHelo(noNul(helo)),
       label: 'SMFIC_HELO',
     })
-    return this.afterConnectionStep(v, 'HELO')
+    return this.afterConnectionStep(v, 'helo')
   }
 
   /** SMFIC_MAIL: `<addr>` and one string per ESMTP parameter. */
@@ -565,32 +565,22 @@ export class MilterSession {
 
   /** The state reached by completing a step with CONTINUE. */
   private advance(step: Step): void {
-    const next: Partial<Record<Step, State>> = {
-      connect: 'ready',
-      helo: 'ready',
-      mail: 'mail',
-      rcpt: 'rcpt',
-      data: 'data',
-      header: 'header',
-      eoh: 'eoh',
-      body: 'body',
-    }
-    const s = next[step]
+    const s = AFTER[step]
     if (s) this.state = s
   }
 
-  private afterConnectionStep(v: Verdict, what: string): Verdict {
+  private afterConnectionStep(v: Verdict, step: 'connect' | 'helo'): Verdict {
     switch (v.kind) {
       case 'continue':
         return v
       case 'discard':
         this.opts.observer?.warn?.(
-          `${this.opts.name}: DISCARD at ${what} is meaningless; treated as CONTINUE`,
+          `${this.opts.name}: DISCARD at ${step.toUpperCase()} is meaningless; treated as CONTINUE`,
         )
-        this.advance(what === 'CONNECT' ? 'connect' : 'helo')
+        this.advance(step)
         return CONTINUE
       case 'skip':
-        this.advance(what === 'CONNECT' ? 'connect' : 'helo')
+        this.advance(step)
         return CONTINUE
       case 'shutdown':
       case 'conn_fail':

@@ -51,6 +51,18 @@ export const FROM: Readonly<Record<Step, readonly State[]>> = {
   quit_nc: ['ready', 'messageDone'],
 }
 
+/** The state reached by completing a step with CONTINUE (or by omitting it). */
+export const AFTER: Readonly<Partial<Record<Step, State>>> = {
+  connect: 'ready',
+  helo: 'ready',
+  mail: 'mail',
+  rcpt: 'rcpt',
+  data: 'data',
+  header: 'header',
+  eoh: 'eoh',
+  body: 'body',
+}
+
 /** States inside a message transaction. */
 export const IN_MESSAGE: ReadonlySet<State> = new Set<State>([
   'mail',
