@@ -27,13 +27,22 @@
  * Every started instance is kept in a module-level registry: call `stopAllOpenDmarcs()` from an
  * `after()` hook; a process 'exit' hook SIGKILLs whatever is left.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
-import * as net from 'node:net'
-import * as os from 'node:os'
 import * as path from 'node:path'
 
-import { REPO_ROOT, freePort } from '../paths'
+import { REPO_ROOT } from '../paths'
+import {
+  DaemonProcess,
+  DaemonRegistry,
+  assertBinariesExist,
+  canConnect,
+  makeTempDir,
+  removeTempDir,
+  tail,
+  versionLine,
+  withFreePort,
+} from './process'
 
 export const OPENDMARC_BIN = '/usr/sbin/opendmarc'
 
@@ -42,7 +51,6 @@ export const OPENDMARC_BIN = '/usr/sbin/opendmarc'
  * `dbconfig-mysql | dbconfig-no-thanks` dependency without pulling in a MySQL client).
  */
 export const OPENDMARC_PACKAGES = ['opendmarc', 'dbconfig-no-thanks']
-const INSTALL_HINT = `install it: apt-get install --no-install-recommends ${OPENDMARC_PACKAGES.join(' ')}`
 
 export const OPENDMARC_FIXTURES = path.join(REPO_ROOT, 'test', 'fixtures', 'opendmarc')
 /** The fake DNS records (TestDNSData format) the tests use by default. */
@@ -53,7 +61,8 @@ export const PUBLIC_SUFFIX_LIST = '/usr/share/publicsuffix/public_suffix_list.da
 const READY_TIMEOUT_MS = 10_000
 const STOP_GRACE_MS = 3_000
 const POLL_MS = 25
-const PORT_ATTEMPTS = 3
+
+const registry = new DaemonRegistry()
 
 // ---------------------------------------------------------------------------
 // Installation check
@@ -66,18 +75,13 @@ let checkedVersion: string | null = null
  */
 export function assertOpenDmarcInstalled(): string {
   if (checkedVersion !== null) return checkedVersion
-  if (!fs.existsSync(OPENDMARC_BIN)) {
-    throw new Error(`OpenDMARC interop tests: ${OPENDMARC_BIN} not found; ${INSTALL_HINT}`)
-  }
-  const res = spawnSync(OPENDMARC_BIN, ['-V'], { encoding: 'utf8' })
-  const out = `${res.stdout ?? ''}${res.stderr ?? ''}`
-  const m = /OpenDMARC Filter v[\w.~+-]+/.exec(out)
-  if (res.error !== undefined || !m) {
-    throw new Error(
-      `${OPENDMARC_BIN} -V failed (${res.error?.message ?? `exit ${String(res.status)}`}): ${out}; ${INSTALL_HINT}`,
-    )
-  }
-  checkedVersion = m[0]
+  assertBinariesExist('OpenDMARC interop tests', [OPENDMARC_BIN], OPENDMARC_PACKAGES)
+  checkedVersion = versionLine(
+    OPENDMARC_BIN,
+    ['-V'],
+    /OpenDMARC Filter v[\w.~+-]+/,
+    OPENDMARC_PACKAGES,
+  )
   return checkedVersion
 }
 
@@ -168,37 +172,20 @@ export interface RunningOpenDmarc {
   stop(): Promise<void>
 }
 
-interface Running {
-  child: ChildProcess
-  exited: Promise<void>
-  hasExited: () => boolean
-  dir: string
-  stopping: Promise<void> | null
-}
-
-const registry = new Set<Running>()
-let exitHookInstalled = false
-
 /** Stop every OpenDMARC started by this module (for `after()` hooks). */
 export async function stopAllOpenDmarcs(): Promise<void> {
-  await Promise.all([...registry].map((r) => stopRunning(r)))
+  await registry.stopAll()
 }
 
 /** Start OpenDMARC and resolve once it accepts TCP connections on its socket. */
 export async function startOpenDmarc(opts: OpenDmarcOptions = {}): Promise<RunningOpenDmarc> {
   const version = assertOpenDmarcInstalled()
-  const attempts = opts.port === undefined ? PORT_ATTEMPTS : 1
-  let lastError: unknown
-  for (let attempt = 1; attempt <= attempts; attempt++) {
-    try {
-      return await startOnce(opts, version)
-    } catch (err) {
-      // a free port can be taken between our probe and OpenDMARC's bind()
-      lastError = err
-      if (!(err instanceof Error) || !/address already in use/i.test(err.message)) break
-    }
-  }
-  throw lastError
+  // a free port can be taken between our probe and OpenDMARC's bind()
+  return withFreePort(
+    (port) => startOnce(port, opts, version),
+    (err) => /address already in use/i.test(err.message),
+    { port: opts.port },
+  )
 }
 
 /** Writes the per-instance files into `dir`; returns their paths. */
@@ -214,160 +201,46 @@ function writeFiles(
   return { dnsData, ignoreHosts, pidFile: path.join(dir, 'opendmarc.pid') }
 }
 
-async function startOnce(opts: OpenDmarcOptions, version: string): Promise<RunningOpenDmarc> {
-  const port = opts.port ?? (await freePort('127.0.0.1'))
+async function startOnce(
+  port: number,
+  opts: OpenDmarcOptions,
+  version: string,
+): Promise<RunningOpenDmarc> {
   const socket = `inet:${port}@127.0.0.1`
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'opendmarc-'))
+  const dir = makeTempDir('opendmarc-')
   const config = openDmarcConfig(opts, { socket, ...writeFiles(dir, opts) })
   const configFile = path.join(dir, 'opendmarc.conf')
   fs.writeFileSync(configFile, config)
 
-  const child = spawn(OPENDMARC_BIN, ['-f', '-c', configFile], {
+  // not in a process group of its own: stopped (and killed) by PID only
+  const c = DaemonProcess.spawn({
+    name: 'opendmarc',
+    bin: OPENDMARC_BIN,
+    args: ['-f', '-c', configFile],
     cwd: dir,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  let output = ''
-  let exited = false
-  let exitInfo = ''
-  child.stdout?.setEncoding('utf8')
-  child.stderr?.setEncoding('utf8')
-  child.stdout?.on('data', (d: string) => (output += d))
-  child.stderr?.on('data', (d: string) => (output += d))
-  const exitedPromise = new Promise<void>((resolve) => {
-    child.once('exit', (code, sig) => {
-      exited = true
-      exitInfo = `code ${String(code)}, signal ${String(sig)}`
-      resolve()
-    })
-    child.once('error', (err) => {
-      exited = true
-      exitInfo = err.message
-      resolve()
-    })
-  })
-  const running: Running = {
-    child,
-    exited: exitedPromise,
-    hasExited: () => exited,
     dir,
-    stopping: null,
-  }
-  registry.add(running)
-  installExitHook()
-
-  try {
-    const deadline = Date.now() + READY_TIMEOUT_MS
-    for (;;) {
-      if (exited) {
-        throw new Error(
-          `opendmarc exited before listening on ${socket} (${exitInfo}): ${output.trim()}\nconfig:\n${config}`,
-        )
-      }
-      if (await canConnect(port)) break
-      if (Date.now() > deadline) {
-        throw new Error(
-          `opendmarc did not listen on ${socket} within ${READY_TIMEOUT_MS} ms: ${output.trim()}`,
-        )
-      }
-      await sleep(POLL_MS)
-    }
-  } catch (err) {
-    await stopRunning(running)
-    throw err
-  }
-  const pid = child.pid
-  if (pid === undefined) {
-    await stopRunning(running)
-    throw new Error('opendmarc has no pid')
-  }
+    processGroup: false,
+    stopGraceMs: STOP_GRACE_MS,
+    registry,
+  })
   // An instance a test forgot to stop must not keep mocha alive; the exit hook kills it.
-  child.unref()
-  unrefStream(child.stdout)
-  unrefStream(child.stderr)
+  await c.startedWhen(`listening on ${socket}`, () => canConnect({ port }), {
+    timeoutMs: READY_TIMEOUT_MS,
+    pollMs: POLL_MS,
+    details: () => `${tail(c.output())}\nconfig:\n${config}`,
+  })
 
   return {
     socket,
     port,
-    pid,
+    pid: c.pid,
     dir,
     configFile,
     config,
     version,
-    output: () => output,
-    stop: () => stopRunning(running),
+    output: () => c.output(),
+    stop: () => c.stop(),
   }
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: '127.0.0.1', port })
-    s.once('connect', () => {
-      s.destroy()
-      resolve(true)
-    })
-    s.once('error', () => {
-      s.destroy()
-      resolve(false)
-    })
-  })
-}
-
-async function stopRunning(r: Running): Promise<void> {
-  r.stopping ??= (async () => {
-    const pid = r.child.pid
-    if (!r.hasExited() && pid !== undefined) {
-      // keep the event loop alive until the exit is seen
-      r.child.ref()
-      signal(pid, 'SIGTERM')
-      let timer: NodeJS.Timeout | undefined
-      const timedOut = await Promise.race([
-        r.exited.then(() => false),
-        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), STOP_GRACE_MS))),
-      ])
-      clearTimeout(timer)
-      if (timedOut && !r.hasExited()) {
-        signal(pid, 'SIGKILL')
-        await r.exited
-      }
-    }
-    r.child.stdout?.destroy()
-    r.child.stderr?.destroy()
-    fs.rmSync(r.dir, { recursive: true, force: true })
-    registry.delete(r)
-  })()
-  return r.stopping
-}
-
-function unrefStream(stream: NodeJS.ReadableStream | null): void {
-  if (stream !== null && 'unref' in stream && typeof stream.unref === 'function') stream.unref()
-}
-
-function signal(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(pid, sig)
-  } catch {
-    // already gone
-  }
-}
-
-function installExitHook(): void {
-  if (exitHookInstalled) return
-  exitHookInstalled = true
-  process.on('exit', () => {
-    for (const r of registry) {
-      const pid = r.child.pid
-      if (!r.hasExited() && pid !== undefined) signal(pid, 'SIGKILL')
-      try {
-        fs.rmSync(r.dir, { recursive: true, force: true })
-      } catch {
-        // best effort
-      }
-    }
-  })
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms))
 }
 
 // ---------------------------------------------------------------------------
@@ -395,7 +268,7 @@ export function evaluateWithOpenDmarc(
   opts: OpenDmarcOptions = {},
 ): DmarcEvaluation {
   assertOpenDmarcInstalled()
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'opendmarc-t-'))
+  const dir = makeTempDir('opendmarc-t-')
   try {
     const msgFile = path.join(dir, 'message.eml')
     fs.writeFileSync(msgFile, message)
@@ -424,6 +297,6 @@ export function evaluateWithOpenDmarc(
       output,
     }
   } finally {
-    fs.rmSync(dir, { recursive: true, force: true })
+    removeTempDir(dir)
   }
 }
