@@ -7,29 +7,26 @@
  * rest of the connection. Knows nothing of Haraka.
  */
 import type { DefaultAction, MilterDef } from './config'
-import { MilterProtocolError, MilterStateError, isMilterError, type MilterError } from './errors'
+import {
+  MilterProtocolError,
+  MilterStateError,
+  MilterUnavailableError,
+  isMilterError,
+  type MilterError,
+} from './errors'
 import { BodySpool } from './body-spool'
 import { applyEnvelopeEdits, EnvelopeEditError, type Envelope } from './message/envelope'
 import { applyHeaderEdits, HeaderEditError, type HeaderField } from './message/headers'
 import { sortModifications } from './message/modifications'
 import type { ConnectAddress } from './protocol/commands'
 import { Proto } from './protocol/constants'
-import type { SmtpReply } from './protocol/replycode'
+import { REPLIES, type Outcome } from './policy/replies'
 import { sendContent } from './session/content'
 import type { MacroLookup } from './session/macros'
 import { openMilter } from './pool'
 import type { MilterSession, Verdict } from './session/session'
 
-/** What the chain decided for one SMTP command. */
-export type Outcome =
-  | { action: 'continue' }
-  | {
-      action: 'reject' | 'tempfail' | 'shutdown'
-      reply: SmtpReply
-      milter: string
-      cause: 'verdict' | 'failure'
-    }
-  | { action: 'discard'; milter: string }
+export type { Outcome } from './policy/replies'
 
 /** Something worth logging, with the milter and stage it concerns. */
 export interface ChainEvent {
@@ -91,63 +88,36 @@ interface Slot {
   /** Enabled by recipient rules: contacted only from the first matching RCPT of a message. */
   lazy: boolean
   session: MilterSession | undefined
-  /** Not consulted again on this connection (accepted or rejected it, or failed open). */
+  /** Not consulted again on this connection (accepted it, or failed with failure_scope = session). */
   retired: boolean
-  /** Sticky outcome of a failure (tempfail, reject, shutdown). */
-  sticky: Outcome | undefined
-  /** Failed with default_action quarantine: messages are quarantined. */
+  /** The default_action outcome of a failure (tempfail, reject, shutdown), in force for its scope. */
+  failure: Outcome | undefined
+  /** Failed with default_action quarantine: messages are quarantined (for the failure's scope). */
   quarantineOnFailure: string | undefined
-  /** A lazy milter that refused the client at its replayed CONNECT/HELO: every recipient needing it is refused. */
+  /**
+   * The milter refused the client at (replayed) CONNECT or HELO. For a milter
+   * without rules every later MAIL gets it; for a rule milter every recipient
+   * needing it does.
+   */
   refusal: Outcome | undefined
+  /** Failed with failure_scope = message: opened again (CONNECT, HELO replayed) for the next message. */
+  reopen: boolean
 }
 
-const REPLIES = {
-  reject: {
-    code: 550,
-    enhanced: '5.7.1',
-    lines: [{ enhanced: '5.7.1', text: 'Command rejected' }],
-  },
-  rejectConnect: {
-    code: 554,
-    enhanced: '5.7.1',
-    lines: [{ enhanced: '5.7.1', text: 'Service refused' }],
-  },
-  rejectEom: {
-    code: 554,
-    enhanced: '5.7.1',
-    lines: [{ enhanced: '5.7.1', text: 'Message rejected' }],
-  },
-  tempfail: {
-    code: 451,
-    enhanced: '4.7.1',
-    lines: [{ enhanced: '4.7.1', text: 'Service unavailable - try again later' }],
-  },
-  failReject: {
-    code: 550,
-    enhanced: '5.5.0',
-    lines: [{ enhanced: '5.5.0', text: 'Service unavailable' }],
-  },
-  shutdown: {
-    code: 421,
-    enhanced: '4.7.0',
-    lines: [{ enhanced: '4.7.0', text: 'Server closing connection' }],
-  },
-  failShutdown: {
-    code: 421,
-    enhanced: '4.7.1',
-    lines: [{ enhanced: '4.7.1', text: 'Service unavailable - try again later' }],
-  },
-  defer: {
-    code: 452,
-    enhanced: '4.5.3',
-    lines: [
-      {
-        enhanced: '4.5.3',
-        text: 'Recipient needs different filtering - send it in a separate transaction',
-      },
-    ],
-  },
-} satisfies Record<string, SmtpReply>
+/** The outcome of a failure under a milter's default_action. */
+function failureOutcome(action: DefaultAction, milter: string): Outcome {
+  switch (action) {
+    case 'accept':
+    case 'quarantine':
+      return { action: 'continue' }
+    case 'tempfail':
+      return { action: 'tempfail', reply: REPLIES.tempfail, milter, cause: 'failure' }
+    case 'reject':
+      return { action: 'reject', reply: REPLIES.failReject, milter, cause: 'failure' }
+    case 'shutdown':
+      return { action: 'shutdown', reply: REPLIES.failShutdown, milter, cause: 'failure' }
+  }
+}
 
 /** Is a rule milter enabled for this recipient? */
 export function enabledFor(def: MilterDef, facts: RecipientFacts | undefined): boolean {
@@ -185,9 +155,10 @@ export class MilterChain {
       lazy: def.destinationChannels.length > 0 || def.optin.length > 0,
       session: undefined,
       retired: false,
-      sticky: undefined,
+      failure: undefined,
       quarantineOnFailure: undefined,
       refusal: undefined,
+      reopen: false,
     }))
     this.open = opts.open ?? openMilter
   }
@@ -208,10 +179,19 @@ export class MilterChain {
     return this.each('helo', (s) => s.helo(helo, macros))
   }
 
-  /** MAIL FROM with its ESMTP arguments. */
-  mail(args: readonly string[], macros?: MacroLookup): Promise<Outcome> {
+  /**
+   * MAIL FROM with its ESMTP arguments. A milter that failed on an earlier
+   * message (failure_scope = message) is opened again first, with CONNECT and
+   * HELO replayed.
+   */
+  async mail(args: readonly string[], macros?: MacroLookup): Promise<Outcome> {
     this.resetMessage()
     this.mailFacts = { args, macros }
+    for (const slot of this.slots) {
+      if (slot.lazy || !slot.reopen) continue
+      const o = await this.reconnect(slot, 'mail')
+      if (o.action !== 'continue') return o
+    }
     return this.each('mail', (s) => s.mail(args, macros))
   }
 
@@ -277,23 +257,11 @@ export class MilterChain {
   /** Brings a rule milter into the current message: open, CONNECT, HELO (once), MAIL, earlier RCPTs. */
   private async activate(slot: Slot): Promise<Outcome> {
     if (slot.refusal) return slot.refusal
-    if (!slot.session && !slot.retired && !slot.sticky) {
-      await this.ensureOpen(slot, 'rcpt')
-      const s = slot.session as MilterSession | undefined
-      const cf = this.connectFacts
-      if (s && cf) {
-        const o = await this.replay(slot, 'connect', () =>
-          s.connect(cf.hostname, cf.addr, cf.macros),
-        )
-        if (o.action !== 'continue') return (slot.refusal = o)
-        const hf = this.heloFacts
-        if (hf) {
-          const h = await this.replay(slot, 'helo', () => s.helo(hf.helo, hf.macros))
-          if (h.action !== 'continue') return (slot.refusal = h)
-        }
-      }
+    if (!slot.session && !slot.retired && !slot.failure) {
+      const o = await this.reconnect(slot, 'rcpt')
+      if (o.action !== 'continue') return o
     }
-    if (slot.sticky) return slot.sticky
+    if (slot.failure) return slot.failure
     const s = slot.session
     if (!s || slot.retired) return { action: 'continue' }
     const mf = this.mailFacts
@@ -306,6 +274,35 @@ export class MilterChain {
       await this.replay(slot, 'rcpt', () => s.rcpt(r.args, r.macros))
     }
     return { action: 'continue' }
+  }
+
+  /**
+   * Opens a milter that joins late (a rule milter) or again after a failure,
+   * and replays CONNECT and HELO with the macros they had. A refusal there is
+   * kept as the milter's refusal of the client.
+   */
+  private async reconnect(slot: Slot, stage: string): Promise<Outcome> {
+    slot.reopen = false
+    await this.ensureOpen(slot, stage)
+    const s = slot.session
+    if (!s) return slot.failure ?? { action: 'continue' }
+    const cf = this.connectFacts
+    if (cf) {
+      const o = await this.replay(slot, 'connect', () => s.connect(cf.hostname, cf.addr, cf.macros))
+      if (o.action !== 'continue') return o.action === 'discard' ? o : this.refuse(slot, o)
+    }
+    const hf = this.heloFacts
+    if (hf && slot.session) {
+      const h = await this.replay(slot, 'helo', () => s.helo(hf.helo, hf.macros))
+      if (h.action !== 'continue') return h.action === 'discard' ? h : this.refuse(slot, h)
+    }
+    return { action: 'continue' }
+  }
+
+  /** Keeps a verdict refusal of the client; a failure's outcome stays the failure's. */
+  private refuse(slot: Slot, o: Outcome): Outcome {
+    if (o.action !== 'continue' && o.action !== 'discard' && o.cause === 'verdict') slot.refusal = o
+    return o
   }
 
   /** A replayed step: its refusal applies to the recipient that brought the milter in. */
@@ -323,6 +320,11 @@ export class MilterChain {
   }
 
   private resetMessage(): void {
+    for (const slot of this.slots) {
+      if (slot.def.failureScope !== 'message' || !slot.reopen) continue
+      slot.failure = undefined
+      slot.quarantineOnFailure = undefined
+    }
     this.messageDiscarded = false
     this.messageSet = undefined
     this.acceptedRcpts = []
@@ -397,8 +399,8 @@ export class MilterChain {
       if (!this.participates(slot, 'eom')) continue
       if (slot.quarantineOnFailure) result.quarantine.push(slot.quarantineOnFailure)
       if (this.messageDiscarded) break
-      if (slot.sticky) {
-        result.outcome = slot.sticky
+      if (slot.failure) {
+        result.outcome = slot.failure
         break
       }
       const s = slot.session
@@ -478,7 +480,9 @@ export class MilterChain {
     for (const slot of this.slots) {
       if (this.messageDiscarded) break // helo() and mail() reset it first
       if (!this.participates(slot, stage)) continue
-      if (slot.sticky) return slot.sticky
+      if (slot.failure) return slot.failure
+      if (slot.refusal && !slot.lazy && stage !== 'connect' && stage !== 'unknown')
+        return slot.refusal
       if (slot.retired || !slot.session) continue
       let outcome: Outcome
       try {
@@ -493,7 +497,7 @@ export class MilterChain {
   }
 
   private async ensureOpen(slot: Slot, stage: string): Promise<void> {
-    if (slot.session || slot.retired || slot.sticky) return
+    if (slot.session || slot.retired || slot.failure) return
     try {
       slot.session = await this.open(slot.def)
       const n = slot.session.negotiated
@@ -529,31 +533,15 @@ export class MilterChain {
         this.event('info', slot, stage, 'discard')
         return { action: 'discard', milter: slot.def.name }
       case 'reject':
-        if (connLevel) slot.retired = true
-        return {
-          action: 'reject',
-          reply:
-            stage === 'eom'
-              ? REPLIES.rejectEom
-              : stage === 'connect'
-                ? REPLIES.rejectConnect
-                : REPLIES.reject,
-          milter: slot.def.name,
-          cause: 'verdict',
-        }
       case 'tempfail':
-        if (connLevel) slot.retired = true
-        return {
-          action: 'tempfail',
-          reply: REPLIES.tempfail,
-          milter: slot.def.name,
-          cause: 'verdict',
-        }
       case 'replycode': {
-        if (connLevel) slot.retired = true
-        const action =
-          v.reply.code === 421 ? 'shutdown' : v.reply.code >= 500 ? 'reject' : 'tempfail'
-        return { action, reply: v.reply, milter: slot.def.name, cause: 'verdict' }
+        const o = this.refusalOf(slot, stage, v)
+        if (connLevel) {
+          // the milter is done with this connection; its refusal holds for every later MAIL
+          slot.retired = true
+          if (o.action !== 'shutdown') slot.refusal = o
+        }
+        return o
       }
       case 'shutdown':
       case 'conn_fail':
@@ -573,7 +561,31 @@ export class MilterChain {
     }
   }
 
-  /** Applies the milter's default_action to an error; the result is sticky. */
+  /** A reject, tempfail or reply code as the outcome to answer with. */
+  private refusalOf(slot: Slot, stage: string, v: Verdict): Outcome {
+    const milter = slot.def.name
+    if (v.kind === 'replycode') {
+      const action = v.reply.code === 421 ? 'shutdown' : v.reply.code >= 500 ? 'reject' : 'tempfail'
+      return { action, reply: v.reply, milter, cause: 'verdict' }
+    }
+    if (v.kind === 'tempfail') {
+      return { action: 'tempfail', reply: REPLIES.tempfail, milter, cause: 'verdict' }
+    }
+    const reply =
+      stage === 'eom'
+        ? REPLIES.rejectEom
+        : stage === 'connect'
+          ? REPLIES.rejectConnect
+          : REPLIES.reject
+    return { action: 'reject', reply, milter, cause: 'verdict' }
+  }
+
+  /**
+   * Applies the milter's default_action to an error. With failure_scope =
+   * session the outcome holds for the rest of the SMTP connection (Postfix);
+   * with message it holds for the message in flight, and the milter is
+   * opened again for the next one.
+   */
   private failed(slot: Slot, stage: string, e: unknown): Outcome {
     const err: MilterError = isMilterError(e)
       ? e
@@ -581,42 +593,18 @@ export class MilterChain {
         ? new MilterProtocolError(`${slot.def.name}: ${e.message}`, { cause: e })
         : new MilterStateError(`unexpected: ${String(e)}`, { cause: e })
     const action: DefaultAction = slot.def.defaultAction
-    this.event('error', slot, stage, `${err.message}; default_action=${action}`, err.code)
+    // A milter marked down was logged once when it was; each session notes it quietly.
+    const level = err instanceof MilterUnavailableError ? 'info' : 'error'
+    this.event(level, slot, stage, `${err.message}; default_action=${action}`, err.code)
     slot.session?.destroy()
     slot.session = undefined
-    slot.retired = true
     const name = slot.def.name
-    switch (action) {
-      case 'accept':
-        return { action: 'continue' }
-      case 'quarantine':
-        slot.quarantineOnFailure = `${name}: milter failed (${err.code})`
-        return { action: 'continue' }
-      case 'tempfail':
-        slot.sticky = {
-          action: 'tempfail',
-          reply: REPLIES.tempfail,
-          milter: name,
-          cause: 'failure',
-        }
-        return slot.sticky
-      case 'reject':
-        slot.sticky = {
-          action: 'reject',
-          reply: REPLIES.failReject,
-          milter: name,
-          cause: 'failure',
-        }
-        return slot.sticky
-      case 'shutdown':
-        slot.sticky = {
-          action: 'shutdown',
-          reply: REPLIES.failShutdown,
-          milter: name,
-          cause: 'failure',
-        }
-        return slot.sticky
-    }
+    const outcome = failureOutcome(action, name)
+    if (action === 'shutdown' || slot.def.failureScope === 'session') slot.retired = true
+    else slot.reopen = true
+    if (action === 'quarantine') slot.quarantineOnFailure = `${name}: milter failed (${err.code})`
+    if (outcome.action !== 'continue') slot.failure = outcome
+    return outcome
   }
 
   private event(

@@ -26,6 +26,22 @@ export interface MilterDef {
   optin: string[]
   /** Header values from this milter: one line (flatten) or proper folds kept (keep). */
   headerFolds: HeaderFolds
+  /** How long a failure's default_action lasts: the message in flight, or the SMTP session. */
+  failureScope: FailureScope
+  /** Fail-fast after consecutive connect failures: threshold and back-off. */
+  breaker: BreakerSettings
+}
+
+/** `message`: a failed milter is reopened for the next transaction; `session`: Postfix's sticky failure. */
+export type FailureScope = 'message' | 'session'
+
+/** Circuit breaker settings of one milter endpoint. */
+export interface BreakerSettings {
+  /** Consecutive connect failures that open the breaker; 0 disables it. */
+  failures: number
+  /** First back-off before a probe, doubled after each failed probe up to backoffMaxMs. */
+  backoffMs: number
+  backoffMaxMs: number
 }
 
 /** One listener's selection. */
@@ -92,6 +108,7 @@ export const DEFAULT_MACROS: MacroLists = new Map<MacroStage, readonly string[]>
 ])
 
 const FOLDS = ['flatten', 'keep'] as const
+const SCOPES = ['message', 'session'] as const
 
 const DEFAULT_ACTIONS: readonly DefaultAction[] = [
   'accept',
@@ -237,12 +254,27 @@ function parseMilter(
       connectMs: r.seconds('connect_timeout', main.seconds('connect_timeout', 10) / 1000),
       commandMs: r.seconds('command_timeout', main.seconds('command_timeout', 30) / 1000),
       contentMs: r.seconds('content_timeout', main.seconds('content_timeout', 300) / 1000),
+      eomMs: r.seconds('eom_timeout', main.seconds('eom_timeout', 300) / 1000),
     },
+    failureScope: r.oneOf('failure_scope', SCOPES, main.oneOf('failure_scope', SCOPES, 'message')),
+    breaker: breakerOf(r, main),
     macros: r.macros('macros.', macros),
     headerFolds: r.oneOf('header_folds', FOLDS, main.oneOf('header_folds', FOLDS, 'flatten')),
     destinationChannels: r.list('destination_channels', []),
     optin: r.list('optin', []),
   }
+}
+
+function breakerOf(r: Reader, main: Reader): BreakerSettings {
+  const failures = r.int('breaker_failures', main.int('breaker_failures', 3, 0, 1000), 0, 1000)
+  const backoffMs = r.seconds('breaker_backoff', main.seconds('breaker_backoff', 5) / 1000)
+  const backoffMaxMs = r.seconds(
+    'breaker_backoff_max',
+    main.seconds('breaker_backoff_max', 60) / 1000,
+  )
+  if (backoffMaxMs < backoffMs)
+    throw r.err('breaker_backoff_max', `must not be less than breaker_backoff`)
+  return { failures, backoffMs, backoffMaxMs }
 }
 
 function parseListeners(

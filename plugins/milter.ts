@@ -28,6 +28,7 @@ import {
 } from '../lib/adapter/facts'
 import type { HarakaAddress, HarakaConnection, HarakaPlugin, Next } from '../lib/adapter/haraka'
 import { toHookResult, type HookResult } from '../lib/adapter/reply'
+import { answerAt, REPLIES, type Stage } from '../lib/policy/replies'
 import { writeQuarantine } from '../lib/adapter/apply'
 import { MilterPool } from '../lib/pool'
 
@@ -51,6 +52,9 @@ interface ConnState {
   isLocal: LocalDomain
 }
 
+/** Connections that arrived while the configuration was broken: refused at MAIL. */
+const CONFIG_BROKEN = new WeakMap<object, string>()
+
 const STATES = new WeakMap<object, ConnState>()
 
 function code(r: HookResult): number {
@@ -72,21 +76,25 @@ function answer(
   this: MilterPlugin,
   next: Next,
   c: HarakaConnection,
-  stage: string,
-  o: Outcome,
+  stage: Stage,
+  outcome: Outcome,
   mode: MilterConfig['replyCode'],
 ): void {
-  const r = toHookResult(o, mode)
+  const o = answerAt(stage, outcome, mode)
+  const r = toHookResult(o, 'milter')
   if (o.action === 'discard' && c.transaction) {
     c.transaction.notes['milter_disposition'] ??= { kind: 'discard', milter: o.milter }
   }
-  if (o.action !== 'continue' && o.action !== 'discard') {
+  // What the milter decided is recorded where it happened, even when the
+  // reply waits for MAIL (a greeting or HELO may not carry it).
+  const decided = stage === 'connect' ? outcome : o
+  if (decided.action !== 'continue' && decided.action !== 'discard') {
     c.results.add(this, {
-      fail: `${o.milter}(${stage}:${o.action}${o.cause === 'failure' ? ',failure' : ''})`,
+      fail: `${decided.milter}(${stage}:${decided.action}${decided.cause === 'failure' ? ',failure' : ''})`,
     })
     c.loginfo(
       this,
-      `${o.milter} ${o.action} at ${stage}: ${o.reply.code} ${o.reply.lines.map((l) => l.text).join(' / ')}`,
+      `${decided.milter} ${decided.action} at ${stage}: ${decided.reply.code} ${decided.reply.lines.map((l) => l.text).join(' / ')}${o.action === 'continue' ? ' (given at MAIL: a greeting may not carry it)' : ''}`,
     )
   }
   if (r.kind === 'cont') return next()
@@ -105,11 +113,29 @@ export function load_milter_ini(this: MilterPlugin): void {
     // Haraka's per-hook timer must not fire before our own milter timeouts do.
     let budgetMs = 0
     for (const m of cfg.milters.values()) {
-      budgetMs += m.timeouts.connectMs + m.timeouts.commandMs + 2 * m.timeouts.contentMs
+      budgetMs +=
+        m.timeouts.connectMs +
+        m.timeouts.commandMs +
+        m.timeouts.contentMs +
+        (m.timeouts.eomMs ?? m.timeouts.contentMs)
     }
     this.timeout = Math.ceil(budgetMs / 1000) + 10
-    this.milterPool?.close()
-    this.milterPool = new MilterPool({ reuse: cfg.reuseConnections })
+    const old = this.milterPool
+    old?.close()
+    this.milterPool = new MilterPool({
+      reuse: cfg.reuseConnections,
+      ...(old ? { breakers: old.breakers } : {}),
+      onBreakerChange: (milter, ch) => {
+        const text =
+          ch.to === 'open'
+            ? `${milter}: marked down after ${ch.failures} consecutive connect failure(s) to ${ch.endpoint} (${ch.reason ?? 'error'}); not dialled for ${Math.round((ch.retryInMs ?? 0) / 1000)} s, default_action applies at once`
+            : ch.to === 'half-open'
+              ? `${milter}: probing ${ch.endpoint} again`
+              : `${milter}: ${ch.endpoint} is back up`
+        if (ch.to === 'open') this.logerror(text)
+        else this.loginfo(text)
+      },
+    })
     this.loginfo(
       `milters: ${[...cfg.milters.values()].map((m) => `${m.name}=${m.socketText}`).join(', ') || '(none)'}`,
     )
@@ -149,9 +175,9 @@ function listenerMilters(
 /** CONNECT: opens this connection's milters and reports the client. */
 export function hook_connect(this: MilterPlugin, next: Next, c: HarakaConnection): void {
   if (this.milterCfgError) {
-    c.logerror(this, `refusing mail: ${this.milterCfgError}`)
-    next(constants['denysoft'], 'Server configuration problem - try again later')
-    return
+    // The greeting may only be 220, 421 or 554 (RFC 5321 4.3.2): greet, refuse at MAIL.
+    CONFIG_BROKEN.set(c, this.milterCfgError)
+    return next()
   }
   const cfg = this.milterCfg
   if (!cfg) return next()
@@ -164,10 +190,11 @@ export function hook_connect(this: MilterPlugin, next: Next, c: HarakaConnection
     ...(pool ? { open: (d) => pool.acquire(d), release: (d, s) => pool.release(d, s) } : {}),
     onEvent: (e) => {
       const text = `${e.milter} ${e.stage}: ${e.message}${e.code ? ` (${e.code})` : ''}`
-      if (e.level === 'error') {
-        c.logerror(this, text)
-        c.results.add(this, { err: `${e.milter}(${e.stage}:${e.code ?? 'error'})` })
-      } else if (e.level === 'warn') c.logwarn(this, text)
+      if (e.code !== undefined) {
+        c.results.add(this, { err: `${e.milter}(${e.stage}:${e.code})` })
+      }
+      if (e.level === 'error') c.logerror(this, text)
+      else if (e.level === 'warn') c.logwarn(this, text)
       else c.logdebug(this, text)
     },
   })
@@ -192,28 +219,47 @@ function crash(
   this: MilterPlugin,
   next: Next,
   c: HarakaConnection,
-  stage: string,
+  stage: Stage,
   e: unknown,
 ): void {
   c.logerror(
     this,
     `internal error at ${stage}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`,
   )
-  next(constants['denysoft'], 'Temporary milter failure - try again later')
+  // 421 is the one refusal legal at the greeting and at HELO alike
+  const early = stage === 'connect' || stage === 'helo'
+  const o: Outcome = {
+    action: early ? 'shutdown' : 'tempfail',
+    reply: early ? REPLIES.internalShutdown : REPLIES.internal,
+    milter: 'internal',
+    cause: 'failure',
+  }
+  const r = toHookResult(o, 'milter')
+  if (r.kind === 'cont') next()
+  else next(code(r), r.msg)
 }
 
-/** Answers the hook with the chain's outcome; any internal error becomes a 4xx, never a crash. */
+/**
+ * Answers the hook with the chain's outcome; any internal error becomes a
+ * 4xx, never a crash, and `next` is called exactly once.
+ */
 function settle(
   this: MilterPlugin,
   next: Next,
   c: HarakaConnection,
-  stage: string,
+  stage: Stage,
   pending: Promise<Outcome>,
   mode: MilterConfig['replyCode'],
 ): void {
+  let called = false
+  const once: Next = (...args) => {
+    if (called) return
+    called = true
+    next(...args)
+  }
   pending
-    .then((o) => answer.call(this, next, c, stage, o, mode))
-    .catch((e: unknown) => crash.call(this, next, c, stage, e))
+    .then((o) => answer.call(this, once, c, stage, o, mode))
+    .catch((e: unknown) => crash.call(this, once, c, stage, e))
 }
 
 function onHelo(this: MilterPlugin, next: Next, c: HarakaConnection, host: string): void {
@@ -246,6 +292,18 @@ export function hook_mail(
   c: HarakaConnection,
   params: [HarakaAddress, Record<string, string | null> | undefined],
 ): void {
+  const broken = CONFIG_BROKEN.get(c)
+  if (broken !== undefined) {
+    c.logerror(this, `refusing mail: ${broken}`)
+    return answer.call(
+      this,
+      next,
+      c,
+      'mail',
+      { action: 'tempfail', reply: REPLIES.configError, milter: 'configuration', cause: 'failure' },
+      'milter',
+    )
+  }
   const st = STATES.get(c)
   const t = c.transaction
   if (!st || !t) return next()

@@ -35,6 +35,7 @@ import { Act, CHUNK_SIZE, Cmd, LEN_BYTES, MacroStage, Proto, hex } from '../prot
 import { FrameDecoder, type Frame } from '../protocol/frame'
 import { decodeReply, type Modification, type Reply } from '../protocol/replies'
 import { parseReplyCode, type SmtpReply } from '../protocol/replycode'
+import { Queue } from '../util/queue'
 import { macroPairs, type MacroLists, type MacroLookup } from './macros'
 import { offerFor, validateOptneg, type Negotiated, type Offer } from './negotiate'
 import { AFTER, FROM, IN_MESSAGE, allowed, type State, type Step } from './state'
@@ -75,11 +76,16 @@ export interface EomResult {
   replacementBody?: Buffer
 }
 
-/** The three timeouts (§7.3), in milliseconds. */
+/** The timeouts (§7.3), in milliseconds. */
 export interface Timeouts {
   connectMs: number
   commandMs: number
   contentMs: number
+  /**
+   * Total time from SMFIC_BODYEOB to the final reply (Sendmail's T=E):
+   * SMFIR_PROGRESS re-arms contentMs but cannot extend this. Default: none.
+   */
+  eomMs?: number
 }
 
 /** Optional observers: packet trace (what the seed calls DEBUG=2) and warnings. */
@@ -148,7 +154,7 @@ function noNul(v: Bytes): Bytes {
 export class MilterSession {
   private state: State = 'negotiated'
   private readonly decoder: FrameDecoder
-  private readonly frames: Frame[] = []
+  private readonly frames = new Queue<Frame>()
   private waiter: { resolve: (f: Frame) => void; reject: (e: MilterError) => void } | undefined
   private timer: NodeJS.Timeout | undefined
   private failure: MilterError | undefined
@@ -157,6 +163,8 @@ export class MilterSession {
   private closedByPeer = false
   private ending = false
   private paused = false
+  /** Absolute time (ms) by which the current end of message must be answered. */
+  private eomDeadline: number | undefined
 
   private constructor(
     private readonly stream: MilterStream,
@@ -419,6 +427,18 @@ export class MilterSession {
     this.check('eom')
     this.sendMacros(MacroStage.EOM, macros)
     this.send(encodeBare(Cmd.BODYEOB))
+    const eomMs = this.opts.timeouts.eomMs
+    this.eomDeadline = eomMs === undefined ? undefined : Date.now() + eomMs
+    try {
+      return await this.readEom(onReplaceBody)
+    } finally {
+      this.eomDeadline = undefined
+    }
+  }
+
+  private async readEom(
+    onReplaceBody: ((chunk: Buffer) => void | Promise<void>) | undefined,
+  ): Promise<EomResult> {
     const mods: Modification[] = []
     const collected: Buffer[] = []
     let bodyReplaced = false
@@ -675,10 +695,22 @@ export class MilterSession {
     }
   }
 
-  /** Reads until a non-PROGRESS reply; each PROGRESS re-arms the phase timer. */
+  /**
+   * Reads until a non-PROGRESS reply; each PROGRESS re-arms the phase timer,
+   * but never past the end-of-message deadline.
+   */
   private async readReply(phase: Phase, label: string): Promise<Reply> {
     for (;;) {
-      const frame = await this.nextFrame(phase, label, this.timeoutFor(phase))
+      let ms = this.timeoutFor(phase)
+      let what = label
+      if (this.eomDeadline !== undefined && this.eomDeadline - Date.now() < ms) {
+        ms = Math.max(0, this.eomDeadline - Date.now())
+        what = `${label} (eom_timeout: the final reply within ${this.opts.timeouts.eomMs ?? 0} ms)`
+        if (ms === 0 && this.frames.length === 0) {
+          throw this.fail(new MilterTimeoutError(phase, this.opts.timeouts.eomMs ?? 0, what))
+        }
+      }
+      const frame = await this.nextFrame(phase, what, ms)
       let reply: Reply
       try {
         reply = decodeReply(frame)

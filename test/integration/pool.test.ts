@@ -28,6 +28,8 @@ function def(m: StartedMilter): MilterDef {
     destinationChannels: [],
     optin: [],
     headerFolds: 'flatten',
+    failureScope: 'session',
+    breaker: { failures: 0, backoffMs: 1000, backoffMaxMs: 1000 },
   }
 }
 
