@@ -189,6 +189,31 @@ describe('hostile milters', function () {
     assert.equal(s.error, undefined)
   })
 
+  it('eom_timeout cuts off a milter that sends PROGRESS forever (PROGRESS cannot extend it)', async () => {
+    const m = await milter(
+      scripted({
+        eob: (_cmd, conn) => {
+          const t = setInterval(() => {
+            if (conn.isClosed) return clearInterval(t)
+            conn.send(frame('p'))
+          }, 50)
+        },
+      }),
+    )
+    const s = await open(m, {
+      timeouts: { connectMs: 1000, commandMs: 1000, contentMs: 300, eomMs: 800 },
+    })
+    await toData(s)
+    await s.eoh()
+    const started = Date.now()
+    const err = await failure(s.endOfMessage())
+    const took = Date.now() - started
+    assert.equal(err.code, 'MILTER_ERR_TIMEOUT')
+    assert.match(err.message, /eom_timeout/)
+    assert.ok(took >= 700 && took < 3000, `took ${took} ms`)
+    await assertSticky(s, await m.connection(), err)
+  })
+
   it('fails with CLOSED or PROTOCOL when the milter closes mid-frame', async () => {
     const m = await milter(
       scripted({
