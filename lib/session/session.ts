@@ -676,7 +676,7 @@ export class MilterSession {
       case 'conn_fail':
         return { kind: reply.kind }
       case 'replycode': {
-        const parsed = parseReplyCode(reply.text.toString('utf8'))
+        const parsed = parseReplyCode(reply.text.toString('latin1'))
         if (!parsed.ok) {
           throw this.fail(
             new MilterProtocolError(
