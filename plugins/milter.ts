@@ -190,7 +190,10 @@ export function hook_connect(this: MilterPlugin, next: Next, c: HarakaConnection
     ...(pool ? { open: (d) => pool.acquire(d), release: (d, s) => pool.release(d, s) } : {}),
     onEvent: (e) => {
       const text = `${e.milter} ${e.stage}: ${e.message}${e.code ? ` (${e.code})` : ''}`
-      if (e.code !== undefined) {
+      if (e.code === 'MILTER_ERR_UNAVAILABLE') {
+        // not dialled: the breaker's state change was logged once (results log err as ERROR)
+        c.results.add(this, { skip: `${e.milter}(${e.stage}:unavailable)` })
+      } else if (e.code !== undefined) {
         c.results.add(this, { err: `${e.milter}(${e.stage}:${e.code})` })
       }
       if (e.level === 'error') c.logerror(this, text)
