@@ -22,6 +22,9 @@ export const DEFAULT_MAX_FRAME_DATA = 64 * 1024 * 1024
  */
 const EXACT_ALLOC_MAX = MDS_1M + 1
 
+/** Pieces up to this size are copied byte by byte rather than with Buffer#copy. */
+const SMALL_COPY = 16
+
 /** Encodes one packet. */
 export function encodeFrame(code: number, data?: Buffer): Buffer {
   const n = data?.length ?? 0
@@ -145,7 +148,13 @@ export class FrameDecoder {
       if (this.body) this.body.copy(grown, 0, 0, this.bodyHave)
       this.body = grown
     }
-    chunk.copy(this.body as Buffer, this.bodyHave, from, to)
+    const body = this.body as Buffer
+    if (n <= SMALL_COPY) {
+      // a byte loop beats Buffer#copy's native call on the tiny pieces of a dribbled frame
+      for (let i = 0; i < n; i++) body[this.bodyHave + i] = chunk[from + i] as number
+    } else {
+      chunk.copy(body, this.bodyHave, from, to)
+    }
     this.bodyHave = need
     return to
   }
