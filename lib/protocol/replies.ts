@@ -165,8 +165,11 @@ export function decodeReply(frame: Frame): Reply {
   return reply
 }
 
+/** Names as latin1, the way decodeSymlist reads them, so any byte round-trips. */
 function encodeSymlist(w: Writer, symlist: SymList): void {
-  for (const [stage, names] of symlist) w.u32(stage).cstring(names.join(' '))
+  for (const [stage, names] of symlist) {
+    w.u32(stage).cstring(Buffer.from(names.join(' '), 'latin1'))
+  }
 }
 
 function encodeTwo(w: Writer, a: Buffer, b: Buffer | undefined): Buffer {
