@@ -32,13 +32,13 @@ import {
   type ConnectAddress,
 } from '../protocol/commands'
 import { Act, CHUNK_SIZE, Cmd, LEN_BYTES, MacroStage, Proto, hex } from '../protocol/constants'
-import { FrameDecoder, type Frame } from '../protocol/frame'
+import type { Frame } from '../protocol/frame'
 import { decodeReply, type Modification, type Reply } from '../protocol/replies'
 import { parseReplyCode, type SmtpReply } from '../protocol/replycode'
-import { Queue } from '../util/queue'
 import { macroPairs, type MacroLists, type MacroLookup } from './macros'
 import { offerFor, validateOptneg, type Negotiated, type Offer } from './negotiate'
-import { AFTER, FROM, IN_MESSAGE, allowed, type State, type Step } from './state'
+import { FrameReader } from './reader'
+import { FROM, IN_MESSAGE, allowed, transition, type Event, type State, type Step } from './state'
 
 /** The duplex byte stream a session runs on (a net.Socket satisfies it). */
 export interface MilterStream {
@@ -54,10 +54,6 @@ export interface MilterStream {
   pause?(): unknown
   resume?(): unknown
 }
-
-/** Frames queued before the socket is paused, and the level at which it resumes. */
-const QUEUE_HIGH = 16
-const QUEUE_LOW = 4
 
 /** A milter's answer to one step. */
 export type Verdict =
@@ -153,16 +149,12 @@ function noNul(v: Bytes): Bytes {
 /** One milter connection. Create it with MilterSession.negotiate(). */
 export class MilterSession {
   private state: State = 'negotiated'
-  private readonly decoder: FrameDecoder
-  private readonly frames = new Queue<Frame>()
-  private waiter: { resolve: (f: Frame) => void; reject: (e: MilterError) => void } | undefined
-  private timer: NodeJS.Timeout | undefined
+  private readonly reader: FrameReader
   private failure: MilterError | undefined
   private afterEob = false
   private skipping: Step | undefined
   private closedByPeer = false
   private ending = false
-  private paused = false
   /** Absolute time (ms) by which the current end of message must be answered. */
   private eomDeadline: number | undefined
 
@@ -172,8 +164,14 @@ export class MilterSession {
     /** The options in force; set by negotiate(). */
     public negotiated: Negotiated,
   ) {
-    this.decoder = new FrameDecoder(opts.maxReplyBytes)
-    stream.on('data', (chunk) => this.onData(chunk))
+    this.reader = new FrameReader(
+      stream,
+      opts.name,
+      opts.maxReplyBytes,
+      (e) => this.fail(e),
+      opts.observer?.trace ? (f) => opts.observer?.trace?.('recv', f) : undefined,
+    )
+    stream.on('data', (chunk) => this.reader.push(chunk))
     stream.on('error', (err) =>
       this.fail(new MilterClosedError(`${this.opts.name}: ${err.message}`, { cause: err })),
     )
@@ -193,10 +191,9 @@ export class MilterSession {
     const offer: Offer = offerFor(opts.version ?? 6, opts.actions)
     const placeholder: Negotiated = { ...offer, maxDataBytes: 65535, symlist: new Map(), offer }
     const s = new MilterSession(stream, opts, placeholder)
-    s.state = 'negotiated'
     try {
       s.send(encodeOptneg(offer.version, offer.actions, offer.protocol))
-      const frame = await s.nextFrame('connect', 'SMFIC_OPTNEG', opts.timeouts.connectMs)
+      const frame = await s.reader.next('connect', 'SMFIC_OPTNEG', opts.timeouts.connectMs)
       const reply = decodeReply(frame)
       if (reply.kind !== 'optneg') {
         throw new MilterNegotiationError(`milter answered OPTNEG with ${reply.kind}`)
@@ -271,7 +268,7 @@ export class MilterSession {
   async helo(helo: Bytes, macros?: MacroLookup): Promise<Verdict> {
     if (this.state === 'connectionDone') return CONTINUE
     if (this.inMessage) this.abort()
-    if (this.state === 'messageDone') this.state = 'ready'
+    if (this.state === 'messageDone') this.go({ kind: 'reset' })
     const v = await this.step({
       step: 'helo',
       macroStage: MacroStage.HELO,
@@ -317,13 +314,15 @@ export class MilterSession {
     })
     switch (v.kind) {
       case 'continue':
+        return v
       case 'reject':
       case 'tempfail':
       case 'replycode':
-        this.state = 'rcpt'
+        // refuses this recipient only: the message goes on
+        this.go({ kind: 'continued', step: 'rcpt' })
         return v
       case 'skip':
-        this.state = 'rcpt'
+        this.go({ kind: 'skipped', step: 'rcpt' })
         this.skipping = 'rcpt'
         return CONTINUE
       default:
@@ -401,12 +400,11 @@ export class MilterSession {
         label: 'SMFIC_BODY',
       })
       if (v.kind === 'skip') {
-        this.state = 'body'
+        this.go({ kind: 'skipped', step: 'body' })
         this.skipping = 'body'
         return CONTINUE
       }
       if (v.kind !== 'continue') return this.afterMessageStep(v, 'body')
-      this.state = 'body'
       if ((this.negotiated.protocol & Proto.NR_BODY) !== 0) await this.drained('SMFIC_BODY')
     }
     return CONTINUE
@@ -457,10 +455,13 @@ export class MilterSession {
         continue
       }
       const verdict = this.toVerdict(reply, 'SMFIC_BODYEOB')
-      this.state = verdict.kind === 'shutdown' || verdict.kind === 'conn_fail' ? 'closed' : 'ready'
-      this.afterEob = this.state === 'ready'
       this.skipping = undefined
-      if (this.state === 'closed') this.close()
+      if (verdict.kind === 'shutdown' || verdict.kind === 'conn_fail') {
+        this.close()
+      } else {
+        this.go({ kind: 'eomAnswered' })
+        this.afterEob = true
+      }
       const result: EomResult = { verdict, modifications: mods, bodyReplaced }
       if (bodyReplaced && !onReplaceBody) result.replacementBody = Buffer.concat(collected)
       return result
@@ -480,17 +481,17 @@ export class MilterSession {
       packet: () => encodeUnknown(noNul(line)),
       label: 'SMFIC_UNKNOWN',
     })
-    this.state = before
     if (v.kind === 'shutdown' || v.kind === 'conn_fail') this.close()
+    else this.go({ kind: 'restored', state: before })
     return v
   }
 
   /** SMFIC_ABORT when a message is open (no reply); a no-op otherwise. */
   abort(): void {
-    if (this.state === 'messageDone') this.state = 'ready'
+    if (this.state === 'messageDone') this.go({ kind: 'reset' })
     if (!this.inMessage) return
     this.send(encodeBare(Cmd.ABORT))
-    this.state = 'ready'
+    this.go({ kind: 'reset' })
     this.afterEob = false
     this.skipping = undefined
   }
@@ -503,7 +504,7 @@ export class MilterSession {
   quitNc(): boolean {
     if (!this.reusable || !allowed('quit_nc', this.state)) return false
     this.send(encodeBare(Cmd.QUIT_NC))
-    this.state = 'negotiated'
+    this.go({ kind: 'quitNc' })
     this.afterEob = false
     return true
   }
@@ -532,12 +533,20 @@ export class MilterSession {
 
   private close(): void {
     this.ending = true
-    this.state = 'closed'
-    this.clearTimer()
+    this.go({ kind: 'closed' })
+    this.reader.stop()
     this.stream.end()
-    const w = this.waiter
-    this.waiter = undefined
-    w?.reject(new MilterClosedError(`${this.opts.name}: session closed`))
+  }
+
+  /** The one place the state changes: by an event, per the table in state.ts. */
+  private go(e: Event): void {
+    const to = transition(this.state, e)
+    if (to === undefined) {
+      throw this.fail(
+        new MilterStateError(`${this.opts.name}: ${e.kind} is not possible in state ${this.state}`),
+      )
+    }
+    this.state = to
   }
 
   /** In decided states message steps are answered without I/O; skipped event types too. */
@@ -583,10 +592,9 @@ export class MilterSession {
     return verdict
   }
 
-  /** The state reached by completing a step with CONTINUE. */
+  /** A step completed with CONTINUE (or omitted, or unanswered). */
   private advance(step: Step): void {
-    const s = AFTER[step]
-    if (s) this.state = s
+    this.go({ kind: 'continued', step })
   }
 
   private afterConnectionStep(v: Verdict, step: 'connect' | 'helo'): Verdict {
@@ -608,8 +616,8 @@ export class MilterSession {
         return v
       default:
         // accept, reject, tempfail, replycode: the milter is done with this connection (§5.4).
+        this.go({ kind: 'connectionEnded' })
         this.quit()
-        this.state = 'connectionDone'
         return v
     }
   }
@@ -628,7 +636,7 @@ export class MilterSession {
         this.quit()
         return v
       default:
-        this.state = 'messageDone'
+        this.go({ kind: 'messageEnded' })
         this.skipping = undefined
         return v
     }
@@ -706,11 +714,11 @@ export class MilterSession {
       if (this.eomDeadline !== undefined && this.eomDeadline - Date.now() < ms) {
         ms = Math.max(0, this.eomDeadline - Date.now())
         what = `${label} (eom_timeout: the final reply within ${this.opts.timeouts.eomMs ?? 0} ms)`
-        if (ms === 0 && this.frames.length === 0) {
+        if (ms === 0 && this.reader.queued === 0) {
           throw this.fail(new MilterTimeoutError(phase, this.opts.timeouts.eomMs ?? 0, what))
         }
       }
-      const frame = await this.nextFrame(phase, what, ms)
+      const frame = await this.reader.next(phase, what, ms)
       let reply: Reply
       try {
         reply = decodeReply(frame)
@@ -725,55 +733,6 @@ export class MilterSession {
   private timeoutFor(phase: Phase): number {
     const t = this.opts.timeouts
     return phase === 'connect' ? t.connectMs : phase === 'command' ? t.commandMs : t.contentMs
-  }
-
-  private nextFrame(phase: Phase, label: string, ms: number): Promise<Frame> {
-    const f = this.frames.shift()
-    if (this.paused && this.frames.length <= QUEUE_LOW) {
-      this.paused = false
-      this.stream.resume?.()
-    }
-    if (f) return Promise.resolve(f)
-    if (this.failure) return Promise.reject(this.failure)
-    if (this.state === 'closed') {
-      return Promise.reject(new MilterClosedError(`${this.opts.name}: session is closed`))
-    }
-    return new Promise<Frame>((resolve, reject) => {
-      this.waiter = { resolve, reject }
-      this.timer = setTimeout(() => {
-        this.fail(new MilterTimeoutError(phase, ms, `${label} from ${this.opts.name}`))
-      }, ms)
-    })
-  }
-
-  private clearTimer(): void {
-    if (this.timer) clearTimeout(this.timer)
-    this.timer = undefined
-  }
-
-  private onData(chunk: Buffer): void {
-    let frames: Frame[]
-    try {
-      frames = this.decoder.push(chunk)
-    } catch (e) {
-      this.fail(isMilterError(e) ? e : new MilterProtocolError(String(e)))
-      return
-    }
-    for (const f of frames) {
-      this.opts.observer?.trace?.('recv', f)
-      const w = this.waiter
-      if (w) {
-        this.waiter = undefined
-        this.clearTimer()
-        w.resolve(f)
-      } else {
-        this.frames.push(f)
-      }
-    }
-    if (!this.paused && this.frames.length >= QUEUE_HIGH && this.stream.pause) {
-      this.paused = true
-      this.stream.pause()
-    }
   }
 
   private send(packet: Buffer): void {
@@ -820,12 +779,9 @@ export class MilterSession {
     if (this.failure) return this.failure
     if (this.state === 'closed' && err instanceof MilterClosedError) return err
     this.failure = err
-    this.state = 'failed'
-    this.clearTimer()
+    this.state = 'failed' // any state may fail: the one change outside go()
+    this.reader.stop(err)
     this.stream.destroy()
-    const w = this.waiter
-    this.waiter = undefined
-    w?.reject(err)
     return err
   }
 }
