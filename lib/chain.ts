@@ -1,6 +1,6 @@
 /**
  * MilterChain: the milters of one SMTP connection, consulted in order
- * (Postfix semantics, §5.7). Per stage the first outcome other than
+ * (Postfix semantics, milter-protocol.md §5.7). Per stage the first outcome other than
  * "continue" wins and later milters do not see that command; in the
  * content phase each milter sees the message as the previous ones left it.
  * A milter that cannot be used gets its default_action, sticky for the

@@ -1,7 +1,7 @@
 /**
  * MilterPool: opens sessions, and (when reuse is enabled) keeps sessions
  * that ended with QUIT_NC directly after a completed EOB, for the next SMTP
- * connection (§5.6). Per worker process. A session that failed is never
+ * connection (milter-protocol.md §5.6). Per worker process. A session that failed is never
  * kept.
  */
 import { Breaker, type BreakerChange } from './breaker'

@@ -116,7 +116,7 @@ export function isIpLiteral(text: string): boolean {
 }
 
 /**
- * The CONNECT address of an SMTP client (§2.4): IPv4 dotted quad (an
+ * The CONNECT address of an SMTP client (milter-protocol.md §2.4): IPv4 dotted quad (an
  * IPv4-mapped IPv6 address counts as IPv4, as Sendmail reports it), bare
  * IPv6 text, or family unknown when there is no usable address.
  */

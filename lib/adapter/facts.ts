@@ -20,7 +20,7 @@ export function clientIp(c: HarakaConnection): string | undefined {
   return c.remote.ip?.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '')
 }
 
-/** The CONNECT hostname: the client name, or `[addr]` when there is none (§2.4). */
+/** The CONNECT hostname: the client name, or `[addr]` when there is none (milter-protocol.md §2.4). */
 export function connectHostname(c: HarakaConnection): string {
   const ip = clientIp(c)
   return rdnsName(c) ?? (ip ? `[${ip}]` : 'localhost')

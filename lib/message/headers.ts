@@ -1,5 +1,5 @@
 /**
- * The header block as a milter sees and edits it (§3.6, §8). Pure code,
+ * The header block as a milter sees and edits it (milter-protocol.md §3.6, §8). Pure code,
  * shared by the Haraka adapter and the CLI.
  *
  * - CHGHEADER counts only the headers sent to the milter (the MTA's own
@@ -111,7 +111,7 @@ export function flattenHeaderValue(value: string): string {
 
 /**
  * The stored form of a value the milter sent: flattened, and with one space
- * after the colon unless the milter negotiated HDR_LEADSPC (§8.3).
+ * after the colon unless the milter negotiated HDR_LEADSPC (milter-protocol.md §8.3).
  */
 export function milterValueToField(
   value: string,
@@ -297,7 +297,7 @@ export function parseMessage(
   return { headers, body: toCrlf(body) }
 }
 
-/** Bare LF -> CRLF, existing CRLF kept, bare CR kept (Sendmail's rule, §8.2). */
+/** Bare LF -> CRLF, existing CRLF kept, bare CR kept (Sendmail's rule, milter-protocol.md §8.2). */
 export function toCrlf(body: Buffer): Buffer {
   const parts: Buffer[] = []
   let start = 0

@@ -12,7 +12,7 @@ export interface Frame {
   readonly data: Buffer
 }
 
-/** Largest reply payload we accept by default: generous, as Postfix is (§1.6). */
+/** Largest reply payload we accept by default: generous, as Postfix is (milter-protocol.md §1.6). */
 export const DEFAULT_MAX_FRAME_DATA = 64 * 1024 * 1024
 
 /**
@@ -38,7 +38,7 @@ export function encodeFrame(code: number, data?: Buffer): Buffer {
 /**
  * Reassembles frames from a byte stream cut anywhere, in time linear in the
  * bytes whatever the cutting. After an error the decoder is poisoned: the
- * stream cannot be trusted again (§1.6.5).
+ * stream cannot be trusted again (milter-protocol.md §1.6.5).
  *
  * A frame that lies whole inside one pushed chunk is returned as a subarray
  * of that chunk (no copy). A frame that spans pushes is copied, piece by

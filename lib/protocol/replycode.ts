@@ -1,5 +1,5 @@
 /**
- * SMFIR_REPLYCODE validation, as Postfix 3.12 does it (§3.4): every line
+ * SMFIR_REPLYCODE validation, as Postfix 3.12 does it (milter-protocol.md §3.4): every line
  * `ddd` then `-` (all but the last) or space/end (the last), the same 4xx or
  * 5xx code on every line, an enhanced status code whose class matches the
  * first digit, CRLF between lines. `%%` becomes `%` and a lone `%` is

@@ -1,6 +1,6 @@
 /**
  * Macro lists per stage: the configured lists, overridden per milter by the
- * lists it asked for in negotiation (§6.6), and the values looked up when a
+ * lists it asked for in negotiation (milter-protocol.md §6.6), and the values looked up when a
  * stage is reported.
  */
 import { MacroStage } from '../protocol/constants'

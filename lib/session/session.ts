@@ -4,7 +4,15 @@
  * eoh, body, endOfMessage, unknown, abort, quit), each returning a typed
  * verdict. Every read is timed; any error destroys the connection and is
  * sticky. The session never sends a command out of order, because
- * libmilter silently drops those and the client would hang (§5.3).
+ * libmilter silently drops those and the client would hang (milter-protocol.md §5.3).
+ *
+ * Why this file is longer than the others: it is the protocol's state
+ * machine with one method per step (go-milter's layout), and splitting the
+ * steps apart would scatter one conversation. What is not a step lives
+ * beside it: state.ts (transitions), reader.ts (frames, flow control,
+ * timers), verdicts.ts (what a reply means), types.ts, negotiate.ts.
+ *
+ * § references are to docs/milter-protocol.md.
  */
 import {
   MilterClosedError,
@@ -31,81 +39,14 @@ import {
   type Bytes,
   type ConnectAddress,
 } from '../protocol/commands'
-import { Act, CHUNK_SIZE, Cmd, LEN_BYTES, MacroStage, Proto, hex } from '../protocol/constants'
-import type { Frame } from '../protocol/frame'
+import { CHUNK_SIZE, Cmd, LEN_BYTES, MacroStage, Proto, hex } from '../protocol/constants'
 import { decodeReply, type Modification, type Reply } from '../protocol/replies'
-import { parseReplyCode, type SmtpReply } from '../protocol/replycode'
-import { macroPairs, type MacroLists, type MacroLookup } from './macros'
+import { macroPairs, type MacroLookup } from './macros'
 import { offerFor, validateOptneg, type Negotiated, type Offer } from './negotiate'
 import { FrameReader } from './reader'
+import { isModification, modificationProblem, verdictOf } from './verdicts'
+import type { EomResult, MilterStream, SessionOptions, Verdict } from './types'
 import { FROM, IN_MESSAGE, allowed, transition, type Event, type State, type Step } from './state'
-
-/** The duplex byte stream a session runs on (a net.Socket satisfies it). */
-export interface MilterStream {
-  write(data: Uint8Array): boolean
-  destroy(): void
-  end(): void
-  on(event: 'data', listener: (chunk: Buffer) => void): unknown
-  on(event: 'close' | 'drain', listener: () => void): unknown
-  on(event: 'error', listener: (err: Error) => void): unknown
-  once(event: 'drain', listener: () => void): unknown
-  removeListener(event: 'drain', listener: () => void): unknown
-  /** Flow control: frames are read faster than a slow consumer (a body spool) takes them. */
-  pause?(): unknown
-  resume?(): unknown
-}
-
-/** A milter's answer to one step. */
-export type Verdict =
-  | { kind: 'continue' | 'accept' | 'reject' | 'tempfail' | 'discard' | 'skip' }
-  | { kind: 'shutdown' | 'conn_fail' }
-  | { kind: 'replycode'; reply: SmtpReply }
-
-/** The outcome of end of message: final verdict, modifications in order, body replacement. */
-export interface EomResult {
-  verdict: Verdict
-  /** Every modification except body chunks, in the order received. */
-  modifications: Modification[]
-  /** True when the milter sent REPLBODY (even an empty one). */
-  bodyReplaced: boolean
-  /** The replacement body, when no onReplaceBody sink was given. */
-  replacementBody?: Buffer
-}
-
-/** The timeouts (§7.3), in milliseconds. */
-export interface Timeouts {
-  connectMs: number
-  commandMs: number
-  contentMs: number
-  /**
-   * Total time from SMFIC_BODYEOB to the final reply (Sendmail's T=E):
-   * SMFIR_PROGRESS re-arms contentMs but cannot extend this. Default: none.
-   */
-  eomMs?: number
-}
-
-/** Optional observers: packet trace (what the seed calls DEBUG=2) and warnings. */
-export interface SessionObserver {
-  trace?(dir: 'send' | 'recv', frame: Frame): void
-  warn?(message: string): void
-  debug?(message: string): void
-}
-
-/** How to run a session. */
-export interface SessionOptions {
-  /** The milter's name, for errors and logs. */
-  name: string
-  /** Offered protocol version (2 to 6). Default 6. */
-  version?: number
-  /** Offered actions, cut down to the version's mask. Default all. */
-  actions?: number
-  timeouts: Timeouts
-  /** Configured macro names per stage; a milter's symlist overrides a stage. */
-  macros: MacroLists
-  /** Largest reply payload accepted from the milter. */
-  maxReplyBytes?: number
-  observer?: SessionObserver
-}
 
 /** What a step sends: omitted by which NO* bit, unanswered under which NR_* bit. */
 interface StepSpec {
@@ -121,30 +62,20 @@ interface StepSpec {
 
 const CONTINUE: Verdict = { kind: 'continue' }
 
-/** Which action bit allows which modification (§4.3). */
-const MOD_ACTION: Readonly<Record<Modification['kind'], number>> = {
-  addheader: Act.ADDHDRS,
-  insheader: Act.ADDHDRS,
-  chgheader: Act.CHGHDRS,
-  replbody: Act.CHGBODY,
-  addrcpt: Act.ADDRCPT,
-  addrcpt_par: Act.ADDRCPT_PAR,
-  delrcpt: Act.DELRCPT,
-  chgfrom: Act.CHGFROM,
-  quarantine: Act.QUARANTINE,
-}
-
-const MODIFICATION_KINDS = new Set<string>(Object.keys(MOD_ACTION))
-
-function isModification(r: Reply): r is Modification {
-  return MODIFICATION_KINDS.has(r.kind)
-}
-
-/** NUL cannot travel in a `str\0` field: client-supplied text loses it (§1.5). */
+/** NUL cannot travel in a `str\0` field: client-supplied text loses it (milter-protocol.md §1.5). */
 function noNul(v: Bytes): Bytes {
   if (typeof v === 'string') return v.includes('\0') ? v.replace(/\0/g, '') : v
   return v.includes(0) ? Buffer.from(v.toString('latin1').replace(/\0/g, ''), 'latin1') : v
 }
+
+export type {
+  EomResult,
+  MilterStream,
+  SessionObserver,
+  SessionOptions,
+  Timeouts,
+  Verdict,
+} from './types'
 
 /** One milter connection. Create it with MilterSession.negotiate(). */
 export class MilterSession {
@@ -183,9 +114,9 @@ export class MilterSession {
   }
 
   /**
-   * Sends OPTNEG on an open stream and validates the answer (§4.6). The
+   * Sends OPTNEG on an open stream and validates the answer (milter-protocol.md §4.6). The
    * connect timeout covers the exchange. A milter that hangs up instead of
-   * answering usually needs actions or steps we did not offer (§4.8).
+   * answering usually needs actions or steps we did not offer (milter-protocol.md §4.8).
    */
   static async negotiate(stream: MilterStream, opts: SessionOptions): Promise<MilterSession> {
     const offer: Offer = offerFor(opts.version ?? 6, opts.actions)
@@ -242,7 +173,7 @@ export class MilterSession {
     return this.failure
   }
 
-  /** True when QUIT_NC may be sent (directly after a completed EOB, §5.6). */
+  /** True when QUIT_NC may be sent (directly after a completed EOB, milter-protocol.md §5.6). */
   get reusable(): boolean {
     return this.afterEob && this.state === 'ready' && !this.failure && this.negotiated.version >= 6
   }
@@ -264,7 +195,7 @@ export class MilterSession {
     return this.afterConnectionStep(v, 'connect')
   }
 
-  /** SMFIC_HELO; sends ABORT first when a message is open (§5.5). */
+  /** SMFIC_HELO; sends ABORT first when a message is open (milter-protocol.md §5.5). */
   async helo(helo: Bytes, macros?: MacroLookup): Promise<Verdict> {
     if (this.state === 'connectionDone') return CONTINUE
     if (this.inMessage) this.abort()
@@ -349,7 +280,7 @@ export class MilterSession {
   /**
    * SMFIC_HEADER. `value` is everything after the colon as it stands in the
    * message (leading space and folds included); one leading space is
-   * stripped unless HDR_LEADSPC, and CRLF folds become bare LF (§8.1).
+   * stripped unless HDR_LEADSPC, and CRLF folds become bare LF (milter-protocol.md §8.1).
    */
   async header(name: Bytes, value: Buffer): Promise<Verdict> {
     if (this.passThrough('header')) return CONTINUE
@@ -615,7 +546,7 @@ export class MilterSession {
         this.quit()
         return v
       default:
-        // accept, reject, tempfail, replycode: the milter is done with this connection (§5.4).
+        // accept, reject, tempfail, replycode: the milter is done with this connection (milter-protocol.md §5.4).
         this.go({ kind: 'connectionEnded' })
         this.quit()
         return v
@@ -657,50 +588,16 @@ export class MilterSession {
   }
 
   private checkModification(m: Modification): void {
-    const bit = MOD_ACTION[m.kind]
-    if ((this.negotiated.offer.actions & bit) === 0) {
-      throw this.fail(
-        new MilterProtocolError(
-          `${this.opts.name}: ${m.kind} needs action ${hex(bit)}, which we did not offer`,
-        ),
-      )
-    }
-    if ((this.negotiated.actions & bit) === 0) {
-      this.opts.observer?.warn?.(
-        `${this.opts.name}: milter did not negotiate ${hex(bit)} but sent ${m.kind}; applied`,
-      )
-    }
+    const problem = modificationProblem(m, this.negotiated)
+    if (problem?.fatal)
+      throw this.fail(new MilterProtocolError(`${this.opts.name}: ${problem.text}`))
+    if (problem) this.opts.observer?.warn?.(`${this.opts.name}: ${problem.text}`)
   }
 
   private toVerdict(reply: Reply, label: string): Verdict {
-    switch (reply.kind) {
-      case 'continue':
-      case 'accept':
-      case 'reject':
-      case 'tempfail':
-      case 'discard':
-      case 'skip':
-      case 'shutdown':
-      case 'conn_fail':
-        return { kind: reply.kind }
-      case 'replycode': {
-        const parsed = parseReplyCode(reply.text.toString('latin1'))
-        if (!parsed.ok) {
-          throw this.fail(
-            new MilterProtocolError(
-              `${this.opts.name}: malformed SMFIR_REPLYCODE to ${label}: ${parsed.error}`,
-            ),
-          )
-        }
-        return { kind: 'replycode', reply: parsed.reply }
-      }
-      default:
-        throw this.fail(
-          new MilterProtocolError(
-            `${this.opts.name}: unexpected ${reply.kind} in reply to ${label}`,
-          ),
-        )
-    }
+    const v = verdictOf(reply, label)
+    if (typeof v === 'string') throw this.fail(new MilterProtocolError(`${this.opts.name}: ${v}`))
+    return v
   }
 
   /**

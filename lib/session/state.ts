@@ -2,7 +2,7 @@
  * The session's states and legal transitions, as data (libmilter's
  * `next_states` seen from the client). A state names the last stage
  * completed, whether its command was sent or omitted by a NO* flag, so the
- * sequence we send always matches what libmilter accepts (§5.3).
+ * sequence we send always matches what libmilter accepts (milter-protocol.md §5.3).
  */
 
 /** Where one milter connection stands. */
