@@ -3,7 +3,7 @@
  * SMTP connection; everything else lives in lib/. Exports are plain
  * functions (Haraka copies enumerable exports onto the plugin object).
  */
-import { MilterChain, type Outcome } from '../lib/chain'
+import { MilterChain, type Outcome } from '../lib/policy/chain'
 import {
   findListener,
   parseMilterConfig,

@@ -2,7 +2,7 @@
  * data_post: run the content phase and apply its result to the
  * transaction (edits, quarantine, discard), returning the outcome to answer.
  */
-import type { MessageResult, MilterChain, Outcome } from '../chain'
+import type { MessageResult, MilterChain, Outcome } from '../policy/chain'
 import type { MilterConfig } from '../config'
 import type { MacroLookup } from '../session/macros'
 import { envelopeOf, headerFields, writeBody, writeEnvelope, writeHeaders } from './apply'
@@ -102,7 +102,7 @@ export async function applyStageResult(
     if (r.quarantine.length > 0) return quarantine(this, cfg, c, t, r.quarantine.join('; '))
     return r.outcome
   } finally {
-    await r.body?.dispose()
+    await r.dispose()
   }
 }
 

@@ -2,6 +2,7 @@
  * Haraka connection and transaction state -> milter macro values and
  * CONNECT facts (plain data).
  */
+import type { RecipientFacts } from '../policy/routing'
 import type { MilterConfig } from '../config'
 import type { ConnectAddress } from '../protocol/commands'
 import { connectAddressFor, isIpLiteral } from '../transport'
@@ -41,11 +42,7 @@ function cipherBits(name: string | undefined): string | undefined {
 /** Is the domain one of ours (Haraka's host_list)? */
 export type LocalDomain = (domain: string) => boolean
 
-/** Per-recipient facts another plugin or the config decided. */
-export interface RecipientFacts {
-  destinationChannel: string
-  optin: string | undefined
-}
+export type { RecipientFacts } from '../policy/routing'
 
 /** Transaction note keys other plugins may set in their rcpt hook (documented in the README). */
 export const NOTE_OPTIN = 'milter_optin'

@@ -2,7 +2,7 @@
  * Chain outcomes -> Haraka hook results: the return constant and the exact
  * SMTP reply (code, enhanced status code, every line).
  */
-import type { Outcome } from '../chain'
+import type { Outcome } from '../policy/replies'
 import type { SmtpReply } from '../protocol/replycode'
 
 /**

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict'
 
 import { DSN, toDsn, toHookResult, type HookResult } from '../../../lib/adapter/reply'
-import type { Outcome } from '../../../lib/chain'
+import type { Outcome } from '../../../lib/policy/chain'
 import type { SmtpReply } from '../../../lib/protocol/replycode'
 
 const R550: SmtpReply = {

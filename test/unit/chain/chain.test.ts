@@ -6,7 +6,12 @@
  */
 import assert from 'node:assert/strict'
 
-import { MilterChain, type ChainEvent, type MessageInput, type Outcome } from '../../../lib/chain'
+import {
+  MilterChain,
+  type ChainEvent,
+  type MessageInput,
+  type Outcome,
+} from '../../../lib/policy/chain'
 import { parseMilterConfig, type MilterDef } from '../../../lib/config'
 import { MilterConnectError } from '../../../lib/errors'
 import type { ConnectAddress } from '../../../lib/protocol/commands'
@@ -507,10 +512,18 @@ describe('chain: MilterChain', function () {
         ],
       )
       assert.equal(r.headers[0]?.hidden, true)
-      assert.deepEqual(r.edits, [
-        { milter: 'a', count: 2, bodyReplaced: false },
-        { milter: 'b', count: 1, bodyReplaced: false },
-      ])
+      assert.deepEqual(
+        r.edits.map(({ milter, count, bodyReplaced, modifications }) => ({
+          milter,
+          count,
+          bodyReplaced,
+          kinds: modifications.map((m) => m.kind),
+        })),
+        [
+          { milter: 'a', count: 2, bodyReplaced: false, kinds: ['addheader', 'chgheader'] },
+          { milter: 'b', count: 1, bodyReplaced: false, kinds: ['addheader'] },
+        ],
+      )
       assert.equal(r.envelopeChanged, false)
     })
 
@@ -534,7 +547,9 @@ describe('chain: MilterChain', function () {
         assert.equal(bodyB, 'new body\r\n.dot line\r\n')
         const bodyA = Buffer.concat(fake['a']!.last.all('body').map((b) => b.chunk)).toString()
         assert.equal(bodyA, 'line one\r\nline two\r\n')
-        assert.deepEqual(r.edits, [{ milter: 'a', count: 0, bodyReplaced: true }])
+        assert.deepEqual(r.edits, [
+          { milter: 'a', modifications: [], count: 0, bodyReplaced: true },
+        ])
       } finally {
         await r.body?.dispose()
       }
