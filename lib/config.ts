@@ -54,6 +54,8 @@ export interface ListenerDef {
 
 /** The whole plugin configuration. */
 export interface MilterConfig {
+  /** Things worth a warning at load (the file is still used). */
+  warnings: string[]
   milters: ReadonlyMap<string, MilterDef>
   defaultMilters: string[]
   defaultSourceChannel: string
@@ -342,6 +344,7 @@ export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
       throw main.err('default_milters', `names "${m}", which has no [milter.${m}] section`)
   }
   return {
+    warnings: [],
     milters,
     defaultMilters,
     defaultSourceChannel: main.str('source_channel', 'tcp_local'),

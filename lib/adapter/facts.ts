@@ -8,6 +8,7 @@ import type { ConnectAddress } from '../protocol/commands'
 import { connectAddressFor, isIpLiteral } from '../transport'
 import type { MacroLookup } from '../session/macros'
 import type { HarakaAddress, HarakaConnection, HarakaTransaction } from './haraka'
+import { transactionState } from './state'
 
 /** A name from rDNS, or undefined for Haraka's NXDOMAIN/DNSERROR sentinels. */
 function rdnsName(c: HarakaConnection): string | undefined {
@@ -126,8 +127,8 @@ export function macroLookup(
       : isLocal((from.host ?? '').toLowerCase())
         ? 'local'
         : 'smtp'
-    const mailArgs = t.notes['milter_mail_args'] as Record<string, string | null> | undefined
-    if (mailArgs?.['AUTH'] && mailArgs['AUTH'] !== '<>') values['{auth_author}'] = mailArgs['AUTH']
+    const auth = transactionState(t).mailArgs['AUTH']
+    if (auth && auth !== '<>') values['{auth_author}'] = auth
   }
   Object.assign(values, extra)
   return (n) => values[n]
