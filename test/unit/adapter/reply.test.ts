@@ -60,6 +60,19 @@ describe('adapter: reply', () => {
         assert.equal(toDsn({ code, lines: [{ text: 'x' }] }, 'milter').code, code)
     })
 
+    it('toString() is the reply as sent, for Haraka log lines (not "[object Object]")', () => {
+      assert.equal(String(toDsn(R550, 'milter')), '550 5.7.1 Command rejected')
+      const multi = toDsn(
+        {
+          code: 554,
+          lines: [{ enhanced: '5.7.1', text: 'first' }, { text: 'second' }],
+        },
+        'milter',
+      )
+      assert.equal(multi.toString(), '554-5.7.1 first / 554 second')
+      assert.equal(String(toDsn({ code: 450, lines: [] }, 'milter')), '450')
+    })
+
     it('enhanced_only maps 5xx to 550 and 4xx to 451 but keeps 421', () => {
       const cases: Array<[number, number]> = [
         [553, 550],
