@@ -2,6 +2,7 @@
  * milter.ini -> a validated MilterConfig (pure: takes the parsed ini
  * object). Every error names the file, section and key.
  */
+import { lintMilterIni } from './config-lint'
 import { MilterConfigError } from './errors'
 import type { HeaderFolds } from './message/headers'
 import { MacroStage } from './protocol/constants'
@@ -54,6 +55,8 @@ export interface MilterConfig {
     addresses: ReadonlyMap<string, string>
     domains: ReadonlyMap<string, string>
   }
+  /** Mistakes that are not errors (unknown keys or sections, unlisted milters), one line each. */
+  warnings: string[]
 }
 
 /** A parsed ini file: sections of key -> value. */
@@ -295,11 +298,6 @@ export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
     if (milters.has(name)) throw main.err('milters', `lists "${name}" twice`)
     milters.set(name, parseMilter(file, ini, name, main, macros))
   }
-  for (const sec of Object.keys(ini)) {
-    const m = /^milter\.(.+)$/.exec(sec)
-    if (m && !milters.has(m[1] ?? ''))
-      throw main.err('milters', `[${sec}] is defined but not listed in milters`)
-  }
   const q = new Reader(file, 'quarantine', section(ini, 'quarantine'))
   const dc = new Reader(file, 'destination_channel', section(ini, 'destination_channel'))
   const opt = new Reader(file, 'optin', section(ini, 'optin'))
@@ -334,6 +332,7 @@ export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
       addresses: new Map([...optinEntries].filter(([k]) => k.includes('@'))),
       domains: new Map([...optinEntries].filter(([k]) => !k.includes('@'))),
     },
+    warnings: lintMilterIni(ini, file, names),
   }
 }
 
