@@ -40,6 +40,10 @@ function jsonReport(r: CheckReport): string {
 }
 
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
+    process.stdout.write(USAGE)
+    return 0
+  }
   if (argv[0] !== 'check') fail(argv[0] ? `unknown command "${argv[0]}"` : 'missing command')
   let parsed
   try {

@@ -592,9 +592,12 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     })
 
     it('--help prints the usage on stdout with exit 0', async function () {
-      const r = await runCli(['check', '--help'])
-      assert.equal(r.code, 0)
-      assert.match(r.stdout, USAGE)
+      for (const args of [['check', '--help'], ['--help'], ['-h'], ['help']]) {
+        const r = await runCli(args)
+        assert.equal(r.code, 0, args.join(' '))
+        assert.match(r.stdout, USAGE)
+        assert.equal(r.stderr, '')
+      }
     })
   })
 
