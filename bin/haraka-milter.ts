@@ -8,7 +8,7 @@
  */
 import * as fs from 'node:fs'
 import { parseArgs } from 'node:util'
-import { exitCode, formatReport, runCheck, type CheckReport } from '../lib/check'
+import { exitCode, formatReport, jsonReport, runCheck } from '../lib/check'
 import { parseSocketSpec } from '../lib/transport'
 
 const USAGE = `usage: haraka-milter check --milter SOCKET [--from ADDR] [--rcpt ADDR]...
@@ -34,12 +34,11 @@ function macros(list: string[]): Record<string, string> {
   return out
 }
 
-function jsonReport(r: CheckReport): string {
-  const { output, ...rest } = r
-  return JSON.stringify({ ...rest, outputBytes: output?.length }, null, 2) + '\n'
-}
-
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
+    process.stdout.write(USAGE)
+    return 0
+  }
   if (argv[0] !== 'check') fail(argv[0] ? `unknown command "${argv[0]}"` : 'missing command')
   let parsed
   try {
@@ -103,7 +102,9 @@ async function main(argv: string[]): Promise<number> {
     trace: v.trace,
   })
   if (v.out && report.output) fs.writeFileSync(v.out, report.output)
-  process.stdout.write(v.json ? jsonReport(report) : formatReport(report))
+  process.stdout.write(
+    v.json ? `${JSON.stringify(jsonReport(report), null, 2)}\n` : formatReport(report),
+  )
   return exitCode(report)
 }
 

@@ -13,19 +13,26 @@ import {
   parseMessage,
   type HeaderField,
 } from './message/headers'
-import { describeModification, sortModifications } from './message/modifications'
+import { sortModifications } from './message/modifications'
+import {
+  formatPacket,
+  modificationReport,
+  packetReport,
+  stagesFromPackets,
+  type ModificationReport,
+  type PacketReport,
+  type StagePacketsReport,
+} from './packet-report'
 import {
   actionNames,
-  cmdName,
   hex,
   MacroStage,
   MACRO_STAGE_NAMES,
   protocolNames,
   Proto,
-  repName,
 } from './protocol/constants'
 import type { Frame } from './protocol/frame'
-import { formatSmtpReply } from './protocol/replycode'
+import { formatSmtpReply, parseReplyCode, type SmtpReply } from './protocol/replycode'
 import { sendContent } from './session/content'
 import { canonicalMacroName, type MacroLookup } from './session/macros'
 import { openSession } from './session/open'
@@ -47,18 +54,11 @@ export interface CheckOptions {
   trace: boolean
 }
 
-/** One stage's outcome. */
+/** One stage's outcome, as the text report shows it. */
 export interface StageReport {
   stage: string
   verdict: string
   reply?: string[]
-}
-
-/** One packet of the trace. */
-export interface TracePacket {
-  dir: 'send' | 'recv'
-  name: string
-  hex: string
 }
 
 /** The options in force, for the report. */
@@ -75,16 +75,38 @@ export interface NegotiatedReport {
 export interface CheckReport {
   milter: string
   negotiated?: NegotiatedReport
+  /** Each stage's verdict, for the text report. */
   stages: StageReport[]
-  modifications: string[]
+  /** Each command sent with its macros and the reply it got, from the packets. */
+  exchange: StagePacketsReport[]
+  /** The end-of-message modifications in order; a replaced body last, as one entry. */
+  modifications: ModificationReport[]
   verdict: 'accept' | 'reject' | 'tempfail' | 'discard' | 'shutdown' | 'error'
+  /** The SMTP reply lines an MTA would send for the verdict. */
   reply?: string[]
   quarantine?: string
   envelope?: { from: string; rcpts: string[] }
   error?: { code: string; message: string }
-  trace?: TracePacket[]
+  /** Every packet both ways (--trace). */
+  trace?: PacketReport[]
   /** The message as the milter's edits leave it (CRLF). */
   output?: Buffer
+}
+
+/** The --json document: every field as data, none preformatted. */
+export interface CheckJson {
+  milter: string
+  verdict: CheckReport['verdict']
+  /** The SMTP reply for the verdict: code, and each line's enhanced code and text. */
+  reply?: SmtpReply
+  negotiated?: NegotiatedReport
+  stages: StagePacketsReport[]
+  modifications: ModificationReport[]
+  quarantine?: string
+  envelope?: { from: string; rcpts: string[] }
+  error?: { code: string; message: string }
+  trace?: PacketReport[]
+  outputBytes?: number
 }
 
 function describe(v: Verdict): StageReport['verdict'] {
@@ -213,10 +235,6 @@ function negotiatedReport(s: MilterSession): NegotiatedReport {
   }
 }
 
-function traceName(dir: 'send' | 'recv', f: Frame): string {
-  return dir === 'send' ? cmdName(f.code) : repName(f.code)
-}
-
 function buildOutput(
   headers: HeaderField[],
   body: Buffer,
@@ -246,11 +264,11 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
   const report: CheckReport = {
     milter: opts.milter,
     stages: [],
+    exchange: [],
     modifications: [],
     verdict: 'error',
   }
-  const trace: TracePacket[] = []
-  if (opts.trace) report.trace = trace
+  const packets: Array<{ dir: 'send' | 'recv'; frame: Frame }> = []
   let session: MilterSession | undefined
   try {
     const spec = parseSocketSpec(opts.milter)
@@ -265,16 +283,7 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
           [...(DEFAULT_MACROS.get(MacroStage.CONNECT) ?? []), ...Object.keys(opts.macros)],
         ],
       ]),
-      observer: opts.trace
-        ? {
-            trace: (dir, f) =>
-              trace.push({
-                dir,
-                name: traceName(dir, f),
-                hex: Buffer.concat([Buffer.of(f.code), f.data]).toString('hex'),
-              }),
-          }
-        : {},
+      observer: { trace: (dir, frame) => packets.push({ dir, frame }) },
     })
     report.negotiated = negotiatedReport(session)
     const rcpts = await envelopeStages(session, opts, report)
@@ -286,9 +295,9 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
       eomMacros: macroLookup(opts, {}),
     })
     report.stages.push(stageReport('eom', eom.verdict))
-    report.modifications = eom.modifications.map(describeModification)
+    report.modifications = eom.modifications.map(modificationReport)
     if (eom.bodyReplaced)
-      report.modifications.push(`replace body (${eom.replacementBody?.length ?? 0} bytes)`)
+      report.modifications.push({ kind: 'replbody', bytes: eom.replacementBody?.length ?? 0 })
     settle(report, eom.verdict)
     const leadspc = (session.negotiated.protocol & Proto.HDR_LEADSPC) !== 0
     if (report.verdict === 'accept' || report.verdict === 'discard') {
@@ -306,6 +315,8 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
     return report
   } finally {
     session?.quit()
+    report.exchange = stagesFromPackets(packets)
+    if (opts.trace) report.trace = packets.map(({ dir, frame }) => packetReport(dir, frame))
   }
 }
 
@@ -313,6 +324,53 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
 export function exitCode(r: CheckReport): number {
   if (r.verdict === 'error') return 2
   return r.verdict === 'accept' || r.verdict === 'discard' ? 0 : 1
+}
+
+/** The --json document. */
+export function jsonReport(r: CheckReport): CheckJson {
+  const out: CheckJson = {
+    milter: r.milter,
+    verdict: r.verdict,
+    stages: r.exchange,
+    modifications: r.modifications,
+  }
+  if (r.reply) {
+    const parsed = parseReplyCode(r.reply.join('\r\n'))
+    if (parsed.ok) out.reply = parsed.reply
+  }
+  if (r.negotiated) out.negotiated = r.negotiated
+  if (r.quarantine !== undefined) out.quarantine = r.quarantine
+  if (r.envelope) out.envelope = r.envelope
+  if (r.error) out.error = r.error
+  if (r.trace) out.trace = r.trace
+  if (r.output) out.outputBytes = r.output.length
+  return out
+}
+
+/** One line per modification, for the text report. */
+export function describeModificationReport(m: ModificationReport): string {
+  switch (m.kind) {
+    case 'addheader':
+      return `add header ${m.name}: ${JSON.stringify(m.value)}`
+    case 'insheader':
+      return `insert header at ${m.index} ${m.name}: ${JSON.stringify(m.value)}`
+    case 'chgheader':
+      return m.value === ''
+        ? `delete header ${m.name} #${m.index}`
+        : `change header ${m.name} #${m.index}: ${JSON.stringify(m.value)}`
+    case 'addrcpt':
+      return `add recipient ${m.rcpt}`
+    case 'addrcpt_par':
+      return `add recipient ${m.rcpt}${m.args !== undefined ? ` ${m.args}` : ''}`
+    case 'delrcpt':
+      return `delete recipient ${m.rcpt}`
+    case 'chgfrom':
+      return `change sender to ${m.sender}${m.args !== undefined ? ` ${m.args}` : ''}`
+    case 'quarantine':
+      return `quarantine: ${m.reason}`
+    case 'replbody':
+      return `replace body (${m.bytes} bytes)`
+  }
 }
 
 /** The human-readable report. */
@@ -326,14 +384,14 @@ export function formatReport(r: CheckReport): string {
     for (const [stage, names] of Object.entries(n.macrosRequested))
       out.push(`  macros requested at ${stage}: ${names.join(' ')}`)
   }
-  for (const t of r.trace ?? []) out.push(`${t.dir === 'send' ? '>>' : '<<'} ${t.name} ${t.hex}`)
+  for (const p of r.trace ?? []) out.push(formatPacket(p))
   for (const s of r.stages) {
     out.push(`${s.stage}: ${s.verdict}`)
     for (const line of s.reply ?? []) out.push(`  ${line}`)
   }
   if (r.modifications.length > 0) {
     out.push('modifications:')
-    for (const m of r.modifications) out.push(`  ${m}`)
+    for (const m of r.modifications) out.push(`  ${describeModificationReport(m)}`)
   }
   if (r.quarantine !== undefined) out.push(`quarantine: ${r.quarantine}`)
   if (r.envelope) out.push(`envelope: from ${r.envelope.from} to ${r.envelope.rcpts.join(' ')}`)

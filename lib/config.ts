@@ -2,6 +2,7 @@
  * milter.ini -> a validated MilterConfig (pure: takes the parsed ini
  * object). Every error names the file, section and key.
  */
+import { lintMilterIni } from './config-lint'
 import { MilterConfigError } from './errors'
 import type { HeaderFolds } from './message/headers'
 import { MacroStage } from './protocol/constants'
@@ -54,8 +55,6 @@ export interface ListenerDef {
 
 /** The whole plugin configuration. */
 export interface MilterConfig {
-  /** Things worth a warning at load (the file is still used). */
-  warnings: string[]
   milters: ReadonlyMap<string, MilterDef>
   defaultMilters: string[]
   defaultSourceChannel: string
@@ -72,6 +71,8 @@ export interface MilterConfig {
     addresses: ReadonlyMap<string, string>
     domains: ReadonlyMap<string, string>
   }
+  /** Mistakes that are not errors (unknown keys or sections, unlisted milters), one line each. */
+  warnings: string[]
 }
 
 /** A parsed ini file: sections of key -> value. */
@@ -329,11 +330,6 @@ export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
     if (milters.has(name)) throw main.err('milters', `lists "${name}" twice`)
     milters.set(name, parseMilter(file, ini, name, main, macros))
   }
-  for (const sec of Object.keys(ini)) {
-    const m = /^milter\.(.+)$/.exec(sec)
-    if (m && !milters.has(m[1] ?? ''))
-      throw main.err('milters', `[${sec}] is defined but not listed in milters`)
-  }
   const q = new Reader(file, 'quarantine', section(ini, 'quarantine'))
   const dc = new Reader(file, 'destination_channel', section(ini, 'destination_channel'))
   const opt = new Reader(file, 'optin', section(ini, 'optin'))
@@ -344,7 +340,6 @@ export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
       throw main.err('default_milters', `names "${m}", which has no [milter.${m}] section`)
   }
   return {
-    warnings: [],
     milters,
     defaultMilters,
     defaultSourceChannel: main.str('source_channel', 'tcp_local'),
@@ -369,6 +364,7 @@ export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
       addresses: new Map([...optinEntries].filter(([k]) => k.includes('@'))),
       domains: new Map([...optinEntries].filter(([k]) => !k.includes('@'))),
     },
+    warnings: lintMilterIni(ini, file, names),
   }
 }
 

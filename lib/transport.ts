@@ -7,6 +7,7 @@
  *   HOST:PORT         [V6ADDR]:PORT            (shorthands)
  */
 import * as net from 'node:net'
+import ipaddr from 'ipaddr.js'
 import { MilterConfigError, MilterConnectError, MilterTimeoutError } from './errors'
 import type { ConnectAddress } from './protocol/commands'
 
@@ -110,20 +111,41 @@ export function dial(spec: SocketSpec, timeoutMs: number): Promise<net.Socket> {
   })
 }
 
+/**
+ * An IP address in the forms SMTP servers report (dotted-quad IPv4 or IPv6
+ * text), parsed with ipaddr.js; an IPv4-mapped IPv6 address becomes the IPv4
+ * address, as Haraka itself reports remote.ip (ipaddr.process). Undefined
+ * for anything else, including IPv4 in the hex, octal or short forms
+ * inet_aton would take.
+ */
+function parseIp(text: string): ipaddr.IPv4 | ipaddr.IPv6 | undefined {
+  if (ipaddr.IPv4.isValidFourPartDecimal(text)) return ipaddr.IPv4.parse(text)
+  if (ipaddr.IPv6.isValid(text)) return ipaddr.process(text)
+  return undefined
+}
+
 /** True for an IPv4 or IPv6 address literal. */
 export function isIpLiteral(text: string): boolean {
-  return net.isIP(text) !== 0
+  return parseIp(text) !== undefined
+}
+
+/**
+ * An address in its canonical text: IPv4-mapped IPv6 as IPv4, IPv6
+ * compressed and lower-case. Text that is no IP address comes back as is.
+ */
+export function normalizeIp(text: string): string {
+  return parseIp(text)?.toString() ?? text
 }
 
 /**
  * The CONNECT address of an SMTP client (milter-protocol.md §2.4): IPv4 dotted quad (an
- * IPv4-mapped IPv6 address counts as IPv4, as Sendmail reports it), bare
- * IPv6 text, or family unknown when there is no usable address.
+ * IPv4-mapped IPv6 address counts as IPv4, as Sendmail reports it), IPv6
+ * text, or family unknown when there is no usable address.
  */
 export function connectAddressFor(ip: string | undefined, port: number): ConnectAddress {
-  const a = (ip ?? '').replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '')
-  const fam = net.isIP(a)
-  if (fam === 4) return { family: 'inet', address: a, port }
-  if (fam === 6) return { family: 'inet6', address: a, port }
-  return { family: 'unknown' }
+  const a = parseIp(ip ?? '')
+  if (a === undefined) return { family: 'unknown' }
+  return a.kind() === 'ipv4'
+    ? { family: 'inet', address: a.toString(), port }
+    : { family: 'inet6', address: a.toString(), port }
 }

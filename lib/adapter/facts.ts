@@ -5,7 +5,7 @@
 import type { RecipientFacts } from '../policy/routing'
 import type { MilterConfig } from '../config'
 import type { ConnectAddress } from '../protocol/commands'
-import { connectAddressFor, isIpLiteral } from '../transport'
+import { connectAddressFor, isIpLiteral, normalizeIp } from '../transport'
 import type { MacroLookup } from '../session/macros'
 import type { HarakaAddress, HarakaConnection, HarakaTransaction } from './haraka'
 import { transactionState } from './state'
@@ -17,9 +17,9 @@ function rdnsName(c: HarakaConnection): string | undefined {
   return h
 }
 
-/** The client IP with an IPv4-mapped IPv6 prefix removed. */
+/** The client IP, canonical (an IPv4-mapped IPv6 address as IPv4). */
 export function clientIp(c: HarakaConnection): string | undefined {
-  return c.remote.ip?.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '')
+  return c.remote.ip ? normalizeIp(c.remote.ip) : undefined
 }
 
 /** The CONNECT hostname: the client name, or `[addr]` when there is none (milter-protocol.md §2.4). */

@@ -13,8 +13,8 @@ const constants = require('haraka-constants') as Record<string, number>
 /**
  * Haraka sends `code` and `reply` verbatim for an object whose constructor
  * is named DSN (connection.js respond()); this keeps a milter's multi-line
- * reply and per-line enhanced codes exactly. toString() is what Haraka's
- * own log lines print.
+ * reply and per-line enhanced codes exactly. (haraka-dsn's DSN cannot: it
+ * puts one enhanced code on every line and rewrites the text.)
  */
 export class DSN {
   constructor(
@@ -22,8 +22,16 @@ export class DSN {
     readonly reply: string[],
   ) {}
 
+  /**
+   * The reply as the client sees it, lines joined with " / ", for the log
+   * lines where Haraka formats the hook's message as a string (e.g. its
+   * `sender ... msg=` and `recipient ... msg=` notices).
+   */
   toString(): string {
-    return `${this.code} ${this.reply.join(' / ')}`
+    const last = this.reply.length - 1
+    return this.reply
+      .map((line, i) => `${this.code}${i < last ? '-' : ' '}${line}`.trimEnd())
+      .join(' / ')
   }
 }
 

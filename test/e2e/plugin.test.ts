@@ -232,10 +232,18 @@ describe('plugin end to end (real Haraka, real libmilter, real SMTP delivery)', 
     await milterOne({
       reply: { mail: { code: '550', xcode: '5.7.1', lines: ['first line', 'second line'] } },
     })
+    const since = haraka.log().length
     const r = await send(ports.a)
     assert.equal(r.replies.mail?.code, 550)
     assert.deepEqual(r.replies.mail?.lines, ['5.7.1 first line', '5.7.1 second line'])
     assert.equal(r.accepted, false)
+    // Haraka's own notice formats the hook message as a string: the reply, not [object Object]
+    await haraka.waitForLog(
+      /sender <alice@example\.org> code=DENY msg="550-5\.7\.1 first line \/ 550 5\.7\.1 second line"/,
+      5000,
+      since,
+    )
+    assert.doesNotMatch(haraka.log().slice(since), /\[object Object\]/)
   })
 
   it('refuses one recipient only at RCPT; the message goes to the others', async () => {

@@ -56,8 +56,14 @@ describe('adapter: reply', () => {
         assert.equal(toDsn({ code, lines: [{ text: 'x' }] }).code, code)
     })
 
-    it('prints as the reply in Haraka log lines, not [object Object]', () => {
+    it('toString() is the reply as sent, for Haraka log lines (not "[object Object]")', () => {
       assert.equal(String(toDsn(R550)), '550 5.7.1 Command rejected')
+      const multi = toDsn({
+        code: 554,
+        lines: [{ enhanced: '5.7.1', text: 'first' }, { text: 'second' }],
+      })
+      assert.equal(multi.toString(), '554-5.7.1 first / 554 second')
+      assert.equal(String(toDsn({ code: 450, lines: [] })), '450')
     })
   })
 

@@ -479,14 +479,13 @@ describe('config: parseMilterConfig', () => {
       rejects(withA({}, { milters: 'a, b' }), 'main', 'milters', /"b".*\[milter\.b\]/)
     })
 
-    it('a section not listed in milters', () => {
-      rejects(
-        withA({ 'milter.extra': { socket: '127.0.0.1:2' } }),
-        'main',
-        'milters',
-        /\[milter\.extra\]/,
-      )
-      rejects({ 'milter.orphan': { socket: '127.0.0.1:2' } }, 'main', 'milters', /milter\.orphan/)
+    it('a section not listed in milters is not an error: a warning, and the milter is unused', () => {
+      // (test/unit/config/warnings.test.ts has the warnings)
+      const cfg = parseMilterConfig(withA({ 'milter.extra': { socket: 'not a socket' } }), FILE)
+      assert.deepEqual([...cfg.milters.keys()], ['a'])
+      assert.deepEqual(cfg.warnings, [
+        `${FILE} [milter.extra]: not listed in [main] milters, so this milter is not used`,
+      ])
     })
 
     it('a milter listed twice', () => {
