@@ -4,16 +4,14 @@
  * milter do to this mail?".
  */
 import * as os from 'node:os'
-import { DEFAULT_MACROS } from './config'
+import { DEFAULT_MACROS, type MilterDef } from './config'
 import { isMilterError } from './errors'
-import { applyEnvelopeEdits, type Envelope } from './message/envelope'
 import {
-  applyHeaderEdits,
   formatHeaderBlock,
   parseMessage,
   type HeaderField,
+  type HeaderFolds,
 } from './message/headers'
-import { sortModifications } from './message/modifications'
 import {
   formatPacket,
   modificationReport,
@@ -23,20 +21,20 @@ import {
   type PacketReport,
   type StagePacketsReport,
 } from './packet-report'
+import { MilterChain, type MessageResult, type Outcome } from './policy/chain'
+import { answerAt, type ReplyCodeMode, type Stage } from './policy/replies'
 import {
   actionNames,
   hex,
   MacroStage,
   MACRO_STAGE_NAMES,
   protocolNames,
-  Proto,
 } from './protocol/constants'
 import type { Frame } from './protocol/frame'
 import { formatSmtpReply, parseReplyCode, type SmtpReply } from './protocol/replycode'
-import { sendContent } from './session/content'
 import { canonicalMacroName, type MacroLookup } from './session/macros'
 import { openSession } from './session/open'
-import type { EomResult, MilterSession, Verdict } from './session/session'
+import type { MilterSession, Verdict } from './session/session'
 import { connectAddressFor, parseSocketSpec } from './transport'
 
 /** Options of one check run. */
@@ -52,6 +50,10 @@ export interface CheckOptions {
   protocol: number
   timeoutMs: number
   trace: boolean
+  /** As the milter's header_folds in milter.ini (default flatten). */
+  headerFolds?: HeaderFolds
+  /** As reply_code in milter.ini (default milter). */
+  replyCode?: ReplyCodeMode
 }
 
 /** One stage's outcome, as the text report shows it. */
@@ -113,50 +115,17 @@ function describe(v: Verdict): StageReport['verdict'] {
   return v.kind === 'replycode' ? `replycode ${v.reply.code}` : v.kind
 }
 
-function stageReport(stage: string, v: Verdict): StageReport {
-  return v.kind === 'replycode'
-    ? { stage, verdict: describe(v), reply: formatSmtpReply(v.reply) }
-    : { stage, verdict: describe(v) }
-}
-
-/** Is this verdict the end of the message (or of the connection)? */
-function final(v: Verdict): boolean {
-  return v.kind !== 'continue' && v.kind !== 'accept' && v.kind !== 'skip'
-}
-
-function settle(report: CheckReport, v: Verdict): void {
-  switch (v.kind) {
-    case 'reject':
-      report.verdict = 'reject'
-      report.reply = ['550 5.7.1 Command rejected']
-      break
-    case 'tempfail':
-      report.verdict = 'tempfail'
-      report.reply = ['451 4.7.1 Service unavailable - try again later']
-      break
-    case 'replycode':
-      report.verdict = v.reply.code >= 500 ? 'reject' : 'tempfail'
-      report.reply = formatSmtpReply(v.reply)
-      break
-    case 'discard':
-      report.verdict = 'discard'
-      break
-    case 'shutdown':
-    case 'conn_fail':
-      report.verdict = 'shutdown'
-      report.reply = ['421 4.7.0 Server closing connection']
-      break
-    default:
-      report.verdict = 'accept'
-  }
-}
-
 function bracket(a: string): string {
   return a.startsWith('<') ? a : `<${a}>`
 }
 
+function bare(a: string): string {
+  return a.replace(/^<|>$/g, '')
+}
+
 /** Macro values for each stage, from the options. */
 function macroLookup(opts: CheckOptions, extra: Record<string, string>): MacroLookup {
+  const from = bare(opts.from)
   const base: Record<string, string> = {
     j: os.hostname(),
     '{daemon_name}': 'haraka-milter',
@@ -168,57 +137,13 @@ function macroLookup(opts: CheckOptions, extra: Record<string, string>): MacroLo
     '{client_name}': opts.clientName,
     '{client_ptr}': opts.clientName,
     '{client_port}': '0',
-    '{mail_addr}': opts.from.replace(/^<|>$/g, ''),
+    '{mail_addr}': from,
     '{mail_mailer}': 'smtp',
-    '{mail_host}': opts.from.replace(/^<|>$/g, '').split('@')[1] ?? '',
+    '{mail_host}': from.split('@')[1] ?? '',
   }
   const all = { ...base, ...extra }
   for (const [k, v] of Object.entries(opts.macros)) all[canonicalMacroName(k)] = v
   return (name) => all[name]
-}
-
-async function envelopeStages(
-  s: MilterSession,
-  opts: CheckOptions,
-  report: CheckReport,
-): Promise<string[] | undefined> {
-  const macros = macroLookup(opts, {})
-  const steps: Array<[string, () => Promise<Verdict>]> = [
-    ['connect', () => s.connect(opts.clientName, connectAddressFor(opts.clientIp, 0), macros)],
-    ['helo', () => s.helo(opts.helo, macros)],
-    ['mail', () => s.mail([bracket(opts.from)], macros)],
-  ]
-  for (const [stage, run] of steps) {
-    const v = await run()
-    report.stages.push(stageReport(stage, v))
-    if (final(v)) return (settle(report, v), undefined)
-  }
-  const accepted: string[] = []
-  for (const rcpt of opts.rcpts) {
-    const addr = rcpt.replace(/^<|>$/g, '')
-    const v = await s.rcpt(
-      [bracket(rcpt)],
-      macroLookup(opts, {
-        '{rcpt_addr}': addr,
-        '{rcpt_host}': addr.split('@')[1] ?? '',
-        '{rcpt_mailer}': 'smtp',
-      }),
-    )
-    report.stages.push(stageReport(`rcpt ${bracket(rcpt)}`, v))
-    if (v.kind === 'discard' || v.kind === 'shutdown' || v.kind === 'conn_fail')
-      return (settle(report, v), undefined)
-    if (v.kind === 'continue' || v.kind === 'accept') accepted.push(addr)
-    if (v.kind === 'accept') break
-  }
-  if (accepted.length === 0) {
-    report.verdict = 'reject'
-    report.reply = ['554 5.5.1 No valid recipients']
-    return undefined
-  }
-  const d = await s.data(macros)
-  report.stages.push(stageReport('data', d))
-  if (final(d)) return (settle(report, d), undefined)
-  return accepted
 }
 
 function negotiatedReport(s: MilterSession): NegotiatedReport {
@@ -235,31 +160,55 @@ function negotiatedReport(s: MilterSession): NegotiatedReport {
   }
 }
 
-function buildOutput(
-  headers: HeaderField[],
-  body: Buffer,
-  eom: EomResult,
-  leadspc: boolean,
-  report: CheckReport,
-  env: Envelope,
-): void {
-  const sorted = sortModifications(eom.modifications)
-  const newHeaders = applyHeaderEdits(headers, sorted.headerEdits, leadspc)
-  const newEnv = applyEnvelopeEdits(env, sorted.envelopeEdits)
-  if (sorted.quarantine !== undefined) report.quarantine = sorted.quarantine
-  report.envelope = {
-    from: `<${newEnv.from.address}>`,
-    rcpts: newEnv.rcpts.map((r) => `<${r.address}>`),
+/** The milter as the plugin would configure it from milter.ini, from the options. */
+function milterDef(opts: CheckOptions): MilterDef {
+  const t = opts.timeoutMs
+  return {
+    name: opts.milter,
+    socketText: opts.milter,
+    socket: parseSocketSpec(opts.milter),
+    protocol: opts.protocol,
+    // a failure is reported as an error (exit 2), whatever the plugin would do with it
+    defaultAction: 'tempfail',
+    timeouts: { connectMs: t, commandMs: t, contentMs: t, eomMs: t },
+    macros: new Map([
+      ...DEFAULT_MACROS,
+      [
+        MacroStage.CONNECT,
+        [...(DEFAULT_MACROS.get(MacroStage.CONNECT) ?? []), ...Object.keys(opts.macros)],
+      ],
+    ]),
+    destinationChannels: [],
+    optin: [],
+    headerFolds: opts.headerFolds ?? 'flatten',
+    failureScope: 'session',
+    breaker: { failures: 0, backoffMs: 1000, backoffMaxMs: 1000 },
   }
-  const newBody = eom.bodyReplaced ? (eom.replacementBody ?? Buffer.alloc(0)) : body
-  report.output = Buffer.concat([
-    Buffer.from(formatHeaderBlock(newHeaders), 'utf8'),
-    Buffer.from('\r\n'),
-    newBody,
-  ])
 }
 
-/** Runs the check; never throws (errors land in the report with verdict 'error'). */
+/** Records what the client is told at `stage`; true when the transaction ends there. */
+function answered(report: CheckReport, stage: Stage, o: Outcome, mode: ReplyCodeMode): boolean {
+  const a = answerAt(stage, o, mode)
+  switch (a.action) {
+    case 'continue':
+      return false
+    case 'discard':
+      report.verdict = 'discard'
+      return false
+    case 'reject':
+    case 'tempfail':
+    case 'shutdown':
+      report.verdict = a.action
+      report.reply = formatSmtpReply(a.reply)
+      return true
+  }
+}
+
+/**
+ * Runs the check through the same MilterChain, reply policy and edit
+ * application as the plugin; never throws (errors land in the report with
+ * verdict 'error').
+ */
 export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
   const report: CheckReport = {
     milter: opts.milter,
@@ -268,44 +217,119 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
     modifications: [],
     verdict: 'error',
   }
+  const mode = opts.replyCode ?? 'milter'
   const packets: Array<{ dir: 'send' | 'recv'; frame: Frame }> = []
-  let session: MilterSession | undefined
+  let chain: MilterChain | undefined
+  let result: MessageResult | undefined
+  /** The stage name the text report shows for the verdict in flight (each RCPT its own). */
+  let stageLabel: string | undefined
   try {
-    const spec = parseSocketSpec(opts.milter)
-    session = await openSession(spec, {
-      name: opts.milter,
-      version: opts.protocol,
-      timeouts: { connectMs: opts.timeoutMs, commandMs: opts.timeoutMs, contentMs: opts.timeoutMs },
-      macros: new Map([
-        ...DEFAULT_MACROS,
-        [
-          MacroStage.CONNECT,
-          [...(DEFAULT_MACROS.get(MacroStage.CONNECT) ?? []), ...Object.keys(opts.macros)],
-        ],
-      ]),
-      observer: { trace: (dir, frame) => packets.push({ dir, frame }) },
+    const def = milterDef(opts)
+    chain = new MilterChain({
+      milters: [def],
+      open: async (d) => {
+        const s = await openSession(d.socket, {
+          name: d.name,
+          version: d.protocol,
+          timeouts: d.timeouts,
+          macros: d.macros,
+          observer: { trace: (dir, frame) => packets.push({ dir, frame }) },
+        })
+        report.negotiated = negotiatedReport(s)
+        return s
+      },
+      onVerdict: (_m, stage, v) => {
+        const s: StageReport = { stage: stageLabel ?? stage, verdict: describe(v) }
+        if (v.kind === 'replycode') s.reply = formatSmtpReply(v.reply)
+        report.stages.push(s)
+      },
+      onEvent: (e) => {
+        if (e.level === 'error' && e.code !== undefined && !report.error) {
+          report.error = { code: e.code, message: e.message.replace(/; default_action=\w+$/, '') }
+        }
+      },
     })
-    report.negotiated = negotiatedReport(session)
-    const rcpts = await envelopeStages(session, opts, report)
-    if (!rcpts) return report
-    const { headers, body } = parseMessage(opts.message, 'utf8')
-    const eom = await sendContent(session, {
-      headers: headers.map((h) => ({ name: h.name, value: Buffer.from(h.value, 'utf8') })),
-      body: [body],
-      eomMacros: macroLookup(opts, {}),
-    })
-    report.stages.push(stageReport('eom', eom.verdict))
-    report.modifications = eom.modifications.map(modificationReport)
-    if (eom.bodyReplaced)
-      report.modifications.push({ kind: 'replbody', bytes: eom.replacementBody?.length ?? 0 })
-    settle(report, eom.verdict)
-    const leadspc = (session.negotiated.protocol & Proto.HDR_LEADSPC) !== 0
-    if (report.verdict === 'accept' || report.verdict === 'discard') {
-      buildOutput(headers, body, eom, leadspc, report, {
-        from: { address: opts.from.replace(/^<|>$/g, '') },
-        rcpts: rcpts.map((address) => ({ address })),
-      })
+    const macros = macroLookup(opts, {})
+    const ended = (stage: Stage, o: Outcome): boolean =>
+      report.error !== undefined || answered(report, stage, o, mode)
+    report.verdict = 'accept'
+    if (
+      ended(
+        'connect',
+        await chain.connect(opts.clientName, connectAddressFor(opts.clientIp, 0), macros),
+      )
+    )
+      return report
+    if (ended('helo', await chain.helo(opts.helo, macros))) return report
+    if (ended('mail', await chain.mail([bracket(opts.from)], macros))) return report
+    const accepted: string[] = []
+    for (const rcpt of opts.rcpts) {
+      const addr = bare(rcpt)
+      stageLabel = `rcpt ${bracket(rcpt)}`
+      const o = await chain.rcpt(
+        [bracket(rcpt)],
+        macroLookup(opts, {
+          '{rcpt_addr}': addr,
+          '{rcpt_host}': addr.split('@')[1] ?? '',
+          '{rcpt_mailer}': 'smtp',
+        }),
+      )
+      stageLabel = undefined
+      if (report.error !== undefined) return report
+      if (o.action === 'shutdown') return (answered(report, 'rcpt', o, mode), report)
+      if (o.action === 'continue' || o.action === 'discard') accepted.push(addr)
+      else answered(report, 'rcpt', o, mode) // this recipient only
     }
+    if (accepted.length === 0) {
+      report.verdict = 'reject'
+      report.reply = ['554 5.5.1 No valid recipients']
+      return report
+    }
+    report.verdict = chain.discarded ? 'discard' : 'accept'
+    delete report.reply
+    if (ended('data', await chain.data(macros))) return report
+    const parsed = parseMessage(opts.message, 'utf8')
+    const body = parsed.body
+    // The MTA's own trace header, as Haraka adds it: not shown to the milter, but INSHEADER
+    // indexes count it (0 = above it), so the edits land where Haraka would put them.
+    const trace: HeaderField = {
+      name: 'Received',
+      value: ` from ${opts.helo} (${opts.clientName} [${opts.clientIp}]) by haraka-milter check`,
+      hidden: true,
+    }
+    const headers = [trace, ...parsed.headers]
+    const msgId = headers.find((h) => h.name.toLowerCase() === 'message-id')?.value.trim()
+    result = await chain.message({
+      headers,
+      envelope: {
+        from: { address: bare(opts.from) },
+        rcpts: accepted.map((address) => ({ address })),
+      },
+      body: () => once(body),
+      eohMacros: macros,
+      eomMacros: (n) => (n === '{msg_id}' ? msgId : macros(n)),
+    })
+    for (const e of result.edits)
+      report.modifications.push(...e.modifications.map(modificationReport))
+    if (result.body) report.modifications.push({ kind: 'replbody', bytes: result.body.bytes })
+    if (ended('eom', result.outcome)) return report
+    if (result.outcome.action === 'discard') report.verdict = 'discard'
+    if (result.quarantine.length > 0) {
+      // one milter here: its name (the socket) before each reason says nothing
+      report.quarantine = result.quarantine
+        .map((q) => (q.startsWith(`${opts.milter}: `) ? q.slice(opts.milter.length + 2) : q))
+        .join('; ')
+    }
+    report.envelope = {
+      from: `<${result.envelope.from.address}>`,
+      rcpts: result.envelope.rcpts.map((r) => `<${r.address}>`),
+    }
+    const newBody = result.body ? await collect(result.body.lines()) : body
+    report.output = Buffer.concat([
+      Buffer.from(formatHeaderBlock(result.headers.filter((h) => !h.hidden)), 'utf8'),
+      Buffer.from('\r\n'),
+      newBody,
+    ])
     return report
   } catch (e) {
     report.verdict = 'error'
@@ -314,10 +338,39 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
       : { code: 'ERROR', message: e instanceof Error ? e.message : String(e) }
     return report
   } finally {
-    session?.quit()
+    if (report.error) {
+      report.verdict = 'error'
+      delete report.reply
+    }
+    await result?.dispose()
+    chain?.close()
     report.exchange = stagesFromPackets(packets)
     if (opts.trace) report.trace = packets.map(({ dir, frame }) => packetReport(dir, frame))
   }
+}
+
+/** One buffer as an async iterable (the content phase reads the body that way). */
+function once(b: Buffer): AsyncIterable<Buffer> {
+  return {
+    [Symbol.asyncIterator]: () => {
+      let done = false
+      return {
+        next: () => {
+          const r: IteratorResult<Buffer> = done
+            ? { done: true, value: undefined }
+            : { done: false, value: b }
+          done = true
+          return Promise.resolve(r)
+        },
+      }
+    },
+  }
+}
+
+async function collect(it: AsyncIterable<Buffer>): Promise<Buffer> {
+  const parts: Buffer[] = []
+  for await (const b of it) parts.push(b)
+  return Buffer.concat(parts)
 }
 
 /** Exit status: 0 accepted (or discarded), 1 rejected or temp-failed, 2 error. */

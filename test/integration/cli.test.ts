@@ -620,6 +620,61 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     )
   })
 
+  it('a plain reject at EOB: the reply Haraka gives after DATA, 554 5.7.1 Message rejected', async function () {
+    const m = await start({ reply: { eom: 'reject' } })
+    const r = await runCli(['check', '--milter', m.socket, msgFile])
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    assert.match(r.stdout, /^verdict: reject \(554 5\.7\.1 Message rejected\)$/m)
+  })
+
+  it('a 421 reply code closes the session: verdict shutdown, as the plugin answers it', async function () {
+    const m = await start({ reply: { mail: { code: '421', xcode: '4.7.0', text: 'going away' } } })
+    const r = await runCli(['check', '--milter', m.socket, msgFile])
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    assert.match(r.stdout, /^verdict: shutdown \(421 4\.7\.0 going away\)$/m)
+  })
+
+  it('a tempfail at CONNECT is answered at MAIL (a greeting may not be 451)', async function () {
+    const m = await start({ reply: { connect: 'tempfail' } })
+    const r = await runCli(['check', '--milter', m.socket, msgFile])
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    assert.match(r.stdout, /^connect: tempfail$/m)
+    assert.match(r.stdout, /^verdict: tempfail \(451 4\.7\.1 /m)
+  })
+
+  it('--reply-code enhanced_only and --header-folds keep, as in milter.ini', async function () {
+    const m = await start({
+      reply: { mail: { code: '553', xcode: '5.1.8', text: 'bad sender domain' } },
+    })
+    const r = await runCli([
+      'check',
+      '--milter',
+      m.socket,
+      '--reply-code',
+      'enhanced_only',
+      msgFile,
+    ])
+    assert.match(r.stdout, /^verdict: reject \(550 5\.1\.8 bad sender domain\)$/m)
+    const k = await start({
+      eom: [{ op: 'addheader', name: 'X-Folded', value: 'a=1;\n\tb=2' }],
+    })
+    const out = path.join(dir, 'folds.eml')
+    const kept = await runCli([
+      'check',
+      '--milter',
+      k.socket,
+      '--header-folds',
+      'keep',
+      '--out',
+      out,
+      msgFile,
+    ])
+    assert.equal(kept.code, 0, kept.stdout + kept.stderr)
+    assert.match(fs.readFileSync(out, 'utf8'), /\r\nX-Folded: a=1;\r\n\tb=2\r\n/)
+    await runCli(['check', '--milter', k.socket, '--out', out, msgFile])
+    assert.match(fs.readFileSync(out, 'utf8'), /\r\nX-Folded: a=1; b=2\r\n/)
+  })
+
   it('tempfail at EOB: exit 1', async function () {
     const m = await start({ reply: { eom: 'tempfail' } })
     const r = await runCli(['check', '--milter', m.socket, msgFile])
