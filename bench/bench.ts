@@ -47,7 +47,7 @@ import { sendContent, type ContentHeader } from '../lib/session/content'
 import { POSTFIX_DEFAULT_MACROS, type MacroLookup } from '../lib/session/macros'
 import { openSession } from '../lib/session/open'
 import type { MilterSession, SessionOptions } from '../lib/session/session'
-import { parseSocketSpec } from '../lib/transport'
+import { parseSocketSpec } from '../lib/transport/spec'
 import { startHaraka, stopAllHarakas } from '../test/helpers/haraka'
 import {
   assertPymilterInstalled,

@@ -8,8 +8,9 @@
  */
 import * as fs from 'node:fs'
 import { parseArgs } from 'node:util'
-import { exitCode, formatReport, jsonReport, runCheck } from '../lib/check'
-import { parseSocketSpec } from '../lib/transport'
+import { runCheck } from '../lib/cli/check'
+import { exitCode, formatReport, jsonReport } from '../lib/cli/report'
+import { parseSocketSpec } from '../lib/transport/spec'
 
 const USAGE = `usage: haraka-milter check --milter SOCKET [--from ADDR] [--rcpt ADDR]...
        [--client-ip IP] [--client-name NAME] [--helo NAME] [--macro NAME=VALUE]...

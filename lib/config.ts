@@ -6,9 +6,10 @@ import { lintMilterIni } from './config-lint'
 import { MilterConfigError } from './errors'
 import type { HeaderFolds } from './message/headers'
 import { MacroStage } from './protocol/constants'
-import { canonicalMacroName, POSTFIX_DEFAULT_MACROS, type MacroLists } from './session/macros'
-import type { Timeouts } from './session/session'
-import { parseSocketSpec, type SocketSpec } from './transport'
+import { canonicalMacroName, DEFAULT_MACROS, type MacroLists } from './session/macros'
+
+import type { Timeouts } from './session/types'
+import { parseSocketSpec, type SocketSpec } from './transport/spec'
 
 /** What to do when a milter cannot be used (unreachable, timeout, protocol error). */
 export type DefaultAction = 'accept' | 'tempfail' | 'reject' | 'quarantine' | 'shutdown'
@@ -87,28 +88,6 @@ const STAGE_KEYS: ReadonlyArray<[string, MacroStage]> = [
   ['eoh', MacroStage.EOH],
   ['eom', MacroStage.EOM],
 ]
-
-/** The macro lists sent by default: Postfix's, plus the client macros and the seed's channels. */
-export const DEFAULT_MACROS: MacroLists = new Map<MacroStage, readonly string[]>([
-  ...POSTFIX_DEFAULT_MACROS,
-  [
-    MacroStage.CONNECT,
-    [
-      ...(POSTFIX_DEFAULT_MACROS.get(MacroStage.CONNECT) ?? []),
-      '{client_addr}',
-      '{client_name}',
-      '{client_port}',
-      '{client_ptr}',
-      '{client_resolve}',
-      '{source_channel}',
-    ],
-  ],
-  [
-    MacroStage.ENVRCPT,
-    [...(POSTFIX_DEFAULT_MACROS.get(MacroStage.ENVRCPT) ?? []), '{destination_channel}', '{optin}'],
-  ],
-  [MacroStage.EOM, ['i', '{msg_id}']],
-])
 
 const FOLDS = ['flatten', 'keep'] as const
 const SCOPES = ['message', 'session'] as const

@@ -5,7 +5,7 @@
 import type { RecipientFacts } from '../policy/routing'
 import type { MilterConfig } from '../config'
 import type { ConnectAddress } from '../protocol/commands'
-import { connectAddressFor, isIpLiteral, normalizeIp } from '../transport'
+import { connectAddressFor, isIpLiteral, normalizeIp } from '../transport/address'
 import type { MacroLookup } from '../session/macros'
 import type { HarakaAddress, HarakaConnection, HarakaTransaction } from './haraka'
 import { transactionState } from './state'

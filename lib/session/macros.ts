@@ -65,3 +65,25 @@ export function macroPairs(
   }
   return out
 }
+
+/** The macro lists sent by default: Postfix's, plus the client macros and the seed's channels. */
+export const DEFAULT_MACROS: MacroLists = new Map<MacroStage, readonly string[]>([
+  ...POSTFIX_DEFAULT_MACROS,
+  [
+    MacroStage.CONNECT,
+    [
+      ...(POSTFIX_DEFAULT_MACROS.get(MacroStage.CONNECT) ?? []),
+      '{client_addr}',
+      '{client_name}',
+      '{client_port}',
+      '{client_ptr}',
+      '{client_resolve}',
+      '{source_channel}',
+    ],
+  ],
+  [
+    MacroStage.ENVRCPT,
+    [...(POSTFIX_DEFAULT_MACROS.get(MacroStage.ENVRCPT) ?? []), '{destination_channel}', '{optin}'],
+  ],
+  [MacroStage.EOM, ['i', '{msg_id}']],
+])

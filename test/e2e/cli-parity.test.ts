@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict'
 
-import { runCheck, type CheckReport } from '../../lib/check'
+import { runCheck, type CheckReport } from '../../lib/cli/check'
 import { formatHeaderBlock, parseMessage } from '../../lib/message/headers'
 import { startHaraka, stopAllHarakas, type RunningHaraka } from '../helpers/haraka'
 import {

@@ -11,7 +11,7 @@ import type { Command, ConnectAddress } from '../../lib/protocol/commands'
 import { MacroStage } from '../../lib/protocol/constants'
 import { openSession } from '../../lib/session/open'
 import type { MilterSession, SessionOptions } from '../../lib/session/session'
-import { parseSocketSpec } from '../../lib/transport'
+import { parseSocketSpec } from '../../lib/transport/spec'
 import { ch, cstr, frame, hex, toHex, u32 } from '../helpers/bytes'
 import {
   CONTINUE,

@@ -10,7 +10,7 @@ import {
   formatPacket,
   packetReport,
   stagesFromPackets,
-} from '../../../lib/packet-report'
+} from '../../../lib/cli/packets'
 import {
   encodeBare,
   encodeConnect,

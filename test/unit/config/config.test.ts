@@ -8,13 +8,8 @@ import assert from 'node:assert/strict'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 
-import {
-  DEFAULT_MACROS,
-  findListener,
-  parseMilterConfig,
-  type Ini,
-  type MilterConfig,
-} from '../../../lib/config'
+import { DEFAULT_MACROS } from '../../../lib/session/macros'
+import { findListener, parseMilterConfig, type Ini, type MilterConfig } from '../../../lib/config'
 import { MilterConfigError } from '../../../lib/errors'
 import { MacroStage } from '../../../lib/protocol/constants'
 import { REPO_ROOT } from '../../helpers/paths'

@@ -3,7 +3,7 @@
  */
 import assert from 'node:assert/strict'
 
-import { connectAddressFor, isIpLiteral, normalizeIp } from '../../../lib/transport'
+import { connectAddressFor, isIpLiteral, normalizeIp } from '../../../lib/transport/address'
 
 describe('transport: IP addresses', () => {
   describe('isIpLiteral', () => {

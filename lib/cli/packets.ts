@@ -4,7 +4,7 @@
  * and --json), and the exchange grouped by stage (each command with the
  * macros sent before it and the reply it got). Pure: takes frames.
  */
-import { decodeCommand, type Command } from './protocol/commands'
+import { decodeCommand, type Command } from '../protocol/commands'
 import {
   actionNames,
   cmdName,
@@ -15,10 +15,10 @@ import {
   protocolNames,
   Rep,
   repName,
-} from './protocol/constants'
-import type { Frame } from './protocol/frame'
-import { decodeReply, type Modification, type Reply } from './protocol/replies'
-import { parseReplyCode, type SmtpReply } from './protocol/replycode'
+} from '../protocol/constants'
+import type { Frame } from '../protocol/frame'
+import { decodeReply, type Modification, type Reply } from '../protocol/replies'
+import { parseReplyCode, type SmtpReply } from '../protocol/replycode'
 
 /** A decoded field value: text, a number, a list or a name -> value table. */
 export type FieldValue =
