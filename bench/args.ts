@@ -44,6 +44,8 @@ export interface Options {
   smtpLoad: 'auto' | 'smtp-source' | 'node'
   /** smtp: the 50 MB memory runs. */
   smtpMemory: boolean
+  /** smtp: only the memory runs. */
+  smtpMemoryOnly: boolean
   smtpMemoryMiB: number
   /** smtp: write a V8 CPU profile of each Haraka process of these variants into this dir. */
   cpuProfDir: string | undefined
@@ -73,6 +75,7 @@ const USAGE = `usage: node dist/bench/bench.js [flags]
   --smtp-variants=LIST  variants to run (default all; see the table for names)
   --smtp-load=WHICH     auto (smtp-source if installed), smtp-source or node
   --smtp-memory-mib=N   body size of the memory runs (default 50; 0 = skip them)
+  --smtp-memory-only    only the memory runs (also in --quick)
   --cpu-prof=DIR        write V8 CPU profiles of the Haraka processes into DIR
   --help                this text`
 
@@ -99,6 +102,7 @@ export function parseArgs(argv: readonly string[]): Options {
     smtpVariants: undefined,
     smtpLoad: 'auto',
     smtpMemory: !quick,
+    smtpMemoryOnly: false,
     smtpMemoryMiB: 50,
     cpuProfDir: undefined,
   }
@@ -188,6 +192,10 @@ export function parseArgs(argv: readonly string[]): Options {
       case '--smtp-memory-mib':
         o.smtpMemoryMiB = int(value, flag, 0)
         o.smtpMemory = o.smtpMemoryMiB > 0
+        break
+      case '--smtp-memory-only':
+        o.smtpMemoryOnly = true
+        o.smtpMemory = true
         break
       case '--cpu-prof':
         if (value === '') throw new Error(`${flag} needs a directory`)

@@ -2,7 +2,7 @@
  * noop: a libmilter milter that does nothing, for the SMTP benchmark (bench/smtp/).
  * The same binary runs behind Haraka (this plugin) and behind Postfix.
  *
- *   noop -p SOCKET [-n] [-r BYTES]
+ *   noop -p SOCKET [-n] [-r BYTES | -R]
  *
  *   -p SOCKET  libmilter socket: inet:PORT@127.0.0.1, unix:/path
  *   (default)  every stage is sent and answered (CONTINUE); the body callback counts the bytes
@@ -10,6 +10,7 @@
  *              stages a body reader does not need (connect, HELO, MAIL, RCPT, DATA, unknown):
  *              headers and body still arrive (and are counted), only end of message is answered
  *   -r BYTES   replace the body at end of message with BYTES bytes of text (SMFIF_CHGBODY)
+ *   -R         replace the body with as many bytes of text as it had
  *
  * On SIGTERM/SIGINT libmilter stops; the totals (messages, body bytes) go to stderr.
  * Build: cc -O2 -o noop noop.c -lmilter -lpthread (Debian: apt-get install libmilter-dev).
@@ -22,6 +23,7 @@
 
 static int no_reply = 0;
 static long replace_bytes = 0;
+static int replace_same = 0;
 static unsigned long total_messages = 0;
 static unsigned long long total_body = 0;
 
@@ -41,7 +43,7 @@ noop_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f
 	(void)ctx;
 	(void)f2;
 	(void)f3;
-	if (replace_bytes > 0) {
+	if (replace_bytes > 0 || replace_same) {
 		if ((f0 & SMFIF_CHGBODY) == 0)
 			return SMFIS_REJECT;
 		*pf0 = SMFIF_CHGBODY;
@@ -152,15 +154,15 @@ static sfsistat
 noop_eom(SMFICTX *ctx)
 {
 	struct priv *p = priv_of(ctx);
+	long left = replace_same ? (p != NULL ? (long)p->body : 0) : replace_bytes;
 	if (p != NULL) {
 		__atomic_add_fetch(&total_body, p->body, __ATOMIC_RELAXED);
 		p->body = 0;
 	}
 	__atomic_add_fetch(&total_messages, 1, __ATOMIC_RELAXED);
-	if (replace_bytes > 0) {
+	if (replace_bytes > 0 || replace_same) {
 		static unsigned char block[65535];
 		static int filled = 0;
-		long left = replace_bytes;
 		if (!filled) {
 			for (int i = 0; i < (int)sizeof block; i++)
 				block[i] = (i % 78 == 76) ? '\r' : (i % 78 == 77) ? '\n' : 'a' + i % 26;
@@ -201,7 +203,7 @@ main(int argc, char **argv)
 	int c;
 	struct smfiDesc desc;
 
-	while ((c = getopt(argc, argv, "p:nr:")) != -1) {
+	while ((c = getopt(argc, argv, "p:nr:R")) != -1) {
 		switch (c) {
 		case 'p':
 			sock = optarg;
@@ -212,20 +214,23 @@ main(int argc, char **argv)
 		case 'r':
 			replace_bytes = atol(optarg);
 			break;
+		case 'R':
+			replace_same = 1;
+			break;
 		default:
-			fprintf(stderr, "usage: %s -p SOCKET [-n] [-r BYTES]\n", argv[0]);
+			fprintf(stderr, "usage: %s -p SOCKET [-n] [-r BYTES | -R]\n", argv[0]);
 			return 2;
 		}
 	}
 	if (sock == NULL) {
-		fprintf(stderr, "usage: %s -p SOCKET [-n] [-r BYTES]\n", argv[0]);
+		fprintf(stderr, "usage: %s -p SOCKET [-n] [-r BYTES | -R]\n", argv[0]);
 		return 2;
 	}
 
 	memset(&desc, 0, sizeof desc);
 	desc.xxfi_name = "noop";
 	desc.xxfi_version = SMFI_VERSION;
-	desc.xxfi_flags = replace_bytes > 0 ? SMFIF_CHGBODY : 0;
+	desc.xxfi_flags = replace_bytes > 0 || replace_same ? SMFIF_CHGBODY : 0;
 	desc.xxfi_connect = noop_connect;
 	desc.xxfi_helo = noop_helo;
 	desc.xxfi_envfrom = noop_envfrom;

@@ -28,7 +28,7 @@ const MEM_VARIANTS: ReadonlyArray<{ name: string; milter?: MilterKind }> = [
 
 export async function memoryRuns(
   o: Options,
-  startMilter: (kind: MilterKind, bytes?: number) => Promise<BenchMilter>,
+  startMilter: (kind: MilterKind) => Promise<BenchMilter>,
   register: (s: Server) => void,
 ): Promise<void> {
   const bytes = o.smtpMemoryMiB * MiB
@@ -40,7 +40,7 @@ export async function memoryRuns(
       base: 'haraka',
       ...(mv.milter ? { milter: mv.milter } : {}),
     }
-    const milter = mv.milter ? await startMilter(mv.milter, bytes) : undefined
+    const milter = mv.milter ? await startMilter(mv.milter) : undefined
     const s = await startHarakaServer(v, milter?.socket)
     register(s)
     try {
@@ -80,7 +80,7 @@ export async function memoryRuns(
     ]),
     legend: [
       'MiB; RSS of the Haraka process (nodes=0) after 10 warm-up messages of 100 KB, then VmHWM (reset',
-      'just before) after one message sent by the Node client; the milter replacing the body sends as many bytes',
+      'just before) after one message sent by the Node client; noop-replace (noop -R) sends back as many bytes as it read',
     ],
     data: rows,
   })

@@ -52,6 +52,8 @@ export interface NoopOptions {
   noReply?: boolean
   /** Replace the body with this many bytes at end of message (-r). */
   replaceBytes?: number
+  /** Replace the body with as many bytes as it had (-R). */
+  replaceSame?: boolean
 }
 
 /** A milter process the benchmark measures. */
@@ -72,6 +74,7 @@ export async function startNoop(name: string, opts: NoopOptions = {}): Promise<B
       const args = ['-p', socket]
       if (opts.noReply) args.push('-n')
       if (opts.replaceBytes) args.push('-r', String(opts.replaceBytes))
+      if (opts.replaceSame) args.push('-R')
       const p = DaemonProcess.spawn({
         name: `noop milter (${name})`,
         bin,

@@ -19,7 +19,6 @@ import {
   startPostfixServer,
   type MilterKind,
   type Server,
-  type Variant,
 } from './servers'
 
 export const SIZE_BYTES: Readonly<Record<SmtpSize, number>> = {
@@ -28,7 +27,10 @@ export const SIZE_BYTES: Readonly<Record<SmtpSize, number>> = {
   '10m': 10 * MiB,
 }
 
+/** Every MTA running now, for stopSmtp(). */
 const servers = new Set<Server>()
+/** Every milter running now (noop, OpenDKIM), for stopSmtp(). */
+const liveMilters = new Set<BenchMilter>()
 let stopping: Promise<void> | undefined
 
 /** Stops every MTA, milter and load generator this section started (also on SIGINT). */
@@ -37,23 +39,29 @@ export async function stopSmtp(): Promise<void> {
   stopping ??= (async () => {
     await Promise.allSettled([...servers].map((s) => s.stop()))
     servers.clear()
+    await Promise.allSettled([...liveMilters].map((m) => m.stop()))
+    liveMilters.clear()
     await stopBenchMilters()
   })()
   await stopping
   stopping = undefined
 }
 
-async function startMilter(kind: MilterKind, bytes = 0): Promise<BenchMilter> {
-  switch (kind) {
-    case 'noop':
-      return startNoop('noop')
-    case 'noop-nr':
-      return startNoop('noop-nr', { noReply: true })
-    case 'noop-replace':
-      return startNoop('noop-replace', { replaceBytes: bytes })
-    case 'opendkim':
-      return startDkimSigner()
-  }
+async function startMilter(kind: MilterKind): Promise<BenchMilter> {
+  const m = await (async (): Promise<BenchMilter> => {
+    switch (kind) {
+      case 'noop':
+        return startNoop('noop')
+      case 'noop-nr':
+        return startNoop('noop-nr', { noReply: true })
+      case 'noop-replace':
+        return startNoop('noop-replace', { replaceSame: true })
+      case 'opendkim':
+        return startDkimSigner()
+    }
+  })()
+  liveMilters.add(m)
+  return m
 }
 
 /** Messages per run for a size: 10 MB runs send a fiftieth (at least 20). */
@@ -63,6 +71,19 @@ function countFor(o: Options, size: SmtpSize): { total: number; probe: number } 
 }
 
 export async function smtpSection(o: Options): Promise<void> {
+  if (!o.smtpMemoryOnly) await loadRuns(o)
+  if (o.smtpMemory && o.smtpMemoryMiB > 0 && (!o.smtpVariants || o.smtpMemoryOnly)) {
+    progress('  memory runs (one large message)')
+    try {
+      await memoryRuns(o, startMilter, (s) => servers.add(s))
+    } finally {
+      await stopSmtp()
+    }
+  }
+}
+
+/** Every variant, size and messages-per-session, once per round. */
+async function loadRuns(o: Options): Promise<void> {
   const pfMissing = postfixMissing()
   let variants = VARIANTS.filter((v) => !o.smtpVariants || o.smtpVariants.includes(v.name))
   if (o.smtpVariants)
@@ -81,7 +102,7 @@ export async function smtpSection(o: Options): Promise<void> {
 
   // the milters, shared by the Haraka and Postfix variants (one run at a time)
   const milters = new Map<MilterKind, BenchMilter>()
-  const servers_: Server[] = []
+  const started: Server[] = []
   try {
     for (const v of variants) {
       if (v.milter && !milters.has(v.milter)) {
@@ -97,10 +118,10 @@ export async function smtpSection(o: Options): Promise<void> {
           ? await startHarakaServer(v, sock, { cpuProfDir: o.cpuProfDir })
           : await startPostfixServer(v, sock)
       servers.add(s)
-      servers_.push(s)
+      started.push(s)
     }
     // warm-up: JIT, milter threads, Postfix processes
-    for (const s of servers_) {
+    for (const s of started) {
       progress(`  warm-up ${s.variant.name}`)
       await nodeLoad({ port: s.port, concurrency: 4, total: 100, perSession: 1, size: 2048 })
       await s.settle()
@@ -111,7 +132,7 @@ export async function smtpSection(o: Options): Promise<void> {
       for (const size of o.smtpSizes) {
         for (const perSession of o.smtpPerSession) {
           // rotate the order each round, so no variant always runs first
-          const order = servers_.map((_, i) => servers_[(i + round) % servers_.length]!)
+          const order = started.map((_, i) => started[(i + round) % started.length]!)
           for (const s of order) {
             const milter = s.variant.milter ? milters.get(s.variant.milter) : undefined
             const sample = await measure(o, s, milter, size, perSession, load, round)
@@ -128,14 +149,6 @@ export async function smtpSection(o: Options): Promise<void> {
     smtpTable(o, variants, samples, useSource)
   } finally {
     await stopSmtp()
-  }
-  if (o.smtpMemory && !o.smtpVariants) {
-    progress('  memory runs (one large message)')
-    try {
-      await memoryRuns(o, startMilter, (s) => servers.add(s))
-    } finally {
-      await stopSmtp()
-    }
   }
 }
 
@@ -181,5 +194,3 @@ async function measure(
     peakRss: hwm,
   }
 }
-
-export type { Variant }
