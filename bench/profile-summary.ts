@@ -18,6 +18,7 @@ interface CallFrame {
 interface ProfileNode {
   id: number
   callFrame: CallFrame
+  children?: number[]
 }
 interface CpuProfile {
   nodes: ProfileNode[]
@@ -54,6 +55,19 @@ interface Entry {
   file: string
   area: Area
   us: number
+  /** Self time plus that of the native and node: library code it called (socket writes...). */
+  withNative: number
+}
+
+/** Native code (a builtin without a script URL), other than GC, program and idle. */
+function isNative(f: CallFrame): boolean {
+  return f.url === '' && !/^\((garbage collector|program|idle|root)\)$/.test(f.functionName)
+}
+
+function keyOf(f: CallFrame): { key: string; file: string } {
+  const file = shortUrl(f.url)
+  const name = f.functionName || '(anonymous)'
+  return { key: f.url ? `${name} ${file}:${f.lineNumber + 1}` : name, file: file || name }
 }
 
 function summarise(files: readonly string[]): { total: number; busy: number; fns: Entry[] } {
@@ -68,17 +82,29 @@ function summarise(files: readonly string[]): { total: number; busy: number; fns
       const dt = p.timeDeltas[i + 1] ?? 0
       self.set(p.samples[i]!, (self.get(p.samples[i]!) ?? 0) + dt)
     }
+    const parent = new Map<number, number>()
+    for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id)
+    const entry = (f: CallFrame): Entry => {
+      const { key, file } = keyOf(f)
+      let e = byKey.get(key)
+      if (!e) {
+        e = { key, file, area: areaOf(f), us: 0, withNative: 0 }
+        byKey.set(key, e)
+      }
+      return e
+    }
     for (const [id, us] of self) {
       const n = nodes.get(id)
       if (!n) continue
       total += us
-      const f = n.callFrame
-      const file = shortUrl(f.url)
-      const name = f.functionName || '(anonymous)'
-      const key = f.url ? `${name} ${file}:${f.lineNumber + 1}` : name
-      const e = byKey.get(key)
-      if (e) e.us += us
-      else byKey.set(key, { key, file: file || name, area: areaOf(f), us })
+      entry(n.callFrame).us += us
+      // native and node: library time goes to the nearest caller outside them
+      let owner: ProfileNode | undefined = n
+      while (owner && (isNative(owner.callFrame) || areaOf(owner.callFrame) === 'node')) {
+        const up = parent.get(owner.id)
+        owner = up === undefined ? undefined : nodes.get(up)
+      }
+      entry((owner ?? n).callFrame).withNative += us
     }
   }
   const fns = [...byKey.values()].sort((a, b) => b.us - a.us)
@@ -139,6 +165,14 @@ function main(argv: string[]): number {
     for (const e of entries.slice(0, top))
       out.push(`  ${pct(e.us).padStart(6)}  ${ms(e.us).padStart(8)}  ${e.key}`)
   }
+  const nativeAreas = new Map<Area, number>()
+  for (const e of fns) nativeAreas.set(e.area, (nativeAreas.get(e.area) ?? 0) + e.withNative)
+  out.push(
+    '',
+    'self time by area, Node library and native time (socket writes, fs, dns...) counted in the caller',
+  )
+  for (const [a, us] of [...nativeAreas].sort((x, y) => y[1] - x[1]))
+    if (a !== 'idle' && us > 0) out.push(`  ${a.padEnd(9)} ${pct(us).padStart(6)}  ${ms(us)}`)
   list('top functions (self time)', busyFns)
   list(
     'top functions in the plugin (dist/lib, dist/plugins)',
@@ -148,6 +182,24 @@ function main(argv: string[]): number {
     'top functions in Haraka (Haraka, haraka-*)',
     busyFns.filter((e) => e.area === 'haraka'),
   )
+  const byNative = (area: Area): Entry[] =>
+    fns
+      .filter((e) => e.area === area && e.withNative > 0)
+      .sort((a, b) => b.withNative - a.withNative)
+  const listNative = (title: string, entries: readonly Entry[]): void => {
+    out.push('', title)
+    for (const e of entries.slice(0, top))
+      out.push(`  ${pct(e.withNative).padStart(6)}  ${ms(e.withNative).padStart(8)}  ${e.key}`)
+  }
+  listNative(
+    'plugin functions, self + the Node library/native code they called',
+    byNative('plugin'),
+  )
+  listNative(
+    'Haraka functions, self + the Node library/native code they called',
+    byNative('haraka'),
+  )
+  listNative('Node library time with no caller outside it (event loop, timers)', byNative('node'))
   out.push('', 'top files (self time)')
   for (const [f, v] of files_.slice(0, top))
     out.push(`  ${pct(v.us).padStart(6)}  ${ms(v.us).padStart(8)}  ${v.area.padEnd(8)}  ${f}`)

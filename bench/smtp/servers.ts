@@ -58,7 +58,7 @@ exports.hook_queue = function (next) {
 `
 
 export interface HarakaServerOptions {
-  /** Directory for V8 CPU profiles (node --cpu-prof) of every Haraka process. */
+  /** Directory for V8 CPU profiles (as node --cpu-prof) of every Haraka process. */
   cpuProfDir?: string | undefined
 }
 
@@ -98,7 +98,9 @@ export async function startHarakaServer(
   const env: Record<string, string> = {}
   if (opts.cpuProfDir) {
     fs.mkdirSync(opts.cpuProfDir, { recursive: true })
-    env['NODE_OPTIONS'] = `--cpu-prof --cpu-prof-dir=${path.resolve(opts.cpuProfDir)}`
+    // Node refuses --cpu-prof in NODE_OPTIONS: a preload starts the profiler instead
+    env['NODE_OPTIONS'] = `--require ${path.join(__dirname, '..', 'cpu-prof-preload.js')}`
+    env['BENCH_CPU_PROF_DIR'] = path.resolve(opts.cpuProfDir)
   }
   let h: RunningHaraka
   try {
@@ -121,7 +123,7 @@ export async function startHarakaServer(
     pid: h.pid,
     settle: () => Promise.resolve(),
     stop: async () => {
-      // SIGINT: Haraka exits through process.exit(), so --cpu-prof writes its profile
+      // SIGINT: Haraka exits through process.exit(), so the preload writes its profile
       await h.stop(opts.cpuProfDir ? { signal: 'SIGINT', killAfterMs: 10_000 } : {})
       fs.rmSync(spool, { recursive: true, force: true })
     },
