@@ -23,7 +23,7 @@ import {
 } from '../lib/adapter/facts'
 import type { HarakaAddress, HarakaConnection, HarakaPlugin, Next } from '../lib/adapter/haraka'
 import { hookCode, toHookResult } from '../lib/adapter/reply'
-import { reportEvent, reportOutcome } from '../lib/adapter/report'
+import { reportEvent, reportMessage, reportOutcome } from '../lib/adapter/report'
 import { Runtime } from '../lib/adapter/runtime'
 import {
   connectionState,
@@ -63,6 +63,10 @@ function answer(
   }
   // what the milter decided is recorded where it happened, even when the reply waits for MAIL
   reportOutcome(this, c, stage, stage === 'connect' ? o : answered, answered)
+  if (st?.kind === 'milters' && answered.action !== 'continue' && answered.action !== 'discard') {
+    const r = answered.reply
+    st.refusal = `${r.code} ${r.lines.map((l) => [l.enhanced, l.text].filter(Boolean).join(' ')).join(' / ')}`
+  }
   const r = toHookResult(answered)
   if (r.kind === 'cont') next()
   else next(hookCode(r.kind), r.msg)
@@ -289,17 +293,29 @@ export function milter_queue(this: MilterPlugin, next: Next, c: HarakaConnection
     })
 }
 
-/** RSET, a new MAIL or EHLO, end of message: ABORT to milters inside a message. */
+/** One line per milter for what it did since the last report, with the refusal if any. */
+function logReports(this: MilterPlugin, c: HarakaConnection, st: Ready): void {
+  reportMessage(this, c, st.chain.takeReports(), st.refusal)
+  delete st.refusal
+}
+
+/** RSET, a new MAIL or EHLO, end of message: the message's report, ABORT to milters inside it. */
 export function hook_reset_transaction(this: MilterPlugin, next: Next, c: HarakaConnection): void {
   const st = connectionState(c)
-  if (st?.kind === 'milters') st.chain.abort()
+  if (st?.kind === 'milters') {
+    logReports.call(this, c, st)
+    st.chain.abort()
+  }
   next()
 }
 
-/** End of the SMTP session: QUIT every milter. */
+/** End of the SMTP session: what is left to report, then QUIT every milter. */
 export function hook_disconnect(this: MilterPlugin, next: Next, c: HarakaConnection): void {
   const st = dropConnectionState(c)
-  if (st?.kind === 'milters') st.chain.close()
+  if (st?.kind === 'milters') {
+    logReports.call(this, c, st)
+    st.chain.close()
+  }
   next()
 }
 

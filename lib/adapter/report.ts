@@ -4,7 +4,8 @@
  * One place for the wording operators read.
  */
 import type { BreakerChange } from '../breaker'
-import type { ChainEvent, Outcome } from '../policy/chain'
+import type { ChainEvent, MilterReport, Outcome } from '../policy/chain'
+import { formatMilterReport } from '../policy/report'
 import type { Stage } from '../policy/replies'
 import type { HarakaConnection } from './haraka'
 
@@ -66,5 +67,20 @@ export function breakerText(
       return { level: 'info', text: `${milter}: probing ${ch.endpoint} again` }
     case 'closed':
       return { level: 'info', text: `${milter}: ${ch.endpoint} is back up` }
+  }
+}
+
+/**
+ * One INFO line per milter per message: what it did (stages, verdict,
+ * edits, time waited) and the SMTP reply given when it was not 250.
+ */
+export function reportMessage(
+  plugin: Reporter,
+  c: HarakaConnection,
+  reports: readonly MilterReport[],
+  reply: string | undefined,
+): void {
+  for (const r of reports) {
+    c.loginfo(plugin, `${formatMilterReport(r)}${reply ? `; reply ${reply}` : ''}`)
   }
 }

@@ -23,6 +23,8 @@ export type ConnectionState =
       chain: MilterChain
       sourceChannel: string
       isLocal: LocalDomain
+      /** The refusal given in the current transaction, for its report line. */
+      refusal?: string
     }
   /** The configuration was broken when the connection came: every MAIL is refused. */
   | { kind: 'broken'; reason: string }

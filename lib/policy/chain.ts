@@ -8,7 +8,11 @@
  * Its parts: slot.ts (each milter's state), routing.ts (which milters a
  * recipient needs), content.ts (one milter's content phase and edits),
  * verdicts.ts (verdicts and failures as outcomes), replies.ts (what the
- * client is told).
+ * client is told), report.ts (what each milter did, per message).
+ *
+ * Why this file is longer than the others: the replay of CONNECT, HELO,
+ * MAIL and RCPT to milters that join late (rule milters, or reopened after
+ * a failure) dispatches exactly as the stages do, so it stays beside them.
  */
 import type { MilterDef } from '../config'
 import {
@@ -27,12 +31,14 @@ import type { MilterSession, Verdict } from '../session/session'
 import { runContent, startResult, type MessageInput, type MessageResult } from './content'
 import type { Outcome } from './replies'
 import { enabledFor, route, type MixedRecipients, type RecipientFacts } from './routing'
+import { MilterReports, type MilterReport } from './report'
 import { Slot } from './slot'
 import { laterRefusal, failureOutcome, isConnectionStage, outcomeOf } from './verdicts'
 
 export type { MessageInput, MessageResult, MilterEdits } from './content'
 export type { Outcome } from './replies'
 export type { RecipientFacts } from './routing'
+export type { MilterReport } from './report'
 
 /** Something worth logging, with the milter and stage it concerns. */
 export interface ChainEvent {
@@ -77,6 +83,7 @@ export class MilterChain {
   private messageSet: Set<Slot> | undefined
   private messageDiscarded = false
   private readonly open: (def: MilterDef) => Promise<MilterSession>
+  private readonly reports = new MilterReports()
 
   constructor(private readonly opts: ChainOptions) {
     this.slots = opts.milters.map((def) => new Slot(def))
@@ -196,6 +203,14 @@ export class MilterChain {
     return this.slots.filter((s) => !s.lazy || this.messageSet?.has(s)).map((s) => s.name)
   }
 
+  /**
+   * What each milter did since the last call (stages, verdict, edits, time
+   * spent waiting for it): one entry per milter consulted, in chain order.
+   */
+  takeReports(): MilterReport[] {
+    return this.reports.take(this.slots.map((s) => s.def))
+  }
+
   /** ABORT to every milter inside a message (RSET, rejected transaction, ...). */
   abort(): void {
     this.newMessage()
@@ -254,7 +269,7 @@ export class MilterChain {
       if (st.kind !== 'open') continue
       let outcome: Outcome
       try {
-        outcome = this.verdict(slot, stage, await run(st.session))
+        outcome = this.verdict(slot, stage, await this.timed(slot, stage, run(st.session)))
       } catch (e) {
         outcome = this.failed(slot, stage, e)
       }
@@ -264,9 +279,20 @@ export class MilterChain {
     return CONTINUE
   }
 
+  /** Awaits a milter's answer, counting the stage and the time spent waiting. */
+  private async timed<T>(slot: Slot, stage: string, pending: Promise<T>): Promise<T> {
+    const started = performance.now()
+    try {
+      return await pending
+    } finally {
+      this.reports.waited(slot.def, stage, performance.now() - started)
+    }
+  }
+
   /** The outcome of a verdict; a milter that answered the whole connection is done with it. */
   private verdict(slot: Slot, stage: string, v: Verdict): Outcome {
     this.opts.onVerdict?.(slot.name, stage, v)
+    this.reports.verdict(slot.def, stage, v)
     const o = outcomeOf(stage, v, slot.name)
     const connection = isConnectionStage(stage)
     switch (v.kind) {
@@ -322,6 +348,7 @@ export class MilterChain {
     // A milter marked down was logged once when it was; each session notes it quietly.
     const level = err instanceof MilterUnavailableError ? 'info' : 'error'
     this.event(level, slot, stage, `${err.message}; default_action=${action}`, err.code)
+    this.reports.failure(slot.def, stage, err.code, action)
     const outcome = failureOutcome(action, slot.name)
     const scope = action === 'shutdown' ? 'session' : slot.def.failureScope
     const quarantine =
@@ -408,7 +435,7 @@ export class MilterChain {
     if (!s) return CONTINUE
     let o: Outcome
     try {
-      o = this.verdict(slot, stage, await run(s))
+      o = this.verdict(slot, stage, await this.timed(slot, stage, run(s)))
     } catch (e) {
       o = this.failed(slot, stage, e)
     }
@@ -434,15 +461,23 @@ export class MilterChain {
     result: MessageResult,
   ): Promise<Outcome> {
     try {
-      const answer = await runContent(
-        slot.name,
-        s,
-        input,
-        result,
-        { spoolDir: this.opts.spoolDir, headerFolds: slot.def.headerFolds },
-        (v) => outcomeOf('eom', v, slot.name).action === 'continue',
+      const answer = await this.timed(
+        slot,
+        'eom',
+        runContent(
+          slot.name,
+          s,
+          input,
+          result,
+          { spoolDir: this.opts.spoolDir, headerFolds: slot.def.headerFolds },
+          (v) => outcomeOf('eom', v, slot.name).action === 'continue',
+        ),
       )
-      if (answer.kind === 'edited' && answer.quarantine) result.quarantine.push(answer.quarantine)
+      if (answer.kind === 'edited') {
+        const edits = result.edits.find((e) => e.milter === slot.name)
+        if (edits) this.reports.edits(slot.def, edits)
+        if (answer.quarantine) result.quarantine.push(answer.quarantine)
+      }
       return this.verdict(slot, 'eom', answer.verdict)
     } catch (e) {
       const outcome = this.failed(slot, 'eom', e)

@@ -228,6 +228,26 @@ describe('plugin end to end (real Haraka, real libmilter, real SMTP delivery)', 
     await c.close()
   })
 
+  it('logs one INFO line per milter per message: stages, verdict, edits, time waited, the reply when not 250', async () => {
+    await milterOne({ eom: [{ op: 'addheader', name: 'X-Logged', value: 'yes' }] })
+    const since = haraka.log().length
+    assert.equal((await send(ports.a)).accepted, true)
+    await haraka.waitForLog(
+      /\[INFO\].*\[milter\] one \(inet:\d+@127\.0\.0\.1\): stages connect,helo,mail,rcpt,data,eom; verdict (?:continue|accept@eom); edits addheader=1; waited \d+ ms$/m,
+      10000,
+      since,
+    )
+    await one?.stop()
+    await milterOne({ reply: { eom: 'reject' } })
+    const before = haraka.log().length
+    assert.equal((await send(ports.a)).accepted, false)
+    await haraka.waitForLog(
+      /\[milter\] one \(inet:\d+@127\.0\.0\.1\): stages .*eom; verdict reject@eom; edits none; waited \d+ ms; reply 554 5\.7\.1 Message rejected$/m,
+      10000,
+      before,
+    )
+  })
+
   it('rejects MAIL with a multi-line reply code, every line kept', async () => {
     await milterOne({
       reply: { mail: { code: '550', xcode: '5.7.1', lines: ['first line', 'second line'] } },
