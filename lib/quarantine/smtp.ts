@@ -200,7 +200,7 @@ export async function sendMessage(o: SendOptions): Promise<SendResult> {
     }
     const data = dataBlock(o.message)
     const dropped: string[] = []
-    const from = filterParams(o.from.args, extensions, data.length)
+    const from = filterParams(o.from.args, extensions, o.message.length)
     dropped.push(...from.dropped)
     const mailLine = [`MAIL FROM:${bracket(o.from.address)}`, ...from.kept].join(' ')
     const mail = await command(mailLine, 'MAIL FROM')
