@@ -85,6 +85,11 @@ export default tseslint.config(
     './adapter/*',
     './cli/*',
   ]),
+  ...layer(
+    'lib/quarantine/**/*.ts',
+    'the quarantine store and its SMTP sender are shared by the plugin and the CLI: no Haraka',
+    ['haraka*', 'Haraka', '@haraka/*', '../*', '../../*'],
+  ),
   ...layer('lib/policy/**/*.ts', 'the policy knows nothing of Haraka; the CLI uses it too', [
     'haraka*',
     ...ABOVE_POLICY,

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 /**
+ * haraka-milter quarantine list|show|release|delete ... (see lib/cli/quarantine)
  * haraka-milter check --milter SOCKET [--from ADDR] [--rcpt ADDR]...
  *   [--client-ip IP] [--client-name NAME] [--helo NAME] [--macro NAME=VALUE]...
  *   [--protocol 2|6] [--timeout SECONDS] [--out FILE] [--json] [--trace] MESSAGE.eml
@@ -9,6 +10,7 @@
 import * as fs from 'node:fs'
 import { parseArgs } from 'node:util'
 import { runCheck } from '../lib/cli/check'
+import { QUARANTINE_USAGE, quarantineCommand, UsageError } from '../lib/cli/quarantine'
 import { exitCode, formatReport, jsonReport } from '../lib/cli/report'
 import { parseSocketSpec } from '../lib/transport/spec'
 
@@ -21,7 +23,8 @@ SOCKET: inet:PORT@HOST, inet6:PORT@HOST, unix:/path, local:/path, HOST:PORT or [
 --header-folds and --reply-code are the milter.ini keys of the same names: the verdict, the reply
 and the edited message are what Haraka with the plugin would answer and deliver.
 Exit status: 0 accepted, 1 rejected or temp-failed, 2 error.
-`
+
+${QUARANTINE_USAGE}`
 
 function fail(msg: string): never {
   process.stderr.write(`haraka-milter: ${msg}\n${USAGE}`)
@@ -42,6 +45,20 @@ async function main(argv: string[]): Promise<number> {
   if (argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
     process.stdout.write(USAGE)
     return 0
+  }
+  if (argv[0] === 'quarantine') {
+    try {
+      return await quarantineCommand(argv.slice(1), {
+        out: (t) => process.stdout.write(t),
+        err: (t) => process.stderr.write(t),
+      })
+    } catch (e) {
+      if (e instanceof UsageError) {
+        process.stderr.write(`haraka-milter: ${e.message}\n${QUARANTINE_USAGE}`)
+        return 2
+      }
+      throw e
+    }
   }
   if (argv[0] !== 'check') fail(argv[0] ? `unknown command "${argv[0]}"` : 'missing command')
   let parsed

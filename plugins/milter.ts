@@ -282,7 +282,7 @@ export function milter_queue(this: MilterPlugin, next: Next, c: HarakaConnection
     )
   }
   if (!keepCopy) return done()
-  writeQuarantine(t, st.cfg.quarantine.dir, d.reason)
+  writeQuarantine(c, t, st.cfg.quarantine.dir, d)
     .then(done)
     .catch((e: unknown) => {
       c.logerror(

@@ -4,13 +4,18 @@
  * a replaced body (a new message stream). What delivers the message
  * (smtp_forward, outbound, lmtp) reads these, so it sees every edit.
  */
-import { createWriteStream } from 'node:fs'
-import { mkdir } from 'node:fs/promises'
-import * as path from 'node:path'
+import { PassThrough } from 'node:stream'
 import type { BodySpool } from '../body-spool'
 import { addressKey, type Envelope } from '../message/envelope'
 import type { HeaderField } from '../message/headers'
-import type { HarakaAddress, HarakaMessageStream, HarakaTransaction } from './haraka'
+import { STORE_VERSION, writeEntry, type QuarantineMeta } from '../quarantine/store'
+import type {
+  HarakaAddress,
+  HarakaConnection,
+  HarakaMessageStream,
+  HarakaTransaction,
+} from './haraka'
+import { transactionState } from './state'
 
 /** Haraka's own Received header at the top carries `id <transaction uuid>`. */
 function isOwnReceived(entry: string, uuid: string): boolean {
@@ -101,23 +106,76 @@ export async function writeBody(t: HarakaTransaction, body: BodySpool, n: number
 
 const DOT = Buffer.from('.')
 
-/** Writes a copy of the message to `<dir>/<YYYYMMDD>/<uuid>.eml`, with the reason on top. */
+/** Why a copy is kept, as milter_queue knows it. */
+export interface HeldCopy {
+  kind: 'hold' | 'discard'
+  reason: string
+  milters: string[]
+}
+
+function splitArgs(args: string | undefined): string[] | undefined {
+  return args === undefined ? undefined : args.split(/\s+/).filter(Boolean)
+}
+
+/**
+ * The envelope to store: the sender with CHGFROM's arguments when a milter
+ * gave some, else MAIL FROM's; each recipient with ADDRCPT_PAR's arguments
+ * when it has some (Haraka keeps no RCPT parameters).
+ */
+export function storedEnvelope(
+  t: HarakaTransaction,
+): Pick<QuarantineMeta, 'sender' | 'recipients'> {
+  const notes = t.notes['milter_envelope_args'] as
+    { mail?: string; rcpt?: Record<string, string> } | undefined
+  const rcptArgs = new Map(
+    Object.entries(notes?.rcpt ?? {}).map(([a, v]) => [addressKey(a), splitArgs(v) ?? []]),
+  )
+  return {
+    sender: {
+      address: t.mail_from.address,
+      args: splitArgs(notes?.mail) ?? esmtpParams(transactionState(t).mailArgs),
+    },
+    recipients: t.rcpt_to.map((r) => ({
+      address: r.address,
+      args: rcptArgs.get(addressKey(r.address)) ?? [],
+    })),
+  }
+}
+
+function esmtpParams(params: Record<string, string | null>): string[] {
+  return Object.entries(params).map(([k, v]) =>
+    v === null ? k.toUpperCase() : `${k.toUpperCase()}=${v}`,
+  )
+}
+
+/**
+ * Stores the message with its envelope in the quarantine store
+ * (`<dir>/<YYYYMMDD>/<uuid>.eml` and `.json`, see lib/quarantine/store).
+ * The .eml is the message as it would have been delivered, with no marker
+ * of ours; the reason is in the .json.
+ */
 export async function writeQuarantine(
+  c: HarakaConnection,
   t: HarakaTransaction,
   dir: string,
-  reason: string,
+  held: HeldCopy,
 ): Promise<string> {
-  const day = new Date().toISOString().slice(0, 10).replace(/-/g, '')
-  const folder = path.join(dir, day)
-  await mkdir(folder, { recursive: true })
-  const file = path.join(folder, `${t.uuid}.eml`)
-  const out = createWriteStream(file, { flags: 'wx' })
-  const done = new Promise<void>((resolve, reject) => {
-    out.once('finish', resolve)
-    out.once('error', reject)
-  })
-  out.write(`X-Milter-Quarantine-Reason: ${reason.replace(/[\r\n]+/g, ' ')}\r\n`)
-  t.message_stream.pipe(out)
-  await done
-  return file
+  const meta: QuarantineMeta = {
+    version: STORE_VERSION,
+    id: t.uuid,
+    time: new Date().toISOString(),
+    transaction: t.uuid,
+    ...storedEnvelope(t),
+    reason: held.reason.replace(/[\r\n]+/g, ' '),
+    milters: held.milters,
+    kind: held.kind,
+    client: {
+      ip: c.remote.ip ?? '',
+      host: c.remote.host ?? '',
+      helo: c.hello.host ?? '',
+    },
+  }
+  const message = new PassThrough()
+  t.message_stream.pipe(message)
+  return writeEntry(dir, meta, message)
 }

@@ -12,12 +12,12 @@ import { transactionState } from './state'
 /** The disposition recorded on the transaction, if any, with its reason for the log. */
 export function dispositionOf(
   t: HarakaTransaction,
-): { kind: 'discard' | 'hold'; reason: string } | undefined {
+): { kind: 'discard' | 'hold'; reason: string; milters: string[] } | undefined {
   const d = transactionState(t).disposition
   if (!d) return undefined
   return d.kind === 'discard'
-    ? { kind: 'discard', reason: `discarded by ${d.milter}` }
-    : { kind: 'hold', reason: d.reason }
+    ? { kind: 'discard', reason: `discarded by ${d.milter}`, milters: [d.milter] }
+    : { kind: 'hold', reason: d.reason, milters: d.milters }
 }
 
 /** Runs headers..EOB through the chain on the transaction's message. */
@@ -94,7 +94,7 @@ export async function applyStageResult(
     for (const e of r.edits) {
       t.results.add(this, { pass: `${e.milter}(edits:${e.count}${e.bodyReplaced ? ',body' : ''})` })
     }
-    if (r.quarantine.length > 0) return quarantine(this, cfg, c, t, r.quarantine.join('; '))
+    if (r.quarantine.length > 0) return quarantine(this, cfg, c, t, r.quarantine)
     return r.outcome
   } finally {
     await r.dispose()
@@ -106,13 +106,16 @@ function quarantine(
   cfg: MilterConfig,
   c: HarakaConnection,
   t: HarakaTransaction,
-  reason: string,
+  reasons: string[],
 ): Outcome {
+  // each reason is `<milter>: <text>`
+  const reason = reasons.join('; ')
+  const milters = [...new Set(reasons.map((q) => q.split(':')[0] ?? 'milter'))]
   c.lognotice(plugin, `quarantine (${cfg.quarantine.action}): ${reason}`)
   t.results.add(plugin, { quarantine: reason })
   switch (cfg.quarantine.action) {
     case 'hold':
-      transactionState(t).disposition = { kind: 'hold', reason }
+      transactionState(t).disposition = { kind: 'hold', reason, milters }
       return { action: 'continue' }
     case 'tag':
       t.add_header(cfg.quarantine.tagHeader, reason)
@@ -120,7 +123,7 @@ function quarantine(
     case 'reject':
       return {
         action: 'reject',
-        milter: reason.split(':')[0] ?? 'milter',
+        milter: milters[0] ?? 'milter',
         cause: 'verdict',
         reply: {
           code: 550,

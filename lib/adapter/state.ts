@@ -13,7 +13,8 @@ import type { LocalDomain } from './facts'
 import type { HarakaConnection, HarakaTransaction } from './haraka'
 
 /** What happens to an accepted message at queue time. */
-export type Disposition = { kind: 'discard'; milter: string } | { kind: 'hold'; reason: string }
+export type Disposition =
+  { kind: 'discard'; milter: string } | { kind: 'hold'; reason: string; milters: string[] }
 
 /** Per connection. */
 export type ConnectionState =

@@ -366,14 +366,16 @@ describe('plugin end to end (real Haraka, real libmilter, real SMTP delivery)', 
     assert.equal(r.replies.message?.code, 250)
     const days = readdirSync(quarantineDir)
     assert.equal(days.length, 1)
-    const files = readdirSync(path.join(quarantineDir, days[0] as string))
-    assert.equal(files.length, 1)
-    const held = readFileSync(
-      path.join(quarantineDir, days[0] as string, files[0] as string),
-      'utf8',
-    )
-    assert.match(held, /^X-Milter-Quarantine-Reason: one: suspicious attachment\r\n/)
+    const files = readdirSync(path.join(quarantineDir, days[0] as string)).sort()
+    assert.equal(files.length, 2, files.join(' '))
+    const [eml, json] = files.map((f) => path.join(quarantineDir, days[0] as string, f))
+    const held = readFileSync(eml as string, 'utf8')
+    assert.match(held, /^Received: /)
     assert.match(held, /Subject: end to end/)
+    assert.equal(
+      JSON.parse(readFileSync(json as string, 'utf8')).reason,
+      'one: suspicious attachment',
+    )
     await rm(path.join(quarantineDir, days[0] as string), { recursive: true })
     await assertNothingDelivered()
   })

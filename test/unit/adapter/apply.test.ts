@@ -16,6 +16,7 @@ import {
   writeHeaders,
   writeQuarantine,
 } from '../../../lib/adapter/apply'
+import { transactionState } from '../../../lib/adapter/state'
 import { BodySpool } from '../../../lib/body-spool'
 import type { HeaderField } from '../../../lib/message/headers'
 import {
@@ -266,26 +267,64 @@ describe('adapter: apply', () => {
   })
 
   describe('writeQuarantine', () => {
-    it('writes <dir>/<YYYYMMDD>/<uuid>.eml starting with the reason header', async () => {
-      const { t } = await withMessage()
-      const file = await writeQuarantine(t, tmp, 'virus\r\nfound')
+    const held = { kind: 'hold' as const, reason: 'one: virus\r\nfound', milters: ['one'] }
+
+    it('writes <dir>/<YYYYMMDD>/<uuid>.eml (the plain message) and <uuid>.json (envelope, reason)', async () => {
+      const { c, t } = await withMessage()
+      transactionState(t).mailArgs = { SIZE: '400', BODY: '8BITMIME' }
+      const file = await writeQuarantine(c, t, tmp, held)
       const day = new Date().toISOString().slice(0, 10).replace(/-/g, '')
       assert.equal(file, path.join(tmp, day, `${t.uuid}.eml`))
       const text = fs.readFileSync(file, 'utf8')
-      assert.ok(
-        text.startsWith('X-Milter-Quarantine-Reason: virus found\r\nReceived: '),
-        text.slice(0, 80),
-      )
+      assert.ok(text.startsWith('Received: '), text.slice(0, 80))
       assert.ok(text.endsWith('\r\n\r\nBody line one\r\n.starts with a dot\r\nlast line\r\n'))
       // The message can still be read afterwards (delivery, another plugin).
-      assert.equal(await read(t.message_stream), text.slice(text.indexOf('\r\n') + 2))
+      assert.equal(await read(t.message_stream), text)
+      const meta = JSON.parse(fs.readFileSync(path.join(tmp, day, `${t.uuid}.json`), 'utf8'))
+      assert.equal(meta.version, 1)
+      assert.equal(meta.id, t.uuid)
+      assert.equal(meta.transaction, t.uuid)
+      assert.equal(meta.reason, 'one: virus found')
+      assert.deepEqual(meta.milters, ['one'])
+      assert.equal(meta.kind, 'hold')
+      assert.deepEqual(meta.sender, {
+        address: 'sender@example.org',
+        args: ['SIZE=400', 'BODY=8BITMIME'],
+      })
+      assert.deepEqual(meta.recipients, [
+        { address: 'a@example.com', args: [] },
+        { address: 'b@example.com', args: [] },
+      ])
+      assert.deepEqual(meta.client, {
+        ip: '192.0.2.10',
+        host: c.remote.host ?? '',
+        helo: 'client.example.net',
+      })
+      assert.ok(!Number.isNaN(Date.parse(meta.time)))
+    })
+
+    it("stores CHGFROM's and ADDRCPT_PAR's arguments from the envelope edits", async () => {
+      const { c, t } = await withMessage()
+      transactionState(t).mailArgs = { SIZE: '400' }
+      writeEnvelope(t, {
+        from: { address: 'bounce@example.org', args: 'RET=HDRS' },
+        rcpts: [{ address: 'a@example.com' }, { address: 'p@example.net', args: 'NOTIFY=NEVER' }],
+      })
+      await writeQuarantine(c, t, tmp, held)
+      const day = new Date().toISOString().slice(0, 10).replace(/-/g, '')
+      const meta = JSON.parse(fs.readFileSync(path.join(tmp, day, `${t.uuid}.json`), 'utf8'))
+      assert.deepEqual(meta.sender, { address: 'bounce@example.org', args: ['RET=HDRS'] })
+      assert.deepEqual(meta.recipients, [
+        { address: 'a@example.com', args: [] },
+        { address: 'p@example.net', args: ['NOTIFY=NEVER'] },
+      ])
     })
 
     it('creates the directory, and refuses to overwrite an existing copy', async () => {
-      const { t } = await withMessage()
+      const { c, t } = await withMessage()
       const dir = path.join(tmp, 'deep', 'er')
-      await writeQuarantine(t, dir, 'one')
-      await assert.rejects(writeQuarantine(t, dir, 'two'), /EEXIST/)
+      await writeQuarantine(c, t, dir, held)
+      await assert.rejects(writeQuarantine(c, t, dir, held), /EEXIST/)
     })
   })
 })

@@ -404,17 +404,16 @@ describe('adapter: plugin hooks (haraka-test-fixtures)', function () {
     assert.deepEqual(plain(transactionState(t as never).disposition), {
       kind: 'hold',
       reason: 'fake: suspicious',
+      milters: ['fake'],
     })
     const q = await call(plugin, 'milter_queue', c)
     assert.equal(q.rc, OK)
     assert.equal(q.msg, 'Message accepted and held for review')
     const day = new Date().toISOString().slice(0, 10).replace(/-/g, '')
     const file = path.join(dir, 'quarantine', day, `${t.uuid}.eml`)
-    assert.ok(
-      fs
-        .readFileSync(file, 'utf8')
-        .startsWith('X-Milter-Quarantine-Reason: fake: suspicious\r\nReceived: '),
-    )
+    assert.ok(fs.readFileSync(file, 'utf8').startsWith('Received: '))
+    const meta = JSON.parse(fs.readFileSync(file.replace(/\.eml$/, '.json'), 'utf8'))
+    assert.equal(meta.reason, 'fake: suspicious')
   })
 
   it('a message without a disposition passes the queue hook', async () => {

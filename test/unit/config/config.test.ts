@@ -600,6 +600,27 @@ describe('config: the shipped config/milter.ini', () => {
     assert.equal(cfg.reuseConnections, false)
   })
 
+  it('an empty `milters =` on a listener means no milters there, not the defaults (the quarantine release listener)', () => {
+    const ini = iniReader.parseIni(
+      'milter.ini',
+      {},
+      [
+        '[main]',
+        'milters = a',
+        '[milter.a]',
+        'socket = inet:8891@127.0.0.1',
+        '[listener.release]',
+        'listen = 127.0.0.1:2526',
+        'milters =',
+        '',
+      ].join('\n'),
+    ) as Ini
+    const cfg = parseMilterConfig(ini)
+    assert.deepEqual(cfg.defaultMilters, ['a'])
+    assert.deepEqual(findListener(cfg, '127.0.0.1', 2526)?.milters, [])
+    assert.deepEqual(cfg.warnings, [])
+  })
+
   it('every commented-out example, uncommented as a user would, is valid too', () => {
     // haraka-config's ini reader keeps everything after `=`: there are no inline `;` comments.
     const text = fs.readFileSync(path.join(REPO_ROOT, 'config', 'milter.ini'), 'utf8')
