@@ -28,7 +28,17 @@ export interface TestCerts {
 }
 
 function openssl(dir: string, args: string[]): void {
-  execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] })
+  try {
+    execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] })
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e)
+    throw new Error(
+      /ENOENT/.test(msg)
+        ? 'openssl is not installed: apt-get install openssl (the TLS tests make their certificates with it)'
+        : `openssl ${args[0]} failed: ${msg}`,
+      { cause: e },
+    )
+  }
 }
 
 /** A CA, a server certificate (DNS:serverName, IP:127.0.0.1), a client certificate, another CA. */
