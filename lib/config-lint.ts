@@ -12,6 +12,13 @@ export const MACRO_STAGE_KEYS = ['connect', 'helo', 'mail', 'rcpt', 'data', 'eoh
 /** Keys a [milter.NAME] section takes, which [main] also takes as defaults for every milter. */
 export const MILTER_KEYS: readonly string[] = [
   'socket',
+  'balance',
+  'tls',
+  'tls_ca',
+  'tls_cert',
+  'tls_key',
+  'tls_servername',
+  'tls_reject_unauthorized',
   'protocol',
   'default_action',
   'connect_timeout',
@@ -43,6 +50,7 @@ const MAIN_ONLY_KEYS: readonly string[] = [
 /** Per-milter keys that are not [main] defaults (the global macro lists are [macros]). */
 const NOT_IN_MAIN: readonly string[] = [
   'socket',
+  'tls_servername',
   'destination_channels',
   'optin',
   ...MACRO_STAGE_KEYS.map((s) => `macros.${s}`),

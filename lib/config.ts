@@ -1,7 +1,11 @@
 /**
- * milter.ini -> a validated MilterConfig (pure: takes the parsed ini
- * object). Every error names the file, section and key.
+ * milter.ini -> a validated MilterConfig (takes the parsed ini object; the
+ * only I/O is reading the TLS PEM files a milter names, so that a missing
+ * or unreadable file is a configuration error, not a failure per message).
+ * Every error names the file, section and key.
  */
+import * as fs from 'node:fs'
+
 import { lintMilterIni } from './config-lint'
 import { MilterConfigError } from './errors'
 import type { HeaderFolds } from './message/headers'
@@ -9,16 +13,32 @@ import { MacroStage } from './protocol/constants'
 import { canonicalMacroName, DEFAULT_MACROS, type MacroLists } from './session/macros'
 
 import type { Timeouts } from './session/types'
-import { parseSocketSpec, type SocketSpec } from './transport/spec'
+import { ipFamily } from './transport/address'
+import { parseSocketList, type Endpoint, type SocketSpec, type TlsSettings } from './transport/spec'
 
 /** What to do when a milter cannot be used (unreachable, timeout, protocol error). */
 export type DefaultAction = 'accept' | 'tempfail' | 'reject' | 'quarantine' | 'shutdown'
 
+/** How a session picks among a milter's endpoints. */
+export type Balance = 'failover' | 'round_robin'
+
 /** One milter. */
 export interface MilterDef {
   name: string
+  /** The `socket =` value as configured (one endpoint, or the list). */
   socketText: string
+  /** The first endpoint (what a single-endpoint milter always used). */
   socket: SocketSpec
+  /**
+   * Every endpoint, in the configured order, and each one's text (same
+   * order). Absent in hand-built definitions: then `socket` alone.
+   */
+  endpoints?: SocketSpec[]
+  endpointTexts?: string[]
+  /** failover (default): endpoints in order; round_robin: the first one rotates per session. */
+  balance?: Balance
+  /** TLS over TCP to every endpoint; absent: plain TCP (or unix). */
+  tls?: TlsSettings
   protocol: number
   defaultAction: DefaultAction
   timeouts: Timeouts
@@ -90,6 +110,7 @@ const STAGE_KEYS: ReadonlyArray<[string, MacroStage]> = [
 ]
 
 const FOLDS = ['flatten', 'keep'] as const
+const BALANCES = ['failover', 'round_robin'] as const
 const SCOPES = ['message', 'session'] as const
 
 const DEFAULT_ACTIONS: readonly DefaultAction[] = [
@@ -216,16 +237,23 @@ function parseMilter(
   const socketText = r.str('socket', '')
   if (socketText === '')
     throw r.err('socket', 'is required (e.g. inet:8891@127.0.0.1 or unix:/run/milter.sock)')
-  let socket: SocketSpec
+  let endpoints: Endpoint[]
   try {
-    socket = parseSocketSpec(socketText)
+    endpoints = parseSocketList(socketText)
   } catch (e) {
     throw r.err('socket', e instanceof Error ? e.message : String(e))
   }
+  const first = endpoints[0]
+  if (first === undefined) throw r.err('socket', 'is required')
+  const tls = tlsOf(r, main, endpoints)
   return {
     name,
-    socketText,
-    socket,
+    socketText: endpoints.map((e) => e.text).join(', '),
+    socket: first.spec,
+    endpoints: endpoints.map((e) => e.spec),
+    endpointTexts: endpoints.map((e) => e.text),
+    balance: r.oneOf('balance', BALANCES, main.oneOf('balance', BALANCES, 'failover')),
+    ...(tls ? { tls } : {}),
     protocol: r.int('protocol', main.int('protocol', 6, 2, 6), 2, 6),
     defaultAction: r.oneOf(
       'default_action',
@@ -245,6 +273,62 @@ function parseMilter(
     destinationChannels: r.list('destination_channels', []),
     optin: r.list('optin', []),
   }
+}
+
+/** The TLS keys that mean nothing without `tls = true` (so are an error then). */
+const TLS_KEYS = ['tls_ca', 'tls_cert', 'tls_key', 'tls_servername']
+
+/** A PEM file named by `key`, read now; errors name the section, key and file. */
+function pemFile(r: Reader, key: string, path: string, kind: RegExp, what: string): string {
+  let text: string
+  try {
+    text = fs.readFileSync(path, 'utf8')
+  } catch (e) {
+    throw r.err(key, `cannot read ${path}: ${e instanceof Error ? e.message : String(e)}`)
+  }
+  if (!kind.test(text)) throw r.err(key, `${path} holds no PEM ${what}`)
+  return text
+}
+
+function tlsOf(r: Reader, main: Reader, endpoints: readonly Endpoint[]): TlsSettings | undefined {
+  /** The reader a key comes from: the milter's section, else [main]. */
+  const from = (key: string): Reader => (r.has(key) ? r : main)
+  const on = from('tls').bool('tls', false)
+  if (!on) {
+    for (const k of TLS_KEYS)
+      if (r.has(k)) throw r.err(k, 'is set but tls is not true (set tls = true to use TLS)')
+    return undefined
+  }
+  const unix = endpoints.find((e) => e.spec.kind === 'unix')
+  if (unix) throw r.err('tls', `TLS needs TCP endpoints, not "${unix.text}"`)
+  const out: TlsSettings = {
+    rejectUnauthorized: from('tls_reject_unauthorized').bool('tls_reject_unauthorized', true),
+  }
+  const read = (key: string, kind: RegExp, what: string): string | undefined => {
+    const rd = from(key)
+    const path = rd.str(key, '')
+    return path === '' ? undefined : pemFile(rd, key, path, kind, what)
+  }
+  const ca = read('tls_ca', /-----BEGIN [A-Z0-9 ]*CERTIFICATE-----/, 'certificate')
+  const cert = read('tls_cert', /-----BEGIN [A-Z0-9 ]*CERTIFICATE-----/, 'certificate')
+  const key = read('tls_key', /-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----/, 'private key')
+  if ((cert === undefined) !== (key === undefined))
+    throw r.err(
+      key === undefined ? 'tls_key' : 'tls_cert',
+      'is missing: tls_cert and tls_key go together',
+    )
+  if (ca !== undefined) out.ca = ca
+  if (cert !== undefined && key !== undefined) {
+    out.cert = cert
+    out.key = key
+  }
+  const servername = r.str('tls_servername', '')
+  if (servername !== '') {
+    if (ipFamily(servername) !== 0)
+      throw r.err('tls_servername', `must be a host name, not an IP address ("${servername}")`)
+    out.servername = servername
+  }
+  return out
 }
 
 function breakerOf(r: Reader, main: Reader): BreakerSettings {

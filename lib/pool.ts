@@ -3,21 +3,51 @@
  * that ended with QUIT_NC directly after a completed EOB, for the next SMTP
  * connection (milter-protocol.md §5.6). Per worker process. A session that failed is never
  * kept.
+ *
+ * A milter may have several endpoints (`socket = A, B`). Each has its own
+ * circuit breaker. A new session tries them in order (failover: from the
+ * first; round_robin: from the next one in turn), skips every endpoint whose
+ * breaker is open without dialling it, and goes on to the next one when a
+ * dial or negotiation fails (each attempt bounded by connect_timeout). When
+ * no endpoint may be dialled, MilterUnavailableError at once.
  */
 import { Breaker, type BreakerChange } from './breaker'
 import type { MilterDef } from './config'
-import { MilterUnavailableError } from './errors'
+import { MilterConnectError, MilterUnavailableError } from './errors'
 import { openSession } from './session/open'
 import type { MilterSession } from './session/session'
+import { formatSocketSpec, type Endpoint } from './transport/spec'
 
-/** Opens a negotiated session to a configured milter. */
-export function openMilter(def: MilterDef): Promise<MilterSession> {
-  return openSession(def.socket, {
-    name: def.name,
-    version: def.protocol,
-    timeouts: def.timeouts,
-    macros: def.macros,
-  })
+/** A milter's endpoints in the configured order (a hand-built definition: its one socket). */
+export function endpointsOf(def: MilterDef): Endpoint[] {
+  const specs = def.endpoints ?? [def.socket]
+  return specs.map((spec, i) => ({
+    spec,
+    text: def.endpointTexts?.[i] ?? (specs.length === 1 ? def.socketText : formatSocketSpec(spec)),
+  }))
+}
+
+/** Opens a negotiated session to one endpoint of a milter (its first when not given). */
+export function openMilter(def: MilterDef, endpoint?: Endpoint): Promise<MilterSession> {
+  const ep = endpoint ?? endpointsOf(def)[0]
+  return openSession(
+    ep?.spec ?? def.socket,
+    { name: def.name, version: def.protocol, timeouts: def.timeouts, macros: def.macros },
+    def.tls,
+  )
+}
+
+/** Opens a session to one endpoint (injected in tests). */
+export type Opener = (def: MilterDef, endpoint: Endpoint) => Promise<MilterSession>
+
+/** Which endpoint a new session used, and what failed before it (for the log). */
+export interface EndpointUse {
+  /** The endpoint the session is on. */
+  endpoint: string
+  /** Endpoints dialled first that failed, with the reason. */
+  failed: Array<{ endpoint: string; reason: string }>
+  /** Endpoints not dialled because their breaker is open. */
+  skipped: string[]
 }
 
 interface Idle {
@@ -30,8 +60,10 @@ export interface PoolOptions {
   reuse: boolean
   maxIdlePerMilter?: number
   idleMs?: number
-  /** Circuit breaker state changes, once each (for the log). */
-  onBreakerChange?: (milter: string, change: BreakerChange) => void
+  /** Circuit breaker state changes, once each (for the log); `endpoints`: how many the milter has. */
+  onBreakerChange?: (milter: string, change: BreakerChange, endpoints: number) => void
+  /** Each new session: the endpoint it is on, and the ones that failed or were skipped first. */
+  onEndpoint?: (milter: string, use: EndpointUse) => void
   /** Breakers to carry over from a previous pool (configuration reload). */
   breakers?: Map<string, Breaker>
 }
@@ -41,24 +73,46 @@ export class MilterPool {
   private readonly idle = new Map<string, Idle[]>()
   /** Per endpoint (milter name and socket), kept across configuration reloads. */
   readonly breakers: Map<string, Breaker>
+  /** round_robin: the index the next session of each milter starts from. */
+  private readonly turn = new Map<string, number>()
+  /** The endpoint each session opened here is on. */
+  private readonly used = new WeakMap<MilterSession, string>()
 
   constructor(
     private readonly opts: PoolOptions = { reuse: false },
-    private readonly opener: (def: MilterDef) => Promise<MilterSession> = openMilter,
+    private readonly opener: Opener = openMilter,
   ) {
     this.breakers = opts.breakers ?? new Map<string, Breaker>()
+  }
+
+  /** The endpoint a session from this pool is on (its text as configured). */
+  endpointOf(session: MilterSession): string | undefined {
+    return this.used.get(session)
+  }
+
+  /** The endpoints in the order a new session tries them. */
+  private order(def: MilterDef): Endpoint[] {
+    const eps = endpointsOf(def)
+    if (def.balance !== 'round_robin' || eps.length < 2) return eps
+    const start = (this.turn.get(def.name) ?? 0) % eps.length
+    this.turn.set(def.name, (start + 1) % eps.length)
+    return [...eps.slice(start), ...eps.slice(0, start)]
   }
 
   private key(def: MilterDef): string {
     return `${def.name}|${def.socketText}|${def.protocol}`
   }
 
-  /** The breaker of this milter's endpoint (settings refreshed from the definition). */
-  breakerFor(def: MilterDef): Breaker {
-    const key = `${def.name}|${def.socketText}`
+  /** The breaker of one endpoint of a milter, its first by default (settings refreshed). */
+  breakerFor(def: MilterDef, endpoint?: Endpoint): Breaker {
+    const eps = endpointsOf(def)
+    const text = endpoint?.text ?? eps[0]?.text ?? def.socketText
+    const key = `${def.name}|${text}`
     let b = this.breakers.get(key)
     if (!b) {
-      b = new Breaker(def.socketText, def.breaker, (c) => this.opts.onBreakerChange?.(def.name, c))
+      b = new Breaker(text, def.breaker, (c) =>
+        this.opts.onBreakerChange?.(def.name, c, endpointsOf(def).length),
+      )
       this.breakers.set(key, b)
     } else {
       b.update(def.breaker)
@@ -75,21 +129,50 @@ export class MilterPool {
       if (item.session.currentState === 'negotiated' && !item.session.error) return item.session
       item.session.destroy()
     }
-    const breaker = this.breakerFor(def)
-    const admitted = breaker.admit()
-    if (!admitted.ok) {
+    const failed: EndpointUse['failed'] = []
+    const skipped: string[] = []
+    let retryInMs = Infinity
+    let lastError: unknown
+    for (const ep of this.order(def)) {
+      const breaker = this.breakerFor(def, ep)
+      const admitted = breaker.admit()
+      if (!admitted.ok) {
+        skipped.push(ep.text)
+        retryInMs = Math.min(retryInMs, admitted.retryInMs)
+        continue
+      }
+      try {
+        const session = await this.opener(def, ep)
+        breaker.success(admitted.probe)
+        this.used.set(session, ep.text)
+        this.opts.onEndpoint?.(def.name, { endpoint: ep.text, failed, skipped })
+        return session
+      } catch (e) {
+        const reason = e instanceof Error ? e.message : String(e)
+        breaker.failure(admitted.probe, reason)
+        failed.push({ endpoint: ep.text, reason })
+        lastError = e
+      }
+    }
+    const next = `next probe in ${Math.ceil(retryInMs / 1000)} s`
+    if (failed.length === 0) {
+      const what =
+        skipped.length === 1
+          ? `milter at ${skipped[0]} is`
+          : `every endpoint of the milter (${skipped.join(', ')}) is`
       throw new MilterUnavailableError(
-        `milter at ${def.socketText} is marked down after repeated connect failures; not dialled (next probe in ${Math.ceil(admitted.retryInMs / 1000)} s)`,
+        `${what} marked down after repeated connect failures; not dialled (${next})`,
       )
     }
-    try {
-      const session = await this.opener(def)
-      breaker.success(admitted.probe)
-      return session
-    } catch (e) {
-      breaker.failure(admitted.probe, e instanceof Error ? e.message : String(e))
-      throw e
-    }
+    // one endpoint tried: its own error, as it was
+    if (failed.length === 1 && skipped.length === 0) throw lastError
+    const parts = [
+      ...failed.map((f) => `${f.endpoint}: ${f.reason}`),
+      ...skipped.map((t) => `${t}: marked down, not dialled`),
+    ]
+    throw new MilterConnectError(`no endpoint of the milter answered (${parts.join('; ')})`, {
+      cause: lastError,
+    })
   }
 
   /** Ends a connection's use of a session: QUIT_NC and keep it, or QUIT. */

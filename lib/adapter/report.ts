@@ -64,12 +64,13 @@ export function reportEvent(plugin: Reporter, c: HarakaConnection, e: ChainEvent
 export function breakerText(
   milter: string,
   ch: BreakerChange,
+  endpoints = 1,
 ): { level: 'error' | 'info'; text: string } {
   switch (ch.to) {
     case 'open':
       return {
         level: 'error',
-        text: `${milter}: marked down after ${ch.failures} consecutive connect failure(s) to ${ch.endpoint} (${ch.reason ?? 'error'}); not dialled for ${Math.round((ch.retryInMs ?? 0) / 1000)} s, default_action applies at once`,
+        text: `${milter}: marked down after ${ch.failures} consecutive connect failure(s) to ${ch.endpoint} (${ch.reason ?? 'error'}); not dialled for ${Math.round((ch.retryInMs ?? 0) / 1000)} s, ${endpoints > 1 ? "sessions use the milter's other endpoints (default_action when none is up)" : 'default_action applies at once'}`,
       }
     case 'half-open':
       return { level: 'info', text: `${milter}: probing ${ch.endpoint} again` }

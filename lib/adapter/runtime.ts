@@ -3,8 +3,8 @@
  * keeps the previous one), the time budget Haraka must allow each hook, and
  * the milter pool (with its breakers, kept across reloads).
  */
-import { parseMilterConfig, type Ini, type MilterConfig } from '../config'
-import { MilterPool } from '../pool'
+import { parseMilterConfig, type Ini, type MilterConfig, type MilterDef } from '../config'
+import { endpointsOf, MilterPool, type EndpointUse } from '../pool'
 import { breakerText } from './report'
 
 /** What the runtime logs through (the Haraka plugin object). */
@@ -13,20 +13,46 @@ export interface RuntimeLog {
   logerror(...args: unknown[]): void
   logwarn(...args: unknown[]): void
   logcrit(...args: unknown[]): void
+  logdebug?(...args: unknown[]): void
+}
+
+/** The log line for a new session's endpoint: info after a failover, else debug. */
+export function endpointText(
+  milter: string,
+  use: EndpointUse,
+): { level: 'info' | 'debug'; text: string } {
+  const before = [
+    ...use.failed.map((f) => `${f.endpoint} failed (${f.reason})`),
+    ...use.skipped.map((t) => `${t} marked down, skipped`),
+  ]
+  return use.failed.length > 0
+    ? { level: 'info', text: `${milter}: failed over to ${use.endpoint}: ${before.join('; ')}` }
+    : {
+        level: 'debug',
+        text: `${milter}: session on ${use.endpoint}${before.length ? ` (${before.join('; ')})` : ''}`,
+      }
 }
 
 /**
  * Haraka's per-hook timer must not fire before our own milter timeouts do:
- * the worst case of one hook is every milter taking its full connect,
- * command, content and end-of-message time.
+ * the worst case of one hook is every milter taking its full connect time
+ * on each of its endpoints (failover within one open), then its command,
+ * content and end-of-message time.
  */
 export function hookTimeoutSeconds(cfg: MilterConfig): number {
   let ms = 0
   for (const m of cfg.milters.values()) {
     const t = m.timeouts
-    ms += t.connectMs + t.commandMs + t.contentMs + (t.eomMs ?? t.contentMs)
+    ms += t.connectMs * endpointsOf(m).length + t.commandMs + t.contentMs + (t.eomMs ?? t.contentMs)
   }
   return Math.ceil(ms / 1000) + 10
+}
+
+/** A milter for the load line: name=endpoints, with balance and TLS when they apply. */
+function describe(m: MilterDef): string {
+  const eps = endpointsOf(m)
+  const extra = [...(eps.length > 1 ? [m.balance ?? 'failover'] : []), ...(m.tls ? ['tls'] : [])]
+  return `${m.name}=${m.socketText}${extra.length ? ` (${extra.join(', ')})` : ''}`
 }
 
 /** The configuration and pool of one Haraka worker. */
@@ -59,15 +85,18 @@ export class Runtime {
     this.pool = new MilterPool({
       reuse: cfg.reuseConnections,
       ...(old ? { breakers: old.breakers } : {}),
-      onBreakerChange: (milter, ch) => {
-        const { level, text } = breakerText(milter, ch)
+      onBreakerChange: (milter, ch, endpoints) => {
+        const { level, text } = breakerText(milter, ch, endpoints)
         if (level === 'error') this.log.logerror(text)
         else this.log.loginfo(text)
       },
+      onEndpoint: (milter, use) => {
+        const { level, text } = endpointText(milter, use)
+        if (level === 'info') this.log.loginfo(text)
+        else this.log.logdebug?.(text)
+      },
     })
-    this.log.loginfo(
-      `milters: ${[...cfg.milters.values()].map((m) => `${m.name}=${m.socketText}`).join(', ') || '(none)'}`,
-    )
+    this.log.loginfo(`milters: ${[...cfg.milters.values()].map(describe).join('; ') || '(none)'}`)
     return hookTimeoutSeconds(cfg)
   }
 

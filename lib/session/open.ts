@@ -1,15 +1,20 @@
 /**
- * Dial a milter and negotiate, both under the connect timeout.
+ * Dial a milter (TLS handshake included, when asked) and negotiate, all
+ * under the connect timeout.
  */
 import { MilterTimeoutError } from '../errors'
 import { dial } from '../transport/dial'
-import type { SocketSpec } from '../transport/spec'
+import type { SocketSpec, TlsSettings } from '../transport/spec'
 import { MilterSession, type SessionOptions } from './session'
 
 /** Opens a negotiated session; rejects with a MilterError. */
-export async function openSession(spec: SocketSpec, opts: SessionOptions): Promise<MilterSession> {
+export async function openSession(
+  spec: SocketSpec,
+  opts: SessionOptions,
+  tls?: TlsSettings,
+): Promise<MilterSession> {
   const started = Date.now()
-  const sock = await dial(spec, opts.timeouts.connectMs)
+  const sock = await dial(spec, opts.timeouts.connectMs, tls)
   const left = Math.max(1, opts.timeouts.connectMs - (Date.now() - started))
   try {
     return await MilterSession.negotiate(sock, {

@@ -1,35 +1,88 @@
 /**
- * Dialling a milter: the only module that imports node:net.
+ * Dialling a milter: the only module that imports node:net (and node:tls).
  */
 import * as net from 'node:net'
+import * as tls from 'node:tls'
 import { MilterConnectError, MilterTimeoutError } from '../errors'
-import { formatSocketSpec, type SocketSpec } from './spec'
+import { ipFamily } from './address'
+import { formatSocketSpec, type SocketSpec, type TlsSettings } from './spec'
 
-/** Opens a stream to the milter within `timeoutMs`. */
-export function dial(spec: SocketSpec, timeoutMs: number): Promise<net.Socket> {
+/** node:tls options for a TCP endpoint: the certificate is checked against servername or host. */
+function tlsOptions(
+  spec: Extract<SocketSpec, { kind: 'tcp' }>,
+  settings: TlsSettings,
+): tls.ConnectionOptions {
+  // tls.connect hands the socket options (family too) to net.connect; its type omits family
+  const o: tls.ConnectionOptions & { family: number } = {
+    host: spec.host,
+    port: spec.port,
+    family: spec.family,
+    rejectUnauthorized: settings.rejectUnauthorized,
+  }
+  // SNI and the name checked: the configured name, else the host when it is a name
+  // (an IP address is checked against the certificate's IP SANs, and is no SNI)
+  const servername = settings.servername ?? (ipFamily(spec.host) === 0 ? spec.host : undefined)
+  if (servername !== undefined) o.servername = servername
+  if (settings.ca !== undefined) o.ca = settings.ca
+  if (settings.cert !== undefined) o.cert = settings.cert
+  if (settings.key !== undefined) o.key = settings.key
+  return o
+}
+
+/**
+ * Opens a stream to the milter within `timeoutMs`; with `tlsSettings` (TCP
+ * only) the TLS handshake, certificate check included, is part of it.
+ */
+export function dial(
+  spec: SocketSpec,
+  timeoutMs: number,
+  tlsSettings?: TlsSettings,
+): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const sock =
-      spec.kind === 'unix'
-        ? net.createConnection({ path: spec.path })
-        : net.createConnection({ host: spec.host, port: spec.port, family: spec.family })
     const where = formatSocketSpec(spec)
+    let sock: net.Socket
+    let ready: 'connect' | 'secureConnect' = 'connect'
+    if (spec.kind === 'unix') {
+      if (tlsSettings) {
+        reject(new MilterConnectError(`TLS to milter at ${where}: TLS needs a TCP endpoint`))
+        return
+      }
+      sock = net.createConnection({ path: spec.path })
+    } else if (tlsSettings) {
+      sock = tls.connect(tlsOptions(spec, tlsSettings))
+      ready = 'secureConnect'
+    } else {
+      sock = net.createConnection({ host: spec.host, port: spec.port, family: spec.family })
+    }
+    let tcpUp = false
+    if (ready === 'secureConnect') sock.once('connect', () => (tcpUp = true))
     const timer = setTimeout(() => {
       sock.destroy()
-      reject(new MilterTimeoutError('connect', timeoutMs, `connection to ${where}`))
+      const step = tcpUp ? `the TLS handshake with ${where}` : `connection to ${where}`
+      reject(new MilterTimeoutError('connect', timeoutMs, step))
     }, timeoutMs)
-    sock.once('connect', () => {
+    sock.once(ready, () => {
       clearTimeout(timer)
       sock.removeAllListeners('error')
       sock.setNoDelay(true)
       resolve(sock)
     })
-    sock.once('error', (err) => {
+    sock.once('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer)
-      reject(
-        new MilterConnectError(`cannot connect to milter at ${where}: ${err.message}`, {
-          cause: err,
-        }),
-      )
+      sock.destroy()
+      const code = err.code !== undefined && !err.message.includes(err.code) ? ` (${err.code})` : ''
+      const what =
+        tcpUp || (ready === 'secureConnect' && isTlsError(err))
+          ? `TLS handshake with milter at ${where} failed`
+          : `cannot connect to milter at ${where}`
+      reject(new MilterConnectError(`${what}: ${err.message}${code}`, { cause: err }))
     })
   })
+}
+
+/** An error of the TLS layer (certificate, name, protocol), not of the TCP connection. */
+function isTlsError(err: NodeJS.ErrnoException): boolean {
+  return /^(ERR_TLS_|ERR_SSL_|CERT_|UNABLE_TO_|DEPTH_ZERO|SELF_SIGNED|HOSTNAME)/.test(
+    err.code ?? '',
+  )
 }

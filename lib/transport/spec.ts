@@ -79,3 +79,47 @@ export function formatSocketSpec(s: SocketSpec): string {
     ? `inet6:${s.port}@${s.host}`
     : `inet:${s.port}@${s.host}`
 }
+
+/** One endpoint of a milter: where it listens, and the text it was written as (for logs). */
+export interface Endpoint {
+  spec: SocketSpec
+  text: string
+}
+
+/**
+ * A `socket =` value: one endpoint or a list, separated by commas or spaces,
+ * each in any syntax parseSocketSpec takes. Throws MilterConfigError naming
+ * the endpoint that is wrong, or an endpoint given twice.
+ */
+export function parseSocketList(text: string): Endpoint[] {
+  const items = text.split(/[\s,]+/).filter(Boolean)
+  if (items.length === 0) throw new MilterConfigError('no milter socket given')
+  const out: Endpoint[] = []
+  const seen = new Set<string>()
+  for (const item of items) {
+    const spec = parseSocketSpec(item)
+    const key = formatSocketSpec(spec).toLowerCase()
+    if (seen.has(key))
+      throw new MilterConfigError(`milter socket "${item}" is listed twice in "${text.trim()}"`)
+    seen.add(key)
+    out.push({ spec, text: item })
+  }
+  return out
+}
+
+/**
+ * TLS to a milter over TCP (node:tls options, PEM text read at configuration
+ * load). The certificate is checked against `servername` when set, else the
+ * endpoint's host (a name, or an IP address against the IP SANs).
+ */
+export interface TlsSettings {
+  /** Trusted CA certificates (PEM); Node's default CAs when absent. */
+  ca?: string
+  /** Client certificate and its key (PEM), both or neither. */
+  cert?: string
+  key?: string
+  /** The name the certificate must carry (and SNI). */
+  servername?: string
+  /** False: any certificate is accepted (testing only). */
+  rejectUnauthorized: boolean
+}
