@@ -181,7 +181,13 @@ export function hook_connect(this: MilterPlugin, next: Next, c: HarakaConnection
   const chain = new MilterChain({
     milters: defs,
     mixedRecipients: cfg.mixedRecipients,
-    ...(pool ? { open: (d) => pool.acquire(d), release: (d, s) => pool.release(d, s) } : {}),
+    ...(pool
+      ? {
+          open: (d) => pool.acquire(d),
+          release: (d, s) => pool.release(d, s),
+          endpointOf: (s) => pool.endpointOf(s),
+        }
+      : {}),
     onEvent: (e) => reportEvent(this, c, e),
   })
   const hosts = this.hostList ?? new Set<string>()

@@ -54,6 +54,8 @@ export interface ChainOptions {
   milters: readonly MilterDef[]
   /** Opens a negotiated session (injected so tests, the pool and the CLI can replace it). */
   open?: (def: MilterDef) => Promise<MilterSession>
+  /** The endpoint a session is on (a milter may list several), for the per-message report. */
+  endpointOf?: (s: MilterSession) => string | undefined
   /** Called when a connection ends: release (reuse) or quit. */
   release?: (def: MilterDef, session: MilterSession) => void
   onEvent?: (e: ChainEvent) => void
@@ -369,6 +371,8 @@ export class MilterChain {
     try {
       const session = await this.open(slot.def)
       slot.state = { kind: 'open', session }
+      const endpoint = this.opts.endpointOf?.(session)
+      if (endpoint !== undefined) this.reports.endpoint(slot.def, endpoint)
       const n = session.negotiated
       this.event(
         'info',

@@ -42,6 +42,11 @@ export class MilterReports {
     return r
   }
 
+  /** The endpoint the milter's session is on, when it lists several. */
+  endpoint(def: MilterDef, endpoint: string): void {
+    this.of(def).endpoint = endpoint
+  }
+
   waited(def: MilterDef, stage: string, ms: number): void {
     const r = this.of(def)
     if (r.stages[r.stages.length - 1] !== stage) r.stages.push(stage)

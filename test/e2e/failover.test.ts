@@ -207,7 +207,13 @@ ${listeners.join('\n')}`,
       2,
       log,
     )
-    assert.equal(count(log, /\[ERROR\].*fo connect/), 0, 'no session failed')
+    assert.equal(count(log, /\[ERROR\].*\bfo\(/), 0, 'no session failed')
+    // the per-message line names the endpoint each message actually went through
+    assert.equal(
+      count(log, new RegExp(`\\[milter\\] fo \\(${esc(live.socket)}\\): stages `)),
+      4,
+      log,
+    )
 
     // the first endpoint comes back: after the back-off a session probes it, and it has the traffic again
     primary = await startScriptedMilter(header('X-Endpoint', 'primary'), { port: deadPort })
@@ -268,7 +274,7 @@ ${listeners.join('\n')}`,
     const log = haraka.log().slice(since)
     assert.match(
       log,
-      /\[ERROR\].*badca connect: TLS handshake with milter at inet:\d+@127\.0\.0\.1 failed: (self[- ]signed certificate in certificate chain|unable to verify the first certificate|unable to get local issuer certificate).*default_action=tempfail \(MILTER_ERR_CONNECT\)/,
+      /\[ERROR\].*badca\(connect:MILTER_ERR_CONNECT\) TLS handshake with milter at inet:\d+@127\.0\.0\.1 failed: (self[- ]signed certificate in certificate chain|unable to verify the first certificate|unable to get local issuer certificate).*default_action=tempfail$/m,
     )
   })
 
@@ -280,7 +286,7 @@ ${listeners.join('\n')}`,
     const log = haraka.log().slice(since)
     assert.match(
       log,
-      /\[ERROR\].*badname connect: TLS handshake with milter at inet:\d+@127\.0\.0\.1 failed: Hostname\/IP does not match certificate's altnames: Host: wrong\.test\..*default_action=accept/,
+      /\[ERROR\].*badname\(connect:MILTER_ERR_CONNECT\) TLS handshake with milter at inet:\d+@127\.0\.0\.1 failed: Hostname\/IP does not match certificate's altnames: Host: wrong\.test\..*default_action=accept$/m,
     )
   })
 })
