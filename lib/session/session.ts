@@ -94,6 +94,13 @@ export class MilterSession {
   private outgoingBytes = 0
   /** Absolute time (ms) by which the current end of message must be answered. */
   private eomDeadline: number | undefined
+  /**
+   * When the reply to the step in flight (other than end of message) is due
+   * at the latest: SMFIR_PROGRESS re-arms the step's timeout (libmilter
+   * sends it at any stage), but never past eom_timeout in all, so a milter
+   * sending PROGRESS forever cannot hold the SMTP session for ever.
+   */
+  private stepDeadline: number | undefined
 
   private constructor(
     private readonly stream: MilterStream,
@@ -521,7 +528,15 @@ export class MilterSession {
       this.advance(spec.step)
       return CONTINUE
     }
-    const reply = await this.readReply(spec.phase, spec.label)
+    const cap = this.opts.timeouts.eomMs
+    this.stepDeadline =
+      cap === undefined ? undefined : Date.now() + Math.max(cap, this.timeoutFor(spec.phase))
+    let reply: Reply
+    try {
+      reply = await this.readReply(spec.phase, spec.label)
+    } finally {
+      this.stepDeadline = undefined
+    }
     if (isModification(reply)) {
       throw this.fail(
         new MilterProtocolError(
@@ -619,12 +634,19 @@ export class MilterSession {
     for (;;) {
       let ms = this.timeoutFor(phase)
       let what = label
-      if (this.eomDeadline !== undefined && this.eomDeadline - Date.now() < ms) {
-        ms = Math.max(0, this.eomDeadline - Date.now())
-        what = `${label} (eom_timeout: the final reply within ${this.opts.timeouts.eomMs ?? 0} ms)`
-        if (ms === 0 && this.reader.queued === 0) {
-          throw this.fail(new MilterTimeoutError(phase, this.opts.timeouts.eomMs ?? 0, what))
-        }
+      let limit = ms
+      const now = Date.now()
+      if (this.eomDeadline !== undefined && this.eomDeadline - now < ms) {
+        ms = Math.max(0, this.eomDeadline - now)
+        limit = this.opts.timeouts.eomMs ?? 0
+        what = `${label} (eom_timeout: the final reply within ${limit} ms)`
+      } else if (this.stepDeadline !== undefined && this.stepDeadline - now < ms) {
+        ms = Math.max(0, this.stepDeadline - now)
+        limit = Math.max(this.opts.timeouts.eomMs ?? 0, limit)
+        what = `${label} (PROGRESS extends a step to eom_timeout at most: ${limit} ms)`
+      }
+      if (ms === 0 && this.reader.queued === 0) {
+        throw this.fail(new MilterTimeoutError(phase, limit, what))
       }
       this.flush()
       const frame = await this.reader.next(phase, what, ms)

@@ -189,6 +189,31 @@ describe('hostile milters', function () {
     assert.equal(s.error, undefined)
   })
 
+  it('PROGRESS forever before end of message: a step lasts eom_timeout at most', async () => {
+    const m = await milter(
+      scripted({
+        mail: (_cmd, conn) => {
+          const t = setInterval(() => {
+            if (conn.isClosed) return clearInterval(t)
+            conn.send(frame('p'))
+          }, 50)
+        },
+      }),
+    )
+    const s = await open(m, {
+      timeouts: { connectMs: 1000, commandMs: 200, contentMs: 1000, eomMs: 700 },
+    })
+    await s.connect('client.example.net', INET)
+    await s.helo('client.example.net')
+    const started = Date.now()
+    const err = await failure(s.mail(['<a@example.org>']))
+    const took = Date.now() - started
+    assert.equal(err.code, 'MILTER_ERR_TIMEOUT')
+    assert.match(err.message, /PROGRESS extends a step to eom_timeout at most: 700 ms/)
+    // PROGRESS did re-arm the 200 ms command timeout, up to eom_timeout
+    assert.ok(took >= 650 && took < 2500, `took ${took} ms`)
+  })
+
   it('eom_timeout cuts off a milter that sends PROGRESS forever (PROGRESS cannot extend it)', async () => {
     const m = await milter(
       scripted({
