@@ -200,8 +200,15 @@ export interface MessageRecord {
   msgId?: string
   /** The fault fired on this message (a message stage). */
   fired?: { fault: Fault; stage: Stage }
-  /** ADDHEADER and the final ACCEPT were written completely: the edit must be delivered. */
+  /**
+   * ADDHEADER and the final ACCEPT were written completely and the MTA went on using the
+   * connection (a next command, or QUIT before it closed): the edit must be delivered. A
+   * connection the MTA closed without QUIT right after the answer withdraws the promise (the
+   * MTA gave up on the milter, e.g. a timeout, while the answer sat unread in socket buffers).
+   */
   headerPromised: boolean
+  /** Set when a promise was withdrawn that way. */
+  withdrawn?: boolean
   /** sha256 (hex) of the replacement body promised with the final ACCEPT, if any. */
   bodySha256?: string
   /** End of message answered (finally), aborted, or connection closed first. */
@@ -364,6 +371,9 @@ export async function startFaultMilter(spec: FaultSpec): Promise<FaultMilter> {
     const connFires = fires(connKey)
     const rng = prng(`${spec.seed}|${spec.id}|${connKey}|bytes`)
     let msg: MessageRecord | undefined
+    /** Answers written but not yet confirmed by a later command or a QUIT. */
+    let unconfirmed: MessageRecord[] = []
+    let quit = false
     let msgFires = false
     let firedThisMessage = false
     let dead = false
@@ -373,6 +383,14 @@ export async function startFaultMilter(spec: FaultSpec): Promise<FaultMilter> {
       rec.closed = true
       sockets.delete(socket)
       if (msg && msg.end === undefined) msg.end = 'closed'
+      if (!quit) {
+        for (const m of unconfirmed) {
+          m.headerPromised = false
+          delete m.bodySha256
+          m.withdrawn = true
+        }
+      }
+      unconfirmed = []
     })
 
     if (spec.fault === 'refuse' && connFires) {
@@ -428,6 +446,7 @@ export async function startFaultMilter(spec: FaultSpec): Promise<FaultMilter> {
       if (stage === 'eom' && msg) {
         msg.headerPromised = headerName !== null && msg.msgId !== undefined
         msg.end = 'eom'
+        unconfirmed.push(msg)
       }
     }
 
@@ -515,6 +534,7 @@ export async function startFaultMilter(spec: FaultSpec): Promise<FaultMilter> {
             msg.headerPromised = headerName !== null && msg.msgId !== undefined
             msg.bodySha256 = sha256(body)
             msg.end = 'eom'
+            unconfirmed.push(msg)
           }
           return
         }
@@ -546,6 +566,9 @@ export async function startFaultMilter(spec: FaultSpec): Promise<FaultMilter> {
     }
 
     const handle = async (c: RawCommand): Promise<void> => {
+      // the MTA goes on with this connection: what was answered before stands
+      if (c.code === 'Q') quit = true
+      unconfirmed = []
       switch (c.code) {
         case 'O':
           return reply('optneg')
