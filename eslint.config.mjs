@@ -1,6 +1,21 @@
 import js from '@eslint/js'
 import tseslint from 'typescript-eslint'
 
+/** Imports a module of a lower layer may not make (relative to lib/<layer>/). */
+const ABOVE_POLICY = ['../adapter/*', '../cli/*', '../../plugins/*']
+
+/** One layer's rule: files, why, and the import patterns it may not use. */
+function layer(files, why, patterns) {
+  return [
+    {
+      files: Array.isArray(files) ? files : [files],
+      rules: {
+        'no-restricted-imports': ['error', { patterns: [{ group: patterns, message: why }] }],
+      },
+    },
+  ]
+}
+
 export default tseslint.config(
   { ignores: ['dist/', 'node_modules/', 'run/', 'demo/', 'test/milters/', '**/*.js', '**/*.mjs'] },
   js.configs.recommended,
@@ -19,22 +34,66 @@ export default tseslint.config(
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
     },
   },
-  {
-    // Protocol code knows nothing of sockets or Haraka.
-    files: ['lib/protocol/**/*.ts'],
-    rules: {
-      'no-restricted-imports': [
-        'error',
-        {
-          patterns: ['node:net', 'net', 'haraka*', '../session/*', '../adapter/*', '../transport*'],
-        },
-      ],
-    },
-  },
-  {
-    files: ['lib/session/**/*.ts'],
-    rules: { 'no-restricted-imports': ['error', { patterns: ['haraka*', '../adapter/*'] }] },
-  },
+  // Dependencies point one way: plugin -> adapter -> policy -> pool/session -> protocol;
+  // CLI -> policy. Each layer may not import the ones above it.
+  ...layer('lib/protocol/**/*.ts', 'the codec knows no sockets, sessions or Haraka', [
+    'node:net',
+    'net',
+    'haraka*',
+    '../session/*',
+    '../transport/*',
+    '../pool',
+    ...ABOVE_POLICY,
+    '../policy/*',
+  ]),
+  ...layer('lib/message/**/*.ts', 'message edits are pure', [
+    'node:net',
+    'haraka*',
+    '../session/*',
+    '../transport/*',
+    '../pool',
+    ...ABOVE_POLICY,
+    '../policy/*',
+  ]),
+  ...layer('lib/transport/**/*.ts', 'transport knows no sessions or policy', [
+    'haraka*',
+    '../session/*',
+    '../pool',
+    ...ABOVE_POLICY,
+    '../policy/*',
+  ]),
+  ...layer('lib/session/**/*.ts', 'a session knows no pool, policy or Haraka', [
+    'haraka*',
+    '../pool',
+    ...ABOVE_POLICY,
+    '../policy/*',
+  ]),
+  ...layer(['lib/pool.ts', 'lib/breaker.ts', 'lib/body-spool.ts'], 'below the policy', [
+    'haraka*',
+    './policy/*',
+    './adapter/*',
+    './cli/*',
+  ]),
+  ...layer(['lib/config.ts', 'lib/config-lint.ts'], 'configuration parsing opens no sockets', [
+    'node:net',
+    'haraka*',
+    './session/session',
+    './session/open',
+    './transport/dial',
+    './pool',
+    './policy/*',
+    './adapter/*',
+    './cli/*',
+  ]),
+  ...layer('lib/policy/**/*.ts', 'the policy knows nothing of Haraka; the CLI uses it too', [
+    'haraka*',
+    ...ABOVE_POLICY,
+  ]),
+  ...layer('lib/cli/**/*.ts', 'the CLI answers through the policy, not the Haraka adapter', [
+    'haraka*',
+    '../adapter/*',
+  ]),
+  ...layer('lib/adapter/**/*.ts', 'the adapter serves the plugin', ['../cli/*']),
   {
     files: ['test/**/*.ts', 'bench/**/*.ts'],
     rules: {

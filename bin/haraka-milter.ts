@@ -8,14 +8,18 @@
  */
 import * as fs from 'node:fs'
 import { parseArgs } from 'node:util'
-import { exitCode, formatReport, runCheck, type CheckReport } from '../lib/check'
-import { parseSocketSpec } from '../lib/transport'
+import { runCheck } from '../lib/cli/check'
+import { exitCode, formatReport, jsonReport } from '../lib/cli/report'
+import { parseSocketSpec } from '../lib/transport/spec'
 
 const USAGE = `usage: haraka-milter check --milter SOCKET [--from ADDR] [--rcpt ADDR]...
        [--client-ip IP] [--client-name NAME] [--helo NAME] [--macro NAME=VALUE]...
-       [--protocol 2|3|4|5|6] [--timeout SECONDS] [--out FILE] [--json] [--trace] MESSAGE.eml
+       [--protocol 2|3|4|5|6] [--timeout SECONDS] [--header-folds flatten|keep]
+       [--reply-code milter|enhanced_only] [--out FILE] [--json] [--trace] MESSAGE.eml
 
 SOCKET: inet:PORT@HOST, inet6:PORT@HOST, unix:/path, local:/path, HOST:PORT or [V6ADDR]:PORT
+--header-folds and --reply-code are the milter.ini keys of the same names: the verdict, the reply
+and the edited message are what Haraka with the plugin would answer and deliver.
 Exit status: 0 accepted, 1 rejected or temp-failed, 2 error.
 `
 
@@ -34,12 +38,11 @@ function macros(list: string[]): Record<string, string> {
   return out
 }
 
-function jsonReport(r: CheckReport): string {
-  const { output, ...rest } = r
-  return JSON.stringify({ ...rest, outputBytes: output?.length }, null, 2) + '\n'
-}
-
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
+    process.stdout.write(USAGE)
+    return 0
+  }
   if (argv[0] !== 'check') fail(argv[0] ? `unknown command "${argv[0]}"` : 'missing command')
   let parsed
   try {
@@ -56,6 +59,8 @@ async function main(argv: string[]): Promise<number> {
         macro: { type: 'string', multiple: true, default: [] },
         protocol: { type: 'string', default: '6' },
         timeout: { type: 'string', default: '30' },
+        'header-folds': { type: 'string', default: 'flatten' },
+        'reply-code': { type: 'string', default: 'milter' },
         out: { type: 'string' },
         json: { type: 'boolean', default: false },
         trace: { type: 'boolean', default: false },
@@ -81,6 +86,12 @@ async function main(argv: string[]): Promise<number> {
   if (![2, 3, 4, 5, 6].includes(protocol)) fail(`--protocol must be 2 to 6, not "${v.protocol}"`)
   const timeout = Number(v.timeout)
   if (!(timeout > 0)) fail(`--timeout must be a positive number of seconds`)
+  const headerFolds = v['header-folds']
+  if (headerFolds !== 'flatten' && headerFolds !== 'keep')
+    fail(`--header-folds must be flatten or keep, not "${headerFolds}"`)
+  const replyCode = v['reply-code']
+  if (replyCode !== 'milter' && replyCode !== 'enhanced_only')
+    fail(`--reply-code must be milter or enhanced_only, not "${replyCode}"`)
   const file = parsed.positionals[0] as string
   let message: Buffer
   try {
@@ -101,9 +112,13 @@ async function main(argv: string[]): Promise<number> {
     protocol,
     timeoutMs: timeout * 1000,
     trace: v.trace,
+    headerFolds,
+    replyCode,
   })
   if (v.out && report.output) fs.writeFileSync(v.out, report.output)
-  process.stdout.write(v.json ? jsonReport(report) : formatReport(report))
+  process.stdout.write(
+    v.json ? `${JSON.stringify(jsonReport(report), null, 2)}\n` : formatReport(report),
+  )
   return exitCode(report)
 }
 

@@ -1,50 +1,99 @@
 /**
  * A replacement body (REPLBODY chunks) spooled to a temporary file, so a
  * large body is never held whole in memory, and read back as CRLF lines.
+ *
+ * Every operation may race with dispose(): a milter can fail in the middle
+ * of its REPLBODY while a chunk is still being written. The write stream
+ * therefore always has an 'error' listener, a write waits for 'drain' or
+ * 'close' (never for a 'drain' that cannot come), and dispose() waits for
+ * the stream to close before it removes the file.
  */
 import { createReadStream, createWriteStream, type WriteStream } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import * as os from 'node:os'
 import * as path from 'node:path'
 
+/** Raised when the spool is used after dispose() or after its file failed. */
+export class BodySpoolError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options)
+    this.name = 'BodySpoolError'
+  }
+}
+
 /** Spools one replacement body. */
 export class BodySpool {
   private stream: WriteStream | undefined
+  private opening: Promise<WriteStream> | undefined
   private dir: string | undefined
   private file: string | undefined
+  private failure: Error | undefined
+  private disposed = false
   bytes = 0
 
   constructor(private readonly parentDir: string = os.tmpdir()) {}
 
-  /** Appends one REPLBODY chunk (back-pressure aware). */
-  async write(chunk: Buffer): Promise<void> {
-    if (!this.stream) {
-      this.dir = await mkdtemp(path.join(this.parentDir, 'milter-body-'))
-      this.file = path.join(this.dir, 'body')
-      this.stream = createWriteStream(this.file)
-    }
-    this.bytes += chunk.length
-    if (!this.stream.write(chunk)) {
-      const s = this.stream
-      await new Promise<void>((resolve, reject) => {
-        const onError = (e: Error): void => reject(e)
-        s.once('error', onError)
-        s.once('drain', () => {
-          s.removeListener('error', onError)
-          resolve()
-        })
+  private async open(): Promise<WriteStream> {
+    if (this.stream) return this.stream
+    this.opening ??= (async () => {
+      const dir = await mkdtemp(path.join(this.parentDir, 'milter-body-'))
+      this.dir = dir
+      if (this.disposed) {
+        await rm(dir, { recursive: true, force: true })
+        throw new BodySpoolError('body spool disposed')
+      }
+      this.file = path.join(dir, 'body')
+      const s = createWriteStream(this.file)
+      // Always listened to: an error (or a write after destroy) must never be uncaught.
+      s.on('error', (e) => {
+        this.failure ??= e
+      })
+      this.stream = s
+      return s
+    })()
+    return this.opening
+  }
+
+  private check(): void {
+    if (this.disposed) throw new BodySpoolError('body spool disposed')
+    if (this.failure) {
+      throw new BodySpoolError(`cannot spool the replacement body: ${this.failure.message}`, {
+        cause: this.failure,
       })
     }
   }
 
+  /** Appends one REPLBODY chunk (back-pressure aware). */
+  async write(chunk: Buffer): Promise<void> {
+    this.check()
+    const s = await this.open()
+    this.check()
+    if (s.destroyed) throw new BodySpoolError('body spool closed')
+    this.bytes += chunk.length
+    if (s.write(chunk)) return
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        s.removeListener('drain', done)
+        s.removeListener('close', done)
+        resolve()
+      }
+      s.once('drain', done)
+      s.once('close', done)
+    })
+    this.check()
+  }
+
   /** Finishes writing; safe to call more than once. */
   async finish(): Promise<void> {
+    this.check()
+    if (this.opening) await this.opening
     const s = this.stream
-    if (!s || s.writableFinished) return
-    await new Promise<void>((resolve, reject) => {
-      s.once('error', reject)
-      s.end(resolve)
+    if (!s || s.writableFinished || s.closed) return
+    await new Promise<void>((resolve) => {
+      s.once('close', resolve)
+      s.end()
     })
+    this.check()
   }
 
   /** The body as CRLF-terminated lines (LF -> CRLF, CRLF split across chunks kept whole, last line finished). */
@@ -83,9 +132,17 @@ export class BodySpool {
     if (size > 0) yield Buffer.concat(batch)
   }
 
-  /** Removes the temporary file. */
+  /** Stops any write in flight and removes the temporary file; safe to call at any time, more than once. */
   async dispose(): Promise<void> {
-    this.stream?.destroy()
+    this.disposed = true
+    if (this.opening) await this.opening.catch(() => undefined)
+    const s = this.stream
+    if (s && !s.closed) {
+      await new Promise<void>((resolve) => {
+        s.once('close', resolve)
+        s.destroy()
+      })
+    }
     if (this.dir) await rm(this.dir, { recursive: true, force: true })
     this.dir = undefined
     this.file = undefined

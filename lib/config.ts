@@ -2,12 +2,14 @@
  * milter.ini -> a validated MilterConfig (pure: takes the parsed ini
  * object). Every error names the file, section and key.
  */
+import { lintMilterIni } from './config-lint'
 import { MilterConfigError } from './errors'
 import type { HeaderFolds } from './message/headers'
 import { MacroStage } from './protocol/constants'
-import { canonicalMacroName, POSTFIX_DEFAULT_MACROS, type MacroLists } from './session/macros'
-import type { Timeouts } from './session/session'
-import { parseSocketSpec, type SocketSpec } from './transport'
+import { canonicalMacroName, DEFAULT_MACROS, type MacroLists } from './session/macros'
+
+import type { Timeouts } from './session/types'
+import { parseSocketSpec, type SocketSpec } from './transport/spec'
 
 /** What to do when a milter cannot be used (unreachable, timeout, protocol error). */
 export type DefaultAction = 'accept' | 'tempfail' | 'reject' | 'quarantine' | 'shutdown'
@@ -26,6 +28,22 @@ export interface MilterDef {
   optin: string[]
   /** Header values from this milter: one line (flatten) or proper folds kept (keep). */
   headerFolds: HeaderFolds
+  /** How long a failure's default_action lasts: the message in flight, or the SMTP session. */
+  failureScope: FailureScope
+  /** Fail-fast after consecutive connect failures: threshold and back-off. */
+  breaker: BreakerSettings
+}
+
+/** `message`: a failed milter is reopened for the next transaction; `session`: Postfix's sticky failure. */
+export type FailureScope = 'message' | 'session'
+
+/** Circuit breaker settings of one milter endpoint. */
+export interface BreakerSettings {
+  /** Consecutive connect failures that open the breaker; 0 disables it. */
+  failures: number
+  /** First back-off before a probe, doubled after each failed probe up to backoffMaxMs. */
+  backoffMs: number
+  backoffMaxMs: number
 }
 
 /** One listener's selection. */
@@ -54,6 +72,8 @@ export interface MilterConfig {
     addresses: ReadonlyMap<string, string>
     domains: ReadonlyMap<string, string>
   }
+  /** Mistakes that are not errors (unknown keys or sections, unlisted milters), one line each. */
+  warnings: string[]
 }
 
 /** A parsed ini file: sections of key -> value. */
@@ -69,29 +89,8 @@ const STAGE_KEYS: ReadonlyArray<[string, MacroStage]> = [
   ['eom', MacroStage.EOM],
 ]
 
-/** The macro lists sent by default: Postfix's, plus the client macros and the seed's channels. */
-export const DEFAULT_MACROS: MacroLists = new Map<MacroStage, readonly string[]>([
-  ...POSTFIX_DEFAULT_MACROS,
-  [
-    MacroStage.CONNECT,
-    [
-      ...(POSTFIX_DEFAULT_MACROS.get(MacroStage.CONNECT) ?? []),
-      '{client_addr}',
-      '{client_name}',
-      '{client_port}',
-      '{client_ptr}',
-      '{client_resolve}',
-      '{source_channel}',
-    ],
-  ],
-  [
-    MacroStage.ENVRCPT,
-    [...(POSTFIX_DEFAULT_MACROS.get(MacroStage.ENVRCPT) ?? []), '{destination_channel}', '{optin}'],
-  ],
-  [MacroStage.EOM, ['i', '{msg_id}']],
-])
-
 const FOLDS = ['flatten', 'keep'] as const
+const SCOPES = ['message', 'session'] as const
 
 const DEFAULT_ACTIONS: readonly DefaultAction[] = [
   'accept',
@@ -237,12 +236,27 @@ function parseMilter(
       connectMs: r.seconds('connect_timeout', main.seconds('connect_timeout', 10) / 1000),
       commandMs: r.seconds('command_timeout', main.seconds('command_timeout', 30) / 1000),
       contentMs: r.seconds('content_timeout', main.seconds('content_timeout', 300) / 1000),
+      eomMs: r.seconds('eom_timeout', main.seconds('eom_timeout', 300) / 1000),
     },
+    failureScope: r.oneOf('failure_scope', SCOPES, main.oneOf('failure_scope', SCOPES, 'message')),
+    breaker: breakerOf(r, main),
     macros: r.macros('macros.', macros),
     headerFolds: r.oneOf('header_folds', FOLDS, main.oneOf('header_folds', FOLDS, 'flatten')),
     destinationChannels: r.list('destination_channels', []),
     optin: r.list('optin', []),
   }
+}
+
+function breakerOf(r: Reader, main: Reader): BreakerSettings {
+  const failures = r.int('breaker_failures', main.int('breaker_failures', 3, 0, 1000), 0, 1000)
+  const backoffMs = r.seconds('breaker_backoff', main.seconds('breaker_backoff', 5) / 1000)
+  const backoffMaxMs = r.seconds(
+    'breaker_backoff_max',
+    main.seconds('breaker_backoff_max', 60) / 1000,
+  )
+  if (backoffMaxMs < backoffMs)
+    throw r.err('breaker_backoff_max', `must not be less than breaker_backoff`)
+  return { failures, backoffMs, backoffMaxMs }
 }
 
 function parseListeners(
@@ -295,11 +309,6 @@ export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
     if (milters.has(name)) throw main.err('milters', `lists "${name}" twice`)
     milters.set(name, parseMilter(file, ini, name, main, macros))
   }
-  for (const sec of Object.keys(ini)) {
-    const m = /^milter\.(.+)$/.exec(sec)
-    if (m && !milters.has(m[1] ?? ''))
-      throw main.err('milters', `[${sec}] is defined but not listed in milters`)
-  }
   const q = new Reader(file, 'quarantine', section(ini, 'quarantine'))
   const dc = new Reader(file, 'destination_channel', section(ini, 'destination_channel'))
   const opt = new Reader(file, 'optin', section(ini, 'optin'))
@@ -334,6 +343,7 @@ export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
       addresses: new Map([...optinEntries].filter(([k]) => k.includes('@'))),
       domains: new Map([...optinEntries].filter(([k]) => !k.includes('@'))),
     },
+    warnings: lintMilterIni(ini, file, names),
   }
 }
 

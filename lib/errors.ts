@@ -60,6 +60,11 @@ export class MilterSizeError extends MilterError {
   readonly code = 'MILTER_ERR_SIZE'
 }
 
+/** The milter is marked down (circuit breaker open): not dialled, default_action at once. */
+export class MilterUnavailableError extends MilterError {
+  readonly code = 'MILTER_ERR_UNAVAILABLE'
+}
+
 /** A configuration value is invalid (socket spec, option, macro list). */
 export class MilterConfigError extends MilterError {
   readonly code = 'MILTER_ERR_CONFIG'

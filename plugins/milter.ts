@@ -1,16 +1,11 @@
 /**
- * haraka-plugin-milter: the Haraka entry. Hooks drive one MilterChain per
- * SMTP connection; everything else lives in lib/. Exports are plain
+ * haraka-plugin-milter: the Haraka entry. register() loads the
+ * configuration; each hook hands its stage to the connection's MilterChain
+ * and answers with the outcome. Everything else lives in lib/ (adapter:
+ * Haraka state, replies, reports; policy: the chain). Exports are plain
  * functions (Haraka copies enumerable exports onto the plugin object).
  */
-import { MilterChain, type Outcome } from '../lib/chain'
-import {
-  findListener,
-  parseMilterConfig,
-  type Ini,
-  type MilterConfig,
-  type MilterDef,
-} from '../lib/config'
+import { writeQuarantine } from '../lib/adapter/apply'
 import {
   applyStageResult,
   dispositionOf,
@@ -27,99 +22,121 @@ import {
   type LocalDomain,
 } from '../lib/adapter/facts'
 import type { HarakaAddress, HarakaConnection, HarakaPlugin, Next } from '../lib/adapter/haraka'
-import { toHookResult, type HookResult } from '../lib/adapter/reply'
-import { writeQuarantine } from '../lib/adapter/apply'
-import { MilterPool } from '../lib/pool'
-
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const constants = require('haraka-constants') as Record<string, number>
+import { hookCode, toHookResult } from '../lib/adapter/reply'
+import { reportEvent, reportMessage, reportOutcome } from '../lib/adapter/report'
+import { Runtime } from '../lib/adapter/runtime'
+import {
+  connectionState,
+  dropConnectionState,
+  setConnectionState,
+  transactionState,
+  type ConnectionState,
+} from '../lib/adapter/state'
+import { findListener, type Ini, type MilterConfig, type MilterDef } from '../lib/config'
+import { MilterChain, type Outcome } from '../lib/policy/chain'
+import { answerAt, REPLIES, type Stage } from '../lib/policy/replies'
 
 /** The plugin object with our state. */
 export interface MilterPlugin extends HarakaPlugin {
-  milterCfg?: MilterConfig
-  milterCfgError?: string
-  milterPool?: MilterPool
+  milter?: Runtime
   hostList?: Set<string>
   load_milter_ini(): void
 }
 
-/** Per-connection state. */
-interface ConnState {
-  cfg: MilterConfig
-  chain: MilterChain
-  sourceChannel: string
-  isLocal: LocalDomain
-}
+type Ready = Extract<ConnectionState, { kind: 'milters' }>
 
-const STATES = new WeakMap<object, ConnState>()
+// ---- answering ---------------------------------------------------------------
 
-function code(r: HookResult): number {
-  switch (r.kind) {
-    case 'cont':
-      return constants['cont'] as number
-    case 'deny':
-      return constants['deny'] as number
-    case 'denysoft':
-      return constants['denysoft'] as number
-    case 'denydisconnect':
-      return constants['denydisconnect'] as number
-    case 'denysoftdisconnect':
-      return constants['denysoftdisconnect'] as number
-  }
-}
-
+/** Tells the client what the chain decided, legally for this stage, and records it. */
 function answer(
   this: MilterPlugin,
   next: Next,
   c: HarakaConnection,
-  stage: string,
+  stage: Stage,
   o: Outcome,
-  mode: MilterConfig['replyCode'],
 ): void {
-  const r = toHookResult(o, mode)
-  if (o.action === 'discard' && c.transaction) {
-    c.transaction.notes['milter_disposition'] ??= { kind: 'discard', milter: o.milter }
+  const st = connectionState(c)
+  const mode = st?.kind === 'milters' ? st.cfg.replyCode : 'milter'
+  const answered = answerAt(stage, o, mode)
+  if (answered.action === 'discard' && c.transaction) {
+    transactionState(c.transaction).disposition ??= { kind: 'discard', milter: answered.milter }
   }
-  if (o.action !== 'continue' && o.action !== 'discard') {
-    c.results.add(this, {
-      fail: `${o.milter}(${stage}:${o.action}${o.cause === 'failure' ? ',failure' : ''})`,
-    })
-    c.loginfo(
-      this,
-      `${o.milter} ${o.action} at ${stage}: ${o.reply.code} ${o.reply.lines.map((l) => l.text).join(' / ')}`,
-    )
+  // what the milter decided is recorded where it happened, even when the reply waits for MAIL
+  reportOutcome(this, c, stage, stage === 'connect' ? o : answered, answered)
+  if (st?.kind === 'milters' && answered.action !== 'continue' && answered.action !== 'discard') {
+    const r = answered.reply
+    st.refusal = `${r.code} ${r.lines.map((l) => [l.enhanced, l.text].filter(Boolean).join(' ')).join(' / ')}`
   }
-  if (r.kind === 'cont') return next()
-  next(code(r), r.msg)
+  const r = toHookResult(answered)
+  if (r.kind === 'cont') next()
+  else next(hookCode(r.kind), r.msg)
 }
+
+/** An internal error: 451 4.3.0 (421 at CONNECT and HELO, the one refusal legal there). */
+function crash(
+  this: MilterPlugin,
+  next: Next,
+  c: HarakaConnection,
+  stage: Stage,
+  e: unknown,
+): void {
+  c.logerror(
+    this,
+    `internal error at ${stage}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`,
+  )
+  const early = stage === 'connect' || stage === 'helo'
+  answer.call(this, next, c, stage, {
+    action: early ? 'shutdown' : 'tempfail',
+    reply: early ? REPLIES.internalShutdown : REPLIES.internal,
+    milter: 'internal',
+    cause: 'failure',
+  })
+}
+
+/**
+ * Runs one stage for a connection with milters and answers it; `next` is
+ * called exactly once, and an internal error is a 4xx, never a crash.
+ */
+function stage(
+  this: MilterPlugin,
+  next: Next,
+  c: HarakaConnection,
+  name: Stage,
+  work: (st: Ready) => Promise<Outcome>,
+): void {
+  const st = connectionState(c)
+  if (st?.kind !== 'milters') return next()
+  let called = false
+  const once: Next = (...args) => {
+    if (called) return
+    called = true
+    next(...args)
+  }
+  let pending: Promise<Outcome>
+  try {
+    pending = work(st)
+  } catch (e) {
+    return crash.call(this, once, c, name, e)
+  }
+  pending
+    .then((o) => answer.call(this, once, c, name, o))
+    .catch((e: unknown) => crash.call(this, once, c, name, e))
+}
+
+function macros(st: Ready, c: HarakaConnection, extra?: Record<string, string | undefined>) {
+  return macroLookup(st.cfg, c, st.sourceChannel, st.isLocal, extra)
+}
+
+// ---- configuration -----------------------------------------------------------
 
 /** Loads (and re-loads on change) milter.ini; a bad file keeps the previous config. */
 export function load_milter_ini(this: MilterPlugin): void {
   const ini = this.config.get('milter.ini', { booleans: ['main.reuse_connections'] }, () =>
     this.load_milter_ini(),
   ) as Ini
-  try {
-    const cfg = parseMilterConfig(ini, 'milter.ini')
-    this.milterCfg = cfg
-    delete this.milterCfgError
-    // Haraka's per-hook timer must not fire before our own milter timeouts do.
-    let budgetMs = 0
-    for (const m of cfg.milters.values()) {
-      budgetMs += m.timeouts.connectMs + m.timeouts.commandMs + 2 * m.timeouts.contentMs
-    }
-    this.timeout = Math.ceil(budgetMs / 1000) + 10
-    this.milterPool?.close()
-    this.milterPool = new MilterPool({ reuse: cfg.reuseConnections })
-    this.loginfo(
-      `milters: ${[...cfg.milters.values()].map((m) => `${m.name}=${m.socketText}`).join(', ') || '(none)'}`,
-    )
-  } catch (e) {
-    const msg = e instanceof Error ? e.message : String(e)
-    this.logcrit(
-      `configuration error: ${msg}${this.milterCfg ? ' (keeping the previous configuration)' : ''}`,
-    )
-    if (!this.milterCfg) this.milterCfgError = msg
-  }
+  this.milter ??= new Runtime(this)
+  const timeout = this.milter.load(ini, 'milter.ini')
+  if (timeout !== undefined) this.timeout = timeout
   const hosts = this.config.get('host_list', 'list') as string[] | undefined
   this.hostList = new Set((hosts ?? []).map((h) => h.toLowerCase()))
 }
@@ -146,121 +163,68 @@ function listenerMilters(
   return { defs, sourceChannel: l?.sourceChannel ?? cfg.defaultSourceChannel }
 }
 
+// ---- hooks -------------------------------------------------------------------
+
 /** CONNECT: opens this connection's milters and reports the client. */
 export function hook_connect(this: MilterPlugin, next: Next, c: HarakaConnection): void {
-  if (this.milterCfgError) {
-    c.logerror(this, `refusing mail: ${this.milterCfgError}`)
-    next(constants['denysoft'], 'Server configuration problem - try again later')
-    return
+  const rt = this.milter
+  if (rt?.error !== undefined) {
+    // The greeting may only be 220, 421 or 554 (RFC 5321 4.3.2): greet, refuse at MAIL.
+    setConnectionState(c, { kind: 'broken', reason: rt.error })
+    return next()
   }
-  const cfg = this.milterCfg
+  const cfg = rt?.cfg
   if (!cfg) return next()
   const { defs, sourceChannel } = listenerMilters(cfg, c)
   if (defs.length === 0) return next()
-  const pool = this.milterPool
+  const pool = rt.pool
   const chain = new MilterChain({
     milters: defs,
     mixedRecipients: cfg.mixedRecipients,
     ...(pool ? { open: (d) => pool.acquire(d), release: (d, s) => pool.release(d, s) } : {}),
-    onEvent: (e) => {
-      const text = `${e.milter} ${e.stage}: ${e.message}${e.code ? ` (${e.code})` : ''}`
-      if (e.level === 'error') {
-        c.logerror(this, text)
-        c.results.add(this, { err: `${e.milter}(${e.stage}:${e.code ?? 'error'})` })
-      } else if (e.level === 'warn') c.logwarn(this, text)
-      else c.logdebug(this, text)
-    },
+    onEvent: (e) => reportEvent(this, c, e),
   })
   const hosts = this.hostList ?? new Set<string>()
   const isLocal: LocalDomain = (d) => hosts.has(d)
-  STATES.set(c, { cfg, chain, sourceChannel, isLocal })
-  settle.call(
-    this,
-    next,
-    c,
-    'connect',
-    chain.connect(
-      connectHostname(c),
-      connectAddress(c),
-      macroLookup(cfg, c, sourceChannel, isLocal),
-    ),
-    cfg.replyCode,
-  )
-}
-
-function crash(
-  this: MilterPlugin,
-  next: Next,
-  c: HarakaConnection,
-  stage: string,
-  e: unknown,
-): void {
-  c.logerror(
-    this,
-    `internal error at ${stage}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`,
-  )
-  next(constants['denysoft'], 'Temporary milter failure - try again later')
-}
-
-/** Answers the hook with the chain's outcome; any internal error becomes a 4xx, never a crash. */
-function settle(
-  this: MilterPlugin,
-  next: Next,
-  c: HarakaConnection,
-  stage: string,
-  pending: Promise<Outcome>,
-  mode: MilterConfig['replyCode'],
-): void {
-  pending
-    .then((o) => answer.call(this, next, c, stage, o, mode))
-    .catch((e: unknown) => crash.call(this, next, c, stage, e))
-}
-
-function onHelo(this: MilterPlugin, next: Next, c: HarakaConnection, host: string): void {
-  const st = STATES.get(c)
-  if (!st) return next()
-  settle.call(
-    this,
-    next,
-    c,
-    'helo',
-    st.chain.helo(host, macroLookup(st.cfg, c, st.sourceChannel, st.isLocal)),
-    st.cfg.replyCode,
+  setConnectionState(c, { kind: 'milters', cfg, chain, sourceChannel, isLocal })
+  stage.call(this, next, c, 'connect', (st) =>
+    st.chain.connect(connectHostname(c), connectAddress(c), macros(st, c)),
   )
 }
 
 /** HELO. */
 export function hook_helo(this: MilterPlugin, next: Next, c: HarakaConnection, host: string): void {
-  onHelo.call(this, next, c, host)
+  stage.call(this, next, c, 'helo', (st) => st.chain.helo(host, macros(st, c)))
 }
 
 /** EHLO (again after STARTTLS). */
 export function hook_ehlo(this: MilterPlugin, next: Next, c: HarakaConnection, host: string): void {
-  onHelo.call(this, next, c, host)
+  stage.call(this, next, c, 'helo', (st) => st.chain.helo(host, macros(st, c)))
 }
 
-/** MAIL FROM with its ESMTP parameters (kept in notes: Haraka stores them nowhere). */
+/** MAIL FROM with its ESMTP parameters (kept in the transaction state: Haraka stores them nowhere). */
 export function hook_mail(
   this: MilterPlugin,
   next: Next,
   c: HarakaConnection,
   params: [HarakaAddress, Record<string, string | null> | undefined],
 ): void {
-  const st = STATES.get(c)
+  const st = connectionState(c)
+  if (st?.kind === 'broken') {
+    c.logerror(this, `refusing mail: ${st.reason}`)
+    return answer.call(this, next, c, 'mail', {
+      action: 'tempfail',
+      reply: REPLIES.configError,
+      milter: 'configuration',
+      cause: 'failure',
+    })
+  }
   const t = c.transaction
-  if (!st || !t) return next()
+  if (!t) return next()
   const [from, esmtp] = params
-  t.notes['milter_mail_args'] = esmtp ?? {}
-  settle.call(
-    this,
-    next,
-    c,
-    'mail',
-    st.chain.mail(
-      [from.format(), ...esmtpArgs(esmtp)],
-      macroLookup(st.cfg, c, st.sourceChannel, st.isLocal),
-    ),
-    st.cfg.replyCode,
+  transactionState(t).mailArgs = esmtp ?? {}
+  stage.call(this, next, c, 'mail', (s) =>
+    s.chain.mail([from.format(), ...esmtpArgs(esmtp)], macros(s, c)),
   )
 }
 
@@ -271,60 +235,36 @@ export function milter_rcpt(
   c: HarakaConnection,
   rcpt: HarakaAddress,
 ): void {
-  const st = STATES.get(c)
-  const t = c.transaction
-  if (!st || !t) return next()
-  const facts = recipientFacts(st.cfg, c, rcpt, st.isLocal)
-  const macros = macroLookup(
-    st.cfg,
-    c,
-    st.sourceChannel,
-    st.isLocal,
-    rcptExtras(rcpt, facts, st.isLocal),
-  )
-  settle.call(
-    this,
-    next,
-    c,
-    'rcpt',
-    st.chain.rcpt([rcpt.format()], macros, facts),
-    st.cfg.replyCode,
-  )
+  if (!c.transaction) return next()
+  stage.call(this, next, c, 'rcpt', (st) => {
+    const facts = recipientFacts(st.cfg, c, rcpt, st.isLocal)
+    const m = macros(st, c, rcptExtras(rcpt, facts, st.isLocal))
+    return st.chain.rcpt([rcpt.format()], m, facts)
+  })
 }
 
 /** DATA. */
 export function hook_data(this: MilterPlugin, next: Next, c: HarakaConnection): void {
-  const st = STATES.get(c)
-  const t = c.transaction
-  if (!st || !t) return next()
-  settle.call(
-    this,
-    next,
-    c,
-    'data',
-    st.chain.data(macroLookup(st.cfg, c, st.sourceChannel, st.isLocal)),
-    st.cfg.replyCode,
-  )
+  if (!c.transaction) return next()
+  stage.call(this, next, c, 'data', (st) => st.chain.data(macros(st, c)))
 }
 
 /** End of data: the content phase milter by milter, then the edits. */
 export function hook_data_post(this: MilterPlugin, next: Next, c: HarakaConnection): void {
-  const st = STATES.get(c)
   const t = c.transaction
-  if (!st || !t) return next()
-  const pending = runContent(
-    st.chain,
-    t,
-    macroLookup(st.cfg, c, st.sourceChannel, st.isLocal),
-  ).then((result) => applyStageResult.call(this, result, st.cfg, c, t))
-  settle.call(this, next, c, 'eom', pending, st.cfg.replyCode)
+  if (!t) return next()
+  stage.call(this, next, c, 'eom', (st) =>
+    runContent(st.chain, t, macros(st, c)).then((result) =>
+      applyStageResult.call(this, result, st.cfg, c, t),
+    ),
+  )
 }
 
 /** Queue: takes discarded and held messages before any delivering plugin. */
 export function milter_queue(this: MilterPlugin, next: Next, c: HarakaConnection): void {
-  const st = STATES.get(c)
+  const st = connectionState(c)
   const t = c.transaction
-  if (!st || !t) return next()
+  if (st?.kind !== 'milters' || !t) return next()
   const restored = restoreAuthResults(t)
   if (restored > 0) c.logdebug(this, `restored ${restored} milter Authentication-Results header(s)`)
   const d = dispositionOf(t)
@@ -337,7 +277,7 @@ export function milter_queue(this: MilterPlugin, next: Next, c: HarakaConnection
       `message ${d.kind === 'hold' ? 'held in quarantine' : 'discarded'} (${d.reason})${file ? `: ${file}` : ''}`,
     )
     next(
-      constants['ok'],
+      hookCode('ok'),
       d.kind === 'hold' ? 'Message accepted and held for review' : 'Message accepted',
     )
   }
@@ -349,22 +289,32 @@ export function milter_queue(this: MilterPlugin, next: Next, c: HarakaConnection
         this,
         `cannot write quarantine copy: ${e instanceof Error ? e.message : String(e)}`,
       )
-      next(constants['denysoft'], 'Temporary local problem - try again later')
+      next(hookCode('denysoft'), 'Temporary local problem - try again later')
     })
 }
 
-/** RSET, a new MAIL or EHLO, end of message: ABORT to milters inside a message. */
+/** One line per milter for what it did since the last report, with the refusal if any. */
+function logReports(this: MilterPlugin, c: HarakaConnection, st: Ready): void {
+  reportMessage(this, c, st.chain.takeReports(), st.refusal)
+  delete st.refusal
+}
+
+/** RSET, a new MAIL or EHLO, end of message: the message's report, ABORT to milters inside it. */
 export function hook_reset_transaction(this: MilterPlugin, next: Next, c: HarakaConnection): void {
-  STATES.get(c)?.chain.abort()
+  const st = connectionState(c)
+  if (st?.kind === 'milters') {
+    logReports.call(this, c, st)
+    st.chain.abort()
+  }
   next()
 }
 
-/** End of the SMTP session: QUIT every milter. */
+/** End of the SMTP session: what is left to report, then QUIT every milter. */
 export function hook_disconnect(this: MilterPlugin, next: Next, c: HarakaConnection): void {
-  const st = STATES.get(c)
-  if (st) {
+  const st = dropConnectionState(c)
+  if (st?.kind === 'milters') {
+    logReports.call(this, c, st)
     st.chain.close()
-    STATES.delete(c)
   }
   next()
 }
@@ -376,13 +326,11 @@ export function milter_unknown(
   c: HarakaConnection,
   params: [string, string],
 ): void {
-  const st = STATES.get(c)
-  if (!st) return next()
   const line = params.filter((p) => p !== undefined && p !== '').join(' ')
-  settle.call(this, next, c, 'unknown', st.chain.unknown(line), st.cfg.replyCode)
+  stage.call(this, next, c, 'unknown', (st) => st.chain.unknown(line))
 }
 
 /** Graceful shutdown: close idle reusable sessions. */
 export function shutdown(this: MilterPlugin): void {
-  this.milterPool?.close()
+  this.milter?.close()
 }

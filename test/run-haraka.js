@@ -1,97 +1,308 @@
 #!/usr/bin/env node
-// Run the demo Haraka (demo/) with the milter plugin from this repository, in the foreground.
-// Used by `npm start` (after `npm run build`). Ctrl-C stops it.
+// `npm start`: the product working, in the foreground. Ctrl-C stops everything.
+//
+// 1. Starts the demo milter, test/milters/scripted.py (a real libmilter filter, pymilter)
+//    with demo/milter-script.json: it adds an X-Milter-Demo header to every message and
+//    inserts X-Milter-Demo-First at the top. It needs /usr/bin/python3 with the Milter
+//    module (Debian: apt-get install python3-milter); without it Haraka runs on and logs
+//    that the milter cannot be reached (default_action = accept in demo/config/milter.ini).
+// 2. Runs Haraka with the plugin from this checkout on the configuration in demo/config/,
+//    copied to demo/run/haraka/ with the ports filled in.
+// 3. Sends one test message (node demo/send.js does the same) and prints where it was
+//    delivered: the demo queue plugin (demo/plugins/demo_deliver.js) writes each message,
+//    with the milters' edits, to demo/run/mail/<id>.eml.
+//
+// Environment: HARAKA_HOST (127.0.0.1), HARAKA_PORT (2525), DEMO_MILTER_PORT (8891),
+// DEMO_SEND=0 to skip the test message.
 'use strict'
 
-const { spawn } = require('node:child_process')
+const { spawn, spawnSync } = require('node:child_process')
 const fs = require('node:fs')
+const net = require('node:net')
 const path = require('node:path')
+const { sendMail, demoMessage } = require('../demo/send')
 
 const repoRoot = path.resolve(__dirname, '..')
 const demoDir = path.join(repoRoot, 'demo')
+const runDir = path.join(demoDir, 'run')
+const harakaDir = path.join(runDir, 'haraka')
+const mailDir = path.join(runDir, 'mail')
 const harakaBin = path.join(repoRoot, 'node_modules', 'Haraka', 'bin', 'haraka')
-const linkDir = path.join(demoDir, 'node_modules')
-const link = path.join(linkDir, 'haraka-plugin-milter')
-// relative, so the link survives moving the checkout
-const linkTarget = path.relative(linkDir, repoRoot)
+const PYTHON = '/usr/bin/python3'
+
+const children = new Set()
+let stopping = false
 
 function say(msg) {
   process.stderr.write(`run-haraka: ${msg}\n`)
 }
 
-function ensurePluginLink() {
-  fs.mkdirSync(linkDir, { recursive: true })
-  let stat = null
-  try {
-    stat = fs.lstatSync(link)
-  } catch {
-    // missing
-  }
-  if (stat !== null) {
-    if (!stat.isSymbolicLink()) {
-      say(`${link} exists and is not a symlink; remove it and retry`)
-      process.exit(1)
-    }
-    if (fs.readlinkSync(link) === linkTarget) return
-    fs.unlinkSync(link)
-  }
-  fs.symlinkSync(linkTarget, link, 'dir')
-  say(`linked ${path.relative(repoRoot, link)} -> ${linkTarget}`)
+function fail(msg) {
+  say(msg)
+  stopAll()
+  process.exit(1)
 }
 
-function main() {
-  if (!fs.existsSync(harakaBin)) {
-    say(`Haraka not found at ${harakaBin}; run npm install (or npm ci) first`)
-    process.exit(1)
-  }
-  const pkg = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8'))
-  const main = path.join(repoRoot, pkg.main || 'index.js')
-  if (!fs.existsSync(main)) {
-    say(`${path.relative(repoRoot, main)} does not exist; run npm run build first`)
-    process.exit(1)
-  }
-  ensurePluginLink()
+function rel(p) {
+  return path.relative(process.cwd(), p) || '.'
+}
 
-  say(`starting Haraka: ${process.execPath} ${harakaBin} -c ${demoDir}`)
-  const child = spawn(process.execPath, [harakaBin, '-c', demoDir], {
-    cwd: repoRoot,
-    // queue/discard only discards when this is set (see demo/config/plugins)
-    env: { YES_REALLY_DO_DISCARD: '1', ...process.env },
-    stdio: ['ignore', 'inherit', 'inherit'],
-    // own process group: a terminal Ctrl-C reaches only us, and we forward it exactly once
-    detached: true,
+function portFromEnv(name, dflt) {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return dflt
+  const n = Number(raw)
+  if (!Number.isInteger(n) || n < 1 || n > 65535) fail(`${name}="${raw}" is not a port number`)
+  return n
+}
+
+/** Resolves true when host:port can be bound (nothing listens there), false on EADDRINUSE. */
+function portIsFree(host, port) {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.once('error', (err) => (err.code === 'EADDRINUSE' ? resolve(false) : reject(err)))
+    srv.listen({ host, port, exclusive: true }, () => srv.close(() => resolve(true)))
   })
+}
 
-  const forward = (signal) => {
-    say(`${signal} received, stopping Haraka (pid ${child.pid})`)
+/** Sets `key = value` in `[section]` (null: the top, before any section) of an ini text. */
+function setIniKey(text, section, key, value) {
+  const lines = text.split('\n')
+  let inSection = section === null
+  let insertAt = section === null ? 0 : -1
+  for (let i = 0; i < lines.length; i++) {
+    const header = /^\s*\[([^\]]+)\]/.exec(lines[i])
+    if (header) {
+      if (inSection) break
+      inSection = header[1].trim() === section
+      if (inSection) insertAt = i + 1
+      continue
+    }
+    if (inSection && new RegExp(`^\\s*${key}\\s*=`).test(lines[i])) {
+      lines[i] = `${key} = ${value}`
+      return lines.join('\n')
+    }
+  }
+  if (insertAt === -1) return `${text.replace(/\n*$/, '\n')}\n[${section}]\n${key} = ${value}\n`
+  lines.splice(insertAt, 0, `${key} = ${value}`)
+  return lines.join('\n')
+}
+
+/** demo/config -> demo/run/haraka/config with the ports, plus plugins and the package link. */
+function prepareHarakaDir(host, port, milterPort) {
+  const configDir = path.join(harakaDir, 'config')
+  fs.rmSync(configDir, { recursive: true, force: true })
+  fs.cpSync(path.join(demoDir, 'config'), configDir, { recursive: true })
+  const edit = (name, fn) => {
+    const file = path.join(configDir, name)
+    fs.writeFileSync(file, fn(fs.readFileSync(file, 'utf8')))
+  }
+  const listen = net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`
+  edit('smtp.ini', (t) => setIniKey(t, null, 'listen', listen))
+  edit('milter.ini', (t) => setIniKey(t, 'milter.demo', 'socket', `inet:${milterPort}@127.0.0.1`))
+  fs.writeFileSync(path.join(configDir, 'demo_deliver.ini'), `[main]\ndir = ${mailDir}\n`)
+
+  const pluginsDir = path.join(harakaDir, 'plugins')
+  fs.rmSync(pluginsDir, { recursive: true, force: true })
+  fs.cpSync(path.join(demoDir, 'plugins'), pluginsDir, { recursive: true })
+
+  // Haraka loads `milter` as the package haraka-plugin-milter from <dir>/node_modules
+  const linkDir = path.join(harakaDir, 'node_modules')
+  const link = path.join(linkDir, 'haraka-plugin-milter')
+  fs.mkdirSync(linkDir, { recursive: true })
+  fs.rmSync(link, { force: true })
+  fs.symlinkSync(path.relative(linkDir, repoRoot), link, 'dir')
+  fs.mkdirSync(mailDir, { recursive: true })
+  return listen
+}
+
+function pymilterMissing() {
+  const r = spawnSync(PYTHON, ['-c', 'import Milter'], { stdio: 'ignore' })
+  return r.error !== undefined || r.status !== 0
+}
+
+/** Starts scripted.py on 127.0.0.1:port; resolves once it printed READY. */
+function startDemoMilter(port) {
+  const child = spawn(
+    PYTHON,
+    [
+      path.join(repoRoot, 'test', 'milters', 'scripted.py'),
+      '--socket',
+      `inet:${port}@127.0.0.1`,
+      '--script',
+      path.join(demoDir, 'milter-script.json'),
+      '--log',
+      path.join(runDir, 'milter-events.jsonl'),
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  )
+  children.add(child)
+  child.on('exit', () => children.delete(child))
+  let stderr = ''
+  child.stderr.setEncoding('utf8')
+  child.stderr.on('data', (d) => (stderr += d))
+  return new Promise((resolve, reject) => {
+    let out = ''
+    const timer = setTimeout(() => reject(new Error(`no READY within 10 s: ${stderr}`)), 10_000)
+    child.stdout.setEncoding('utf8')
+    child.stdout.on('data', (d) => {
+      out += d
+      if (/^READY$/m.test(out)) {
+        clearTimeout(timer)
+        resolve(child)
+      }
+    })
+    child.once('exit', (code) => {
+      clearTimeout(timer)
+      reject(new Error(`exited with code ${code}: ${stderr.trim()}`))
+    })
+  })
+}
+
+function stopAll() {
+  if (stopping) return
+  stopping = true
+  for (const child of children) {
     try {
-      // Haraka shuts down cleanly on SIGINT; it does not trap SIGTERM/SIGHUP the same way
-      child.kill(signal === 'SIGTERM' || signal === 'SIGHUP' ? 'SIGINT' : signal)
+      // Haraka shuts down cleanly on SIGINT; scripted.py on SIGTERM
+      process.kill(child.pid, child.spawnfile === PYTHON ? 'SIGTERM' : 'SIGINT')
     } catch {
       // already gone
     }
   }
-  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => forward(signal))
+}
 
-  // never leave Haraka running behind us
+/** The header block of a delivered file, for the terminal. */
+function headerBlock(file) {
+  const text = fs.readFileSync(file, 'utf8')
+  const end = text.indexOf('\n\n')
+  return end < 0 ? text : text.slice(0, end)
+}
+
+async function sendTestMessage(host, port) {
+  const from = 'alice@example.org'
+  const rcpts = ['bob@example.com']
+  const r = await sendMail({
+    host,
+    port,
+    from,
+    rcpts,
+    data: demoMessage(from, rcpts, 'npm start test message'),
+  })
+  const last = r.final
+  if (!r.accepted) {
+    say(`the test message was not accepted (at ${r.failedAt}): ${last}`)
+    return
+  }
+  const m = /delivered to (\S+\.eml)/.exec(last)
+  if (!m || !fs.existsSync(m[1])) {
+    say(`the test message was accepted (${last}) but no delivered file was named`)
+    return
+  }
+  say(`test message delivered to ${rel(m[1])}; its header, as the milters left it:`)
+  process.stderr.write(
+    `${headerBlock(m[1])
+      .split('\n')
+      .map((l) => `    ${l}`)
+      .join('\n')}\n`,
+  )
+}
+
+async function main() {
+  if (!fs.existsSync(harakaBin)) fail(`Haraka not found at ${rel(harakaBin)}: run npm ci first`)
+  const pkg = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8'))
+  if (!fs.existsSync(path.join(repoRoot, pkg.main)))
+    fail(`${pkg.main} does not exist: run npm run build first`)
+
+  const host = process.env.HARAKA_HOST || '127.0.0.1'
+  const port = portFromEnv('HARAKA_PORT', 2525)
+  const milterPort = portFromEnv('DEMO_MILTER_PORT', 8891)
+  if (!(await portIsFree(host, port)))
+    fail(
+      `port ${port} on ${host} is already in use (another npm start?); ` +
+        `choose another with HARAKA_PORT, e.g. HARAKA_PORT=2526 npm start`,
+    )
+
+  fs.mkdirSync(runDir, { recursive: true })
+  if (pymilterMissing()) {
+    say(
+      `the demo milter needs ${PYTHON} with the Milter module (apt-get install python3-milter); ` +
+        `running without it: Haraka logs that it cannot reach the milter and accepts mail ` +
+        `(default_action = accept)`,
+    )
+  } else if (!(await portIsFree('127.0.0.1', milterPort))) {
+    say(
+      `127.0.0.1:${milterPort} is in use: not starting the demo milter, Haraka uses whatever ` +
+        `listens there (set DEMO_MILTER_PORT to choose another port)`,
+    )
+  } else {
+    try {
+      await startDemoMilter(milterPort)
+      say(
+        `demo milter running: test/milters/scripted.py on inet:${milterPort}@127.0.0.1 ` +
+          `(demo/milter-script.json; its event log: ${rel(path.join(runDir, 'milter-events.jsonl'))})`,
+      )
+    } catch (err) {
+      say(`the demo milter did not start (${err.message}); running without it`)
+    }
+  }
+
+  const listen = prepareHarakaDir(host, port, milterPort)
+  say(`starting Haraka on ${listen} with ${rel(path.join(demoDir, 'config'))}`)
+  const haraka = spawn(process.execPath, [harakaBin, '-c', harakaDir], {
+    cwd: repoRoot,
+    stdio: ['ignore', 'pipe', 'inherit'],
+    // own process group: a terminal Ctrl-C reaches only us, and we forward it once
+    detached: true,
+  })
+  children.add(haraka)
+
+  let listening = false
+  let out = ''
+  haraka.stdout.setEncoding('utf8')
+  haraka.stdout.on('data', (d) => {
+    process.stdout.write(d)
+    if (listening) return
+    out += d
+    if (out.includes(`Listening on ${listen}`)) {
+      listening = true
+      out = ''
+      say(`Haraka is listening on ${listen}; delivered mail goes to ${rel(mailDir)}/`)
+      if (process.env.DEMO_SEND !== '0') {
+        sendTestMessage(host, port)
+          .catch((err) => say(`could not send the test message: ${err.message}`))
+          .finally(() =>
+            say(
+              `send more with: node demo/send.js --port ${port} [--to bob@example.com] [FILE.eml]; Ctrl-C stops`,
+            ),
+          )
+      }
+    }
+  })
+
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+    process.on(signal, () => {
+      say(`${signal} received, stopping`)
+      stopAll()
+    })
+  }
+  // never leave a child running behind us
   process.on('exit', () => {
-    if (child.exitCode === null && child.signalCode === null) {
+    for (const child of children) {
       try {
-        child.kill('SIGKILL')
+        process.kill(child.pid, 'SIGKILL')
       } catch {
         // already gone
       }
     }
   })
-
-  child.on('error', (err) => {
-    say(`cannot start Haraka: ${err.message}`)
-    process.exit(1)
-  })
-  child.on('exit', (code, signal) => {
-    say(`Haraka exited (${signal ? `signal ${signal}` : `code ${code}`})`)
-    process.exit(code ?? (signal === 'SIGINT' ? 0 : 1))
+  haraka.on('error', (err) => fail(`cannot start Haraka: ${err.message}`))
+  haraka.on('exit', (code, signal) => {
+    children.delete(haraka)
+    if (!stopping && !listening) say(`Haraka exited before it listened on ${listen}`)
+    else say(`Haraka exited (${signal ? `signal ${signal}` : `code ${code}`})`)
+    stopAll()
+    process.exit(stopping ? 0 : (code ?? 1))
   })
 }
 
-main()
+main().catch((err) => fail(err.stack || String(err)))

@@ -2,27 +2,22 @@
  * data_post: run the content phase and apply its result to the
  * transaction (edits, quarantine, discard), returning the outcome to answer.
  */
-import type { MessageResult, MilterChain, Outcome } from '../chain'
+import type { MessageResult, MilterChain, Outcome } from '../policy/chain'
 import type { MilterConfig } from '../config'
 import type { MacroLookup } from '../session/macros'
 import { envelopeOf, headerFields, writeBody, writeEnvelope, writeHeaders } from './apply'
 import type { HarakaConnection, HarakaTransaction } from './haraka'
+import { transactionState } from './state'
 
-/** What happens to an accepted message at queue time. */
-export interface Disposition {
-  kind: 'discard' | 'hold'
-  reason: string
-}
-
-/** The disposition recorded on the transaction, if any. */
-export function dispositionOf(t: HarakaTransaction): Disposition | undefined {
-  const d = t.notes['milter_disposition'] as
-    { kind?: string; milter?: string; reason?: string } | undefined
-  if (!d?.kind) return undefined
-  if (d.kind === 'discard')
-    return { kind: 'discard', reason: `discarded by ${d.milter ?? 'milter'}` }
-  if (d.kind === 'hold') return { kind: 'hold', reason: d.reason ?? 'quarantined' }
-  return undefined
+/** The disposition recorded on the transaction, if any, with its reason for the log. */
+export function dispositionOf(
+  t: HarakaTransaction,
+): { kind: 'discard' | 'hold'; reason: string } | undefined {
+  const d = transactionState(t).disposition
+  if (!d) return undefined
+  return d.kind === 'discard'
+    ? { kind: 'discard', reason: `discarded by ${d.milter}` }
+    : { kind: 'hold', reason: d.reason }
 }
 
 /** Runs headers..EOB through the chain on the transaction's message. */
@@ -62,15 +57,15 @@ function rememberAuthResults(t: HarakaTransaction, r: MessageResult): void {
   const added = r.headers
     .filter((h) => !h.hidden && h.name.toLowerCase() === AR && !before.has(normalise(h.value)))
     .map((h) => normalise(h.value))
-  if (added.length > 0) t.notes['milter_auth_results'] = added
+  if (added.length > 0) transactionState(t).authResults = added
 }
 
 /** Restores milter-added Authentication-Results that Haraka removed (run at queue). */
 export function restoreAuthResults(t: HarakaTransaction): number {
-  const wanted = t.notes['milter_auth_results']
-  if (!Array.isArray(wanted)) return 0
+  const wanted = transactionState(t).authResults
+  if (!wanted) return 0
   const have = new Set(t.header.get_all(AR).map(normalise))
-  const missing = (wanted as string[]).filter((v) => !have.has(v))
+  const missing = wanted.filter((v) => !have.has(v))
   for (const v of [...missing].reverse()) t.add_leading_header('Authentication-Results', v)
   return missing.length
 }
@@ -85,11 +80,11 @@ export async function applyStageResult(
 ): Promise<Outcome> {
   try {
     if (r.outcome.action === 'discard') {
-      t.notes['milter_disposition'] = { kind: 'discard', milter: r.outcome.milter }
+      transactionState(t).disposition = { kind: 'discard', milter: r.outcome.milter }
       return r.outcome
     }
     if (r.outcome.action !== 'continue') return r.outcome
-    if (t.notes['milter_disposition']) return r.outcome // discarded earlier (MAIL, RCPT or DATA)
+    if (transactionState(t).disposition) return r.outcome // discarded earlier (MAIL, RCPT or DATA)
     if (r.headersChanged) {
       rememberAuthResults(t, r)
       writeHeaders(t, r.headers)
@@ -102,7 +97,7 @@ export async function applyStageResult(
     if (r.quarantine.length > 0) return quarantine(this, cfg, c, t, r.quarantine.join('; '))
     return r.outcome
   } finally {
-    await r.body?.dispose()
+    await r.dispose()
   }
 }
 
@@ -117,7 +112,7 @@ function quarantine(
   t.results.add(plugin, { quarantine: reason })
   switch (cfg.quarantine.action) {
     case 'hold':
-      t.notes['milter_disposition'] = { kind: 'hold', reason }
+      transactionState(t).disposition = { kind: 'hold', reason }
       return { action: 'continue' }
     case 'tag':
       t.add_header(cfg.quarantine.tagHeader, reason)

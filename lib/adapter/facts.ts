@@ -2,11 +2,13 @@
  * Haraka connection and transaction state -> milter macro values and
  * CONNECT facts (plain data).
  */
+import type { RecipientFacts } from '../policy/routing'
 import type { MilterConfig } from '../config'
 import type { ConnectAddress } from '../protocol/commands'
-import { connectAddressFor, isIpLiteral } from '../transport'
+import { connectAddressFor, isIpLiteral, normalizeIp } from '../transport/address'
 import type { MacroLookup } from '../session/macros'
 import type { HarakaAddress, HarakaConnection, HarakaTransaction } from './haraka'
+import { transactionState } from './state'
 
 /** A name from rDNS, or undefined for Haraka's NXDOMAIN/DNSERROR sentinels. */
 function rdnsName(c: HarakaConnection): string | undefined {
@@ -15,12 +17,12 @@ function rdnsName(c: HarakaConnection): string | undefined {
   return h
 }
 
-/** The client IP with an IPv4-mapped IPv6 prefix removed. */
+/** The client IP, canonical (an IPv4-mapped IPv6 address as IPv4). */
 export function clientIp(c: HarakaConnection): string | undefined {
-  return c.remote.ip?.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '')
+  return c.remote.ip ? normalizeIp(c.remote.ip) : undefined
 }
 
-/** The CONNECT hostname: the client name, or `[addr]` when there is none (§2.4). */
+/** The CONNECT hostname: the client name, or `[addr]` when there is none (milter-protocol.md §2.4). */
 export function connectHostname(c: HarakaConnection): string {
   const ip = clientIp(c)
   return rdnsName(c) ?? (ip ? `[${ip}]` : 'localhost')
@@ -41,11 +43,7 @@ function cipherBits(name: string | undefined): string | undefined {
 /** Is the domain one of ours (Haraka's host_list)? */
 export type LocalDomain = (domain: string) => boolean
 
-/** Per-recipient facts another plugin or the config decided. */
-export interface RecipientFacts {
-  destinationChannel: string
-  optin: string | undefined
-}
+export type { RecipientFacts } from '../policy/routing'
 
 /** Transaction note keys other plugins may set in their rcpt hook (documented in the README). */
 export const NOTE_OPTIN = 'milter_optin'
@@ -129,8 +127,8 @@ export function macroLookup(
       : isLocal((from.host ?? '').toLowerCase())
         ? 'local'
         : 'smtp'
-    const mailArgs = t.notes['milter_mail_args'] as Record<string, string | null> | undefined
-    if (mailArgs?.['AUTH'] && mailArgs['AUTH'] !== '<>') values['{auth_author}'] = mailArgs['AUTH']
+    const auth = transactionState(t).mailArgs['AUTH']
+    if (auth && auth !== '<>') values['{auth_author}'] = auth
   }
   Object.assign(values, extra)
   return (n) => values[n]

@@ -40,7 +40,7 @@ export function stripAddress(raw: string): string {
   return a
 }
 
-/** The comparison key (§3.5 DELRCPT): local part exact, domain case-insensitive. */
+/** The comparison key (milter-protocol.md §3.5 DELRCPT): local part exact, domain case-insensitive. */
 export function addressKey(raw: string): string {
   const a = stripAddress(raw)
   const at = a.lastIndexOf('@')

@@ -1,5 +1,5 @@
 /**
- * The header block as a milter sees and edits it (§3.6, §8). Pure code,
+ * The header block as a milter sees and edits it (milter-protocol.md §3.6, §8). Pure code,
  * shared by the Haraka adapter and the CLI.
  *
  * - CHGHEADER counts only the headers sent to the milter (the MTA's own
@@ -12,6 +12,13 @@
  * - Every value a milter sends is flattened onto one line: runs of CR/LF
  *   (with the whitespace after them) become one space, NUL is removed. A
  *   milter can neither inject a header nor break the message.
+ * - Every line stays within RFC 5322's 998 octets: a long value is folded at
+ *   its spaces; a word that cannot be folded that short, or a value over
+ *   64 KiB, makes the edit invalid (the milter fails, all or none).
+ * - Bytes are kept: a value in UTF-8 goes out as sent (RFC 6532); a word
+ *   that is not UTF-8 (raw 8-bit in another charset), which Haraka's header
+ *   store (UTF-8 text) cannot hold, becomes RFC 2047 encoded-words in the
+ *   charset `unknown-8bit` (RFC 1428), from which every byte is recoverable.
  */
 
 /** One header field: its name and everything after the colon, raw. */
@@ -48,6 +55,54 @@ export function checkHeaderName(name: string): void {
   }
 }
 
+/** Largest header value a milter may set (bytes). */
+export const MAX_HEADER_VALUE = 64 * 1024
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true })
+
+function utf8OrUndefined(b: Buffer): string | undefined {
+  try {
+    return UTF8.decode(b)
+  } catch {
+    return undefined
+  }
+}
+
+/** Encoded-words of at most 75 characters: `=?unknown-8bit?B?` + 56 base64 characters + `?=`. */
+function encodedWords(word: Buffer): string {
+  const out: string[] = []
+  for (let i = 0; i < word.length; i += 42) {
+    out.push(`=?unknown-8bit?B?${word.subarray(i, i + 42).toString('base64')}?=`)
+  }
+  return out.join(' ')
+}
+
+/**
+ * A header value as a milter sent it (bytes) -> text: UTF-8 as is; each
+ * whitespace-separated word that is not valid UTF-8 becomes encoded-words.
+ */
+export function headerValueText(b: Buffer): string {
+  const whole = utf8OrUndefined(b)
+  if (whole !== undefined) return whole
+  const parts: string[] = []
+  let start = 0
+  const flush = (end: number): void => {
+    if (end <= start) return
+    const word = b.subarray(start, end)
+    parts.push(utf8OrUndefined(word) ?? encodedWords(word))
+  }
+  for (let i = 0; i < b.length; i++) {
+    const c = b[i]
+    if (c === 0x20 || c === 0x09 || c === 0x0d || c === 0x0a) {
+      flush(i)
+      parts.push(String.fromCharCode(c))
+      start = i + 1
+    }
+  }
+  flush(b.length)
+  return parts.join('')
+}
+
 /** Flattens a milter's header value onto one line and removes NUL and stray CR. */
 export function flattenHeaderValue(value: string): string {
   // eslint-disable-next-line no-control-regex
@@ -56,7 +111,7 @@ export function flattenHeaderValue(value: string): string {
 
 /**
  * The stored form of a value the milter sent: flattened, and with one space
- * after the colon unless the milter negotiated HDR_LEADSPC (§8.3).
+ * after the colon unless the milter negotiated HDR_LEADSPC (milter-protocol.md §8.3).
  */
 export function milterValueToField(
   value: string,
@@ -64,9 +119,15 @@ export function milterValueToField(
   nameLength = 0,
   folds: HeaderFolds = 'flatten',
 ): string {
+  if (Buffer.byteLength(value) > MAX_HEADER_VALUE) {
+    throw new HeaderEditError(
+      `a ${Buffer.byteLength(value)}-byte header value exceeds the limit of ${MAX_HEADER_VALUE}`,
+    )
+  }
   if (folds === 'keep') {
     const kept = keepFolds(value)
-    return leadingSpace ? kept : ` ${kept}`
+    const lines = (leadingSpace ? kept : ` ${kept}`).split('\n')
+    return lines.map((l, i) => foldLongValue(l, i === 0 ? nameLength + 1 : 0)).join('\n')
   }
   const flat = flattenHeaderValue(value)
   return foldLongValue(leadingSpace ? flat : ` ${flat}`, nameLength + 1)
@@ -80,7 +141,11 @@ export function milterValueToField(
  */
 export type HeaderFolds = 'flatten' | 'keep'
 
-/** Keeps proper folds (stored with LF, as Haraka stores parsed headers); neutralises the rest. */
+/**
+ * Keeps proper folds (stored with LF, as Haraka stores parsed headers);
+ * neutralises the rest. A continuation line of only whitespace (which some
+ * parsers take for the end of the header block) is removed.
+ */
 export function keepFolds(value: string): string {
   return (
     value
@@ -89,6 +154,7 @@ export function keepFolds(value: string): string {
       .replace(/(?:\r\n|\r|\n)+(?=[ \t])/g, '\n')
       .replace(/[\r\n]+[ \t]*/g, (m) => (m.startsWith('\n') && /[ \t]$/.test(m) ? m : ' '))
       .replace(/\n(?![ \t])/g, ' ')
+      .replace(/\n[ \t]*(?=\n|$)/g, '')
   )
 }
 
@@ -96,12 +162,13 @@ export function keepFolds(value: string): string {
 const MAX_LINE = 998
 
 /**
- * A flattened value whose line would exceed 998 characters is folded at
+ * A flattened value whose line would exceed 998 octets is folded at
  * spaces (CRLF + the space), lines kept near 78 characters. Each
- * continuation starts with whitespace, so no header can be injected.
+ * continuation starts with whitespace, so no header can be injected. A
+ * word too long to fit in 998 octets cannot be folded: HeaderEditError.
  */
 export function foldLongValue(value: string, prefix: number): string {
-  if (prefix + value.length <= MAX_LINE) return value
+  if (prefix + Buffer.byteLength(value) <= MAX_LINE) return value
   const out: string[] = []
   let line = ''
   let width = prefix
@@ -115,6 +182,14 @@ export function foldLongValue(value: string, prefix: number): string {
     width += word.length
   }
   out.push(line)
+  for (const [i, l] of out.entries()) {
+    const octets = Buffer.byteLength(l) + (i === 0 ? prefix : 0)
+    if (octets > MAX_LINE) {
+      throw new HeaderEditError(
+        `a header line of ${octets} octets has no space to fold at; RFC 5322 allows 998`,
+      )
+    }
+  }
   return out.join('\r\n')
 }
 
@@ -222,7 +297,7 @@ export function parseMessage(
   return { headers, body: toCrlf(body) }
 }
 
-/** Bare LF -> CRLF, existing CRLF kept, bare CR kept (Sendmail's rule, §8.2). */
+/** Bare LF -> CRLF, existing CRLF kept, bare CR kept (Sendmail's rule, milter-protocol.md §8.2). */
 export function toCrlf(body: Buffer): Buffer {
   const parts: Buffer[] = []
   let start = 0

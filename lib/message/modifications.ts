@@ -4,7 +4,7 @@
  */
 import type { Modification } from '../protocol/replies'
 import type { EnvelopeEdit } from './envelope'
-import type { HeaderEdit } from './headers'
+import { headerValueText, type HeaderEdit } from './headers'
 
 /** The modifications of one answer, by what they touch. */
 export interface SortedModifications {
@@ -40,7 +40,11 @@ export function sortModifications(mods: readonly Modification[]): SortedModifica
   for (const m of mods) {
     switch (m.kind) {
       case 'addheader':
-        out.headerEdits.push({ kind: 'addheader', name: text(m.name), value: text(m.value) })
+        out.headerEdits.push({
+          kind: 'addheader',
+          name: text(m.name),
+          value: headerValueText(m.value),
+        })
         break
       case 'insheader':
       case 'chgheader':
@@ -48,7 +52,7 @@ export function sortModifications(mods: readonly Modification[]): SortedModifica
           kind: m.kind,
           index: m.index,
           name: text(m.name),
-          value: text(m.value),
+          value: headerValueText(m.value),
         })
         break
       case 'addrcpt':

@@ -1,6 +1,6 @@
 /**
  * decodeReply(frame) -> Reply: every reply a milter can send, parsed
- * strictly against its layout as Postfix does (§1.6.4): a missing NUL, a
+ * strictly against its layout as Postfix does (milter-protocol.md §1.6.4): a missing NUL, a
  * short field, trailing bytes or data on an empty reply is a protocol
  * error. encodeReply is the inverse, for test servers and traces.
  */
@@ -69,7 +69,7 @@ const BARE_CODES: ReadonlyMap<BareReplyKind, number> = new Map(
 
 const STAGE_IDS = new Set<number>(Object.values(MacroStage))
 
-/** Parses the symlist appended to an OPTNEG reply (§4.7), Postfix-style lenient. */
+/** Parses the symlist appended to an OPTNEG reply (milter-protocol.md §4.7), Postfix-style lenient. */
 function decodeSymlist(r: Reader, warnings: string[]): SymList {
   const out: SymList = new Map()
   while (r.remaining > 0) {
@@ -165,8 +165,11 @@ export function decodeReply(frame: Frame): Reply {
   return reply
 }
 
+/** Names as latin1, the way decodeSymlist reads them, so any byte round-trips. */
 function encodeSymlist(w: Writer, symlist: SymList): void {
-  for (const [stage, names] of symlist) w.u32(stage).cstring(names.join(' '))
+  for (const [stage, names] of symlist) {
+    w.u32(stage).cstring(Buffer.from(names.join(' '), 'latin1'))
+  }
 }
 
 function encodeTwo(w: Writer, a: Buffer, b: Buffer | undefined): Buffer {

@@ -1,9 +1,14 @@
 /**
- * SMFIR_REPLYCODE validation, as Postfix 3.12 does it (§3.4): every line
+ * SMFIR_REPLYCODE validation, as Postfix 3.12 does it (milter-protocol.md §3.4): every line
  * `ddd` then `-` (all but the last) or space/end (the last), the same 4xx or
  * 5xx code on every line, an enhanced status code whose class matches the
  * first digit, CRLF between lines. `%%` becomes `%` and a lone `%` is
  * dropped. A reply that fails is a milter failure, never forwarded.
+ *
+ * What reaches the SMTP client stays within RFC 5321: reply text is
+ * US-ASCII (a byte outside printable ASCII becomes `?`, a control
+ * character is dropped), each line at most 512 octets with its code and
+ * CRLF (longer text is cut), at most 32 lines (libmilter's own maximum).
  */
 
 /** A validated SMTP reply from a milter. */
@@ -20,12 +25,31 @@ export interface SmtpReply {
 export type ReplyCodeResult = { ok: true; reply: SmtpReply } | { ok: false; error: string }
 
 const LINE = /^([45][0-9][0-9])(?:([ -])(.*))?$/s
+
+/** RFC 5321 4.5.3.1.5: a reply line is at most 512 octets, CRLF included. */
+export const MAX_REPLY_LINE = 512
+/** libmilter's smfi_setmlreply takes at most 32 lines. */
+export const MAX_REPLY_LINES = 32
 const ENHANCED = /^([245])\.([0-9]{1,3})\.([0-9]{1,3})(?:[ \t]+|$)/
 
-/** Postfix: `%%` -> `%`, a lone `%` is deleted. Control characters are dropped too. */
+/**
+ * Postfix: `%%` -> `%`, a lone `%` is deleted. Control characters are
+ * dropped, 8-bit bytes (the text is read as latin1) become `?`.
+ */
 function cleanText(text: string): string {
-  // eslint-disable-next-line no-control-regex
-  return text.replace(/%(%?)/g, '$1').replace(/[\x00-\x08\x0a-\x1f\x7f]/g, '')
+  return (
+    text
+      .replace(/%(%?)/g, '$1')
+      // eslint-disable-next-line no-control-regex
+      .replace(/[\x00-\x08\x0a-\x1f\x7f]/g, '')
+      .replace(/[\u0080-\uffff]/g, '?')
+  )
+}
+
+/** Cuts the text so `ddd-x.y.z text` CRLF fits in MAX_REPLY_LINE octets. */
+function fit(text: string, enhanced: string | undefined): string {
+  const room = MAX_REPLY_LINE - 2 - 4 - (enhanced ? enhanced.length + 1 : 0)
+  return text.length > room ? text.slice(0, room) : text
 }
 
 function parseLine(
@@ -40,16 +64,23 @@ function parseLine(
   const code = Number(m[1])
   let text = m[3] ?? ''
   const e = ENHANCED.exec(text)
-  if (!e) return { code, text: cleanText(text) }
+  if (!e) return { code, text: fit(cleanText(text), undefined) }
   if (e[1] !== m[1]?.[0]) return `enhanced code ${e[1]}.${e[2]}.${e[3]} does not match ${code}`
   text = text.slice(e[0].length)
-  return { code, enhanced: `${e[1]}.${e[2]}.${e[3]}`, text: cleanText(text) }
+  const enhanced = `${e[1]}.${e[2]}.${e[3]}`
+  return { code, enhanced, text: fit(cleanText(text), enhanced) }
 }
 
-/** Validates the text of a REPLYCODE (without its NUL). */
+/**
+ * Validates the text of a REPLYCODE (without its NUL), given as a string
+ * (read the bytes as latin1 so 8-bit bytes stay one character each).
+ */
 export function parseReplyCode(raw: string): ReplyCodeResult {
   if (raw.length === 0) return { ok: false, error: 'empty reply' }
   const rawLines = raw.replace(/\r\n$/, '').split('\r\n')
+  if (rawLines.length > MAX_REPLY_LINES) {
+    return { ok: false, error: `${rawLines.length} lines; at most ${MAX_REPLY_LINES} are allowed` }
+  }
   const lines: SmtpReply['lines'] = []
   let code = 0
   for (let i = 0; i < rawLines.length; i++) {

@@ -1,5 +1,5 @@
 /**
- * The content phase for one milter (§5.7): headers, EOH, body chunks and
+ * The content phase for one milter (milter-protocol.md §5.7): headers, EOH, body chunks and
  * end of message, stopping at the first verdict that ends the message.
  */
 import type { MacroLookup } from './macros'

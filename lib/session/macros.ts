@@ -1,6 +1,6 @@
 /**
  * Macro lists per stage: the configured lists, overridden per milter by the
- * lists it asked for in negotiation (§6.6), and the values looked up when a
+ * lists it asked for in negotiation (milter-protocol.md §6.6), and the values looked up when a
  * stage is reported.
  */
 import { MacroStage } from '../protocol/constants'
@@ -65,3 +65,25 @@ export function macroPairs(
   }
   return out
 }
+
+/** The macro lists sent by default: Postfix's, plus the client macros and the seed's channels. */
+export const DEFAULT_MACROS: MacroLists = new Map<MacroStage, readonly string[]>([
+  ...POSTFIX_DEFAULT_MACROS,
+  [
+    MacroStage.CONNECT,
+    [
+      ...(POSTFIX_DEFAULT_MACROS.get(MacroStage.CONNECT) ?? []),
+      '{client_addr}',
+      '{client_name}',
+      '{client_port}',
+      '{client_ptr}',
+      '{client_resolve}',
+      '{source_channel}',
+    ],
+  ],
+  [
+    MacroStage.ENVRCPT,
+    [...(POSTFIX_DEFAULT_MACROS.get(MacroStage.ENVRCPT) ?? []), '{destination_channel}', '{optin}'],
+  ],
+  [MacroStage.EOM, ['i', '{msg_id}']],
+])

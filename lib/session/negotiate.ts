@@ -1,6 +1,6 @@
 /**
- * Option negotiation (§4): what we offer for a protocol version, and the
- * validation of the milter's answer (§4.6). Pure functions.
+ * Option negotiation (milter-protocol.md §4): what we offer for a protocol version, and the
+ * validation of the milter's answer (milter-protocol.md §4.6). Pure functions.
  */
 import { MilterNegotiationError } from '../errors'
 import {
@@ -12,6 +12,7 @@ import {
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
   PROTO_INTERNAL,
+  PROTO_V6,
   Proto,
   hex,
 } from '../protocol/constants'
@@ -37,8 +38,20 @@ export interface Negotiated {
   offer: Offer
 }
 
-/** Every protocol bit we implement for v6: all but RCPT_REJ (we never report rejected RCPTs). */
-const PROTO_V6_IMPLEMENTED = 0x1fffff & ~Proto.RCPT_REJ
+/** The NO* steps a v2 milter may ask to omit (SMFI_V2_PROT). */
+const NO_STEPS_V2 =
+  Proto.NOCONNECT |
+  Proto.NOHELO |
+  Proto.NOMAIL |
+  Proto.NORCPT |
+  Proto.NOBODY |
+  Proto.NOHDRS |
+  Proto.NOEOH
+/** v3 adds UNKNOWN, v4 DATA. */
+const NO_STEPS_V3 = NO_STEPS_V2 | Proto.NOUNKNOWN
+const NO_STEPS_V4 = NO_STEPS_V3 | Proto.NODATA
+/** Every protocol bit we implement for v6: all of SMFI_CURR_PROT but RCPT_REJ (we never report rejected RCPTs). */
+const PROTO_V6_IMPLEMENTED = PROTO_V6 & ~Proto.RCPT_REJ
 
 /**
  * The offer for a protocol version, the way Postfix builds it: every NO*
@@ -53,13 +66,13 @@ export function offerFor(version: number, actions?: number): Offer {
   const acts = actions === undefined ? maxActs : actions & maxActs
   let protocol: number
   if (version >= 6) protocol = PROTO_V6_IMPLEMENTED
-  else if (version >= 4) protocol = 0x37f
-  else if (version === 3) protocol = 0x17f
-  else protocol = 0x7f
+  else if (version >= 4) protocol = NO_STEPS_V4
+  else if (version === 3) protocol = NO_STEPS_V3
+  else protocol = NO_STEPS_V2
   return { version, actions: acts, protocol }
 }
 
-/** Validates the OPTNEG answer against our offer (§4.6). Throws MilterNegotiationError. */
+/** Validates the OPTNEG answer against our offer (milter-protocol.md §4.6). Throws MilterNegotiationError. */
 export function validateOptneg(offer: Offer, reply: OptnegReply): Negotiated {
   const { version, actions } = reply
   if (version < MIN_PROTOCOL_VERSION || version > offer.version) {

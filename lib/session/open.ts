@@ -2,7 +2,8 @@
  * Dial a milter and negotiate, both under the connect timeout.
  */
 import { MilterTimeoutError } from '../errors'
-import { dial, type SocketSpec } from '../transport'
+import { dial } from '../transport/dial'
+import type { SocketSpec } from '../transport/spec'
 import { MilterSession, type SessionOptions } from './session'
 
 /** Opens a negotiated session; rejects with a MilterError. */

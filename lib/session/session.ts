@@ -4,7 +4,15 @@
  * eoh, body, endOfMessage, unknown, abort, quit), each returning a typed
  * verdict. Every read is timed; any error destroys the connection and is
  * sticky. The session never sends a command out of order, because
- * libmilter silently drops those and the client would hang (§5.3).
+ * libmilter silently drops those and the client would hang (milter-protocol.md §5.3).
+ *
+ * Why this file is longer than the others: it is the protocol's state
+ * machine with one method per step (go-milter's layout), and splitting the
+ * steps apart would scatter one conversation. What is not a step lives
+ * beside it: state.ts (transitions), reader.ts (frames, flow control,
+ * timers), verdicts.ts (what a reply means), types.ts, negotiate.ts.
+ *
+ * § references are to docs/milter-protocol.md.
  */
 import {
   MilterClosedError,
@@ -31,79 +39,14 @@ import {
   type Bytes,
   type ConnectAddress,
 } from '../protocol/commands'
-import { Act, CHUNK_SIZE, Cmd, LEN_BYTES, MacroStage, Proto, hex } from '../protocol/constants'
-import { FrameDecoder, type Frame } from '../protocol/frame'
+import { CHUNK_SIZE, Cmd, LEN_BYTES, MacroStage, Proto, hex } from '../protocol/constants'
 import { decodeReply, type Modification, type Reply } from '../protocol/replies'
-import { parseReplyCode, type SmtpReply } from '../protocol/replycode'
-import { macroPairs, type MacroLists, type MacroLookup } from './macros'
+import { macroPairs, type MacroLookup } from './macros'
 import { offerFor, validateOptneg, type Negotiated, type Offer } from './negotiate'
-import { AFTER, FROM, IN_MESSAGE, allowed, type State, type Step } from './state'
-
-/** The duplex byte stream a session runs on (a net.Socket satisfies it). */
-export interface MilterStream {
-  write(data: Uint8Array): boolean
-  destroy(): void
-  end(): void
-  on(event: 'data', listener: (chunk: Buffer) => void): unknown
-  on(event: 'close' | 'drain', listener: () => void): unknown
-  on(event: 'error', listener: (err: Error) => void): unknown
-  once(event: 'drain', listener: () => void): unknown
-  removeListener(event: 'drain', listener: () => void): unknown
-  /** Flow control: frames are read faster than a slow consumer (a body spool) takes them. */
-  pause?(): unknown
-  resume?(): unknown
-}
-
-/** Frames queued before the socket is paused, and the level at which it resumes. */
-const QUEUE_HIGH = 16
-const QUEUE_LOW = 4
-
-/** A milter's answer to one step. */
-export type Verdict =
-  | { kind: 'continue' | 'accept' | 'reject' | 'tempfail' | 'discard' | 'skip' }
-  | { kind: 'shutdown' | 'conn_fail' }
-  | { kind: 'replycode'; reply: SmtpReply }
-
-/** The outcome of end of message: final verdict, modifications in order, body replacement. */
-export interface EomResult {
-  verdict: Verdict
-  /** Every modification except body chunks, in the order received. */
-  modifications: Modification[]
-  /** True when the milter sent REPLBODY (even an empty one). */
-  bodyReplaced: boolean
-  /** The replacement body, when no onReplaceBody sink was given. */
-  replacementBody?: Buffer
-}
-
-/** The three timeouts (§7.3), in milliseconds. */
-export interface Timeouts {
-  connectMs: number
-  commandMs: number
-  contentMs: number
-}
-
-/** Optional observers: packet trace (what the seed calls DEBUG=2) and warnings. */
-export interface SessionObserver {
-  trace?(dir: 'send' | 'recv', frame: Frame): void
-  warn?(message: string): void
-  debug?(message: string): void
-}
-
-/** How to run a session. */
-export interface SessionOptions {
-  /** The milter's name, for errors and logs. */
-  name: string
-  /** Offered protocol version (2 to 6). Default 6. */
-  version?: number
-  /** Offered actions, cut down to the version's mask. Default all. */
-  actions?: number
-  timeouts: Timeouts
-  /** Configured macro names per stage; a milter's symlist overrides a stage. */
-  macros: MacroLists
-  /** Largest reply payload accepted from the milter. */
-  maxReplyBytes?: number
-  observer?: SessionObserver
-}
+import { FrameReader } from './reader'
+import { isModification, modificationProblem, verdictOf } from './verdicts'
+import type { EomResult, MilterStream, SessionOptions, Verdict } from './types'
+import { FROM, IN_MESSAGE, allowed, transition, type Event, type State, type Step } from './state'
 
 /** What a step sends: omitted by which NO* bit, unanswered under which NR_* bit. */
 interface StepSpec {
@@ -119,44 +62,32 @@ interface StepSpec {
 
 const CONTINUE: Verdict = { kind: 'continue' }
 
-/** Which action bit allows which modification (§4.3). */
-const MOD_ACTION: Readonly<Record<Modification['kind'], number>> = {
-  addheader: Act.ADDHDRS,
-  insheader: Act.ADDHDRS,
-  chgheader: Act.CHGHDRS,
-  replbody: Act.CHGBODY,
-  addrcpt: Act.ADDRCPT,
-  addrcpt_par: Act.ADDRCPT_PAR,
-  delrcpt: Act.DELRCPT,
-  chgfrom: Act.CHGFROM,
-  quarantine: Act.QUARANTINE,
-}
-
-const MODIFICATION_KINDS = new Set<string>(Object.keys(MOD_ACTION))
-
-function isModification(r: Reply): r is Modification {
-  return MODIFICATION_KINDS.has(r.kind)
-}
-
-/** NUL cannot travel in a `str\0` field: client-supplied text loses it (§1.5). */
+/** NUL cannot travel in a `str\0` field: client-supplied text loses it (milter-protocol.md §1.5). */
 function noNul(v: Bytes): Bytes {
   if (typeof v === 'string') return v.includes('\0') ? v.replace(/\0/g, '') : v
   return v.includes(0) ? Buffer.from(v.toString('latin1').replace(/\0/g, ''), 'latin1') : v
 }
 
+export type {
+  EomResult,
+  MilterStream,
+  SessionObserver,
+  SessionOptions,
+  Timeouts,
+  Verdict,
+} from './types'
+
 /** One milter connection. Create it with MilterSession.negotiate(). */
 export class MilterSession {
   private state: State = 'negotiated'
-  private readonly decoder: FrameDecoder
-  private readonly frames: Frame[] = []
-  private waiter: { resolve: (f: Frame) => void; reject: (e: MilterError) => void } | undefined
-  private timer: NodeJS.Timeout | undefined
+  private readonly reader: FrameReader
   private failure: MilterError | undefined
   private afterEob = false
   private skipping: Step | undefined
   private closedByPeer = false
   private ending = false
-  private paused = false
+  /** Absolute time (ms) by which the current end of message must be answered. */
+  private eomDeadline: number | undefined
 
   private constructor(
     private readonly stream: MilterStream,
@@ -164,8 +95,14 @@ export class MilterSession {
     /** The options in force; set by negotiate(). */
     public negotiated: Negotiated,
   ) {
-    this.decoder = new FrameDecoder(opts.maxReplyBytes)
-    stream.on('data', (chunk) => this.onData(chunk))
+    this.reader = new FrameReader(
+      stream,
+      opts.name,
+      opts.maxReplyBytes,
+      (e) => this.fail(e),
+      opts.observer?.trace ? (f) => opts.observer?.trace?.('recv', f) : undefined,
+    )
+    stream.on('data', (chunk) => this.reader.push(chunk))
     stream.on('error', (err) =>
       this.fail(new MilterClosedError(`${this.opts.name}: ${err.message}`, { cause: err })),
     )
@@ -177,18 +114,17 @@ export class MilterSession {
   }
 
   /**
-   * Sends OPTNEG on an open stream and validates the answer (§4.6). The
+   * Sends OPTNEG on an open stream and validates the answer (milter-protocol.md §4.6). The
    * connect timeout covers the exchange. A milter that hangs up instead of
-   * answering usually needs actions or steps we did not offer (§4.8).
+   * answering usually needs actions or steps we did not offer (milter-protocol.md §4.8).
    */
   static async negotiate(stream: MilterStream, opts: SessionOptions): Promise<MilterSession> {
     const offer: Offer = offerFor(opts.version ?? 6, opts.actions)
     const placeholder: Negotiated = { ...offer, maxDataBytes: 65535, symlist: new Map(), offer }
     const s = new MilterSession(stream, opts, placeholder)
-    s.state = 'negotiated'
     try {
       s.send(encodeOptneg(offer.version, offer.actions, offer.protocol))
-      const frame = await s.nextFrame('connect', 'SMFIC_OPTNEG', opts.timeouts.connectMs)
+      const frame = await s.reader.next('connect', 'SMFIC_OPTNEG', opts.timeouts.connectMs)
       const reply = decodeReply(frame)
       if (reply.kind !== 'optneg') {
         throw new MilterNegotiationError(`milter answered OPTNEG with ${reply.kind}`)
@@ -237,7 +173,7 @@ export class MilterSession {
     return this.failure
   }
 
-  /** True when QUIT_NC may be sent (directly after a completed EOB, §5.6). */
+  /** True when QUIT_NC may be sent (directly after a completed EOB, milter-protocol.md §5.6). */
   get reusable(): boolean {
     return this.afterEob && this.state === 'ready' && !this.failure && this.negotiated.version >= 6
   }
@@ -259,11 +195,11 @@ export class MilterSession {
     return this.afterConnectionStep(v, 'connect')
   }
 
-  /** SMFIC_HELO; sends ABORT first when a message is open (§5.5). */
+  /** SMFIC_HELO; sends ABORT first when a message is open (milter-protocol.md §5.5). */
   async helo(helo: Bytes, macros?: MacroLookup): Promise<Verdict> {
     if (this.state === 'connectionDone') return CONTINUE
     if (this.inMessage) this.abort()
-    if (this.state === 'messageDone') this.state = 'ready'
+    if (this.state === 'messageDone') this.go({ kind: 'reset' })
     const v = await this.step({
       step: 'helo',
       macroStage: MacroStage.HELO,
@@ -309,13 +245,15 @@ export class MilterSession {
     })
     switch (v.kind) {
       case 'continue':
+        return v
       case 'reject':
       case 'tempfail':
       case 'replycode':
-        this.state = 'rcpt'
+        // refuses this recipient only: the message goes on
+        this.go({ kind: 'continued', step: 'rcpt' })
         return v
       case 'skip':
-        this.state = 'rcpt'
+        this.go({ kind: 'skipped', step: 'rcpt' })
         this.skipping = 'rcpt'
         return CONTINUE
       default:
@@ -342,7 +280,7 @@ export class MilterSession {
   /**
    * SMFIC_HEADER. `value` is everything after the colon as it stands in the
    * message (leading space and folds included); one leading space is
-   * stripped unless HDR_LEADSPC, and CRLF folds become bare LF (§8.1).
+   * stripped unless HDR_LEADSPC, and CRLF folds become bare LF (milter-protocol.md §8.1).
    */
   async header(name: Bytes, value: Buffer): Promise<Verdict> {
     if (this.passThrough('header')) return CONTINUE
@@ -393,12 +331,11 @@ export class MilterSession {
         label: 'SMFIC_BODY',
       })
       if (v.kind === 'skip') {
-        this.state = 'body'
+        this.go({ kind: 'skipped', step: 'body' })
         this.skipping = 'body'
         return CONTINUE
       }
       if (v.kind !== 'continue') return this.afterMessageStep(v, 'body')
-      this.state = 'body'
       if ((this.negotiated.protocol & Proto.NR_BODY) !== 0) await this.drained('SMFIC_BODY')
     }
     return CONTINUE
@@ -419,6 +356,18 @@ export class MilterSession {
     this.check('eom')
     this.sendMacros(MacroStage.EOM, macros)
     this.send(encodeBare(Cmd.BODYEOB))
+    const eomMs = this.opts.timeouts.eomMs
+    this.eomDeadline = eomMs === undefined ? undefined : Date.now() + eomMs
+    try {
+      return await this.readEom(onReplaceBody)
+    } finally {
+      this.eomDeadline = undefined
+    }
+  }
+
+  private async readEom(
+    onReplaceBody: ((chunk: Buffer) => void | Promise<void>) | undefined,
+  ): Promise<EomResult> {
     const mods: Modification[] = []
     const collected: Buffer[] = []
     let bodyReplaced = false
@@ -437,10 +386,13 @@ export class MilterSession {
         continue
       }
       const verdict = this.toVerdict(reply, 'SMFIC_BODYEOB')
-      this.state = verdict.kind === 'shutdown' || verdict.kind === 'conn_fail' ? 'closed' : 'ready'
-      this.afterEob = this.state === 'ready'
       this.skipping = undefined
-      if (this.state === 'closed') this.close()
+      if (verdict.kind === 'shutdown' || verdict.kind === 'conn_fail') {
+        this.close()
+      } else {
+        this.go({ kind: 'eomAnswered' })
+        this.afterEob = true
+      }
       const result: EomResult = { verdict, modifications: mods, bodyReplaced }
       if (bodyReplaced && !onReplaceBody) result.replacementBody = Buffer.concat(collected)
       return result
@@ -460,17 +412,17 @@ export class MilterSession {
       packet: () => encodeUnknown(noNul(line)),
       label: 'SMFIC_UNKNOWN',
     })
-    this.state = before
     if (v.kind === 'shutdown' || v.kind === 'conn_fail') this.close()
+    else this.go({ kind: 'restored', state: before })
     return v
   }
 
   /** SMFIC_ABORT when a message is open (no reply); a no-op otherwise. */
   abort(): void {
-    if (this.state === 'messageDone') this.state = 'ready'
+    if (this.state === 'messageDone') this.go({ kind: 'reset' })
     if (!this.inMessage) return
     this.send(encodeBare(Cmd.ABORT))
-    this.state = 'ready'
+    this.go({ kind: 'reset' })
     this.afterEob = false
     this.skipping = undefined
   }
@@ -483,7 +435,7 @@ export class MilterSession {
   quitNc(): boolean {
     if (!this.reusable || !allowed('quit_nc', this.state)) return false
     this.send(encodeBare(Cmd.QUIT_NC))
-    this.state = 'negotiated'
+    this.go({ kind: 'quitNc' })
     this.afterEob = false
     return true
   }
@@ -512,12 +464,20 @@ export class MilterSession {
 
   private close(): void {
     this.ending = true
-    this.state = 'closed'
-    this.clearTimer()
+    this.go({ kind: 'closed' })
+    this.reader.stop()
     this.stream.end()
-    const w = this.waiter
-    this.waiter = undefined
-    w?.reject(new MilterClosedError(`${this.opts.name}: session closed`))
+  }
+
+  /** The one place the state changes: by an event, per the table in state.ts. */
+  private go(e: Event): void {
+    const to = transition(this.state, e)
+    if (to === undefined) {
+      throw this.fail(
+        new MilterStateError(`${this.opts.name}: ${e.kind} is not possible in state ${this.state}`),
+      )
+    }
+    this.state = to
   }
 
   /** In decided states message steps are answered without I/O; skipped event types too. */
@@ -563,10 +523,9 @@ export class MilterSession {
     return verdict
   }
 
-  /** The state reached by completing a step with CONTINUE. */
+  /** A step completed with CONTINUE (or omitted, or unanswered). */
   private advance(step: Step): void {
-    const s = AFTER[step]
-    if (s) this.state = s
+    this.go({ kind: 'continued', step })
   }
 
   private afterConnectionStep(v: Verdict, step: 'connect' | 'helo'): Verdict {
@@ -587,9 +546,9 @@ export class MilterSession {
         this.quit()
         return v
       default:
-        // accept, reject, tempfail, replycode: the milter is done with this connection (§5.4).
+        // accept, reject, tempfail, replycode: the milter is done with this connection (milter-protocol.md §5.4).
+        this.go({ kind: 'connectionEnded' })
         this.quit()
-        this.state = 'connectionDone'
         return v
     }
   }
@@ -608,7 +567,7 @@ export class MilterSession {
         this.quit()
         return v
       default:
-        this.state = 'messageDone'
+        this.go({ kind: 'messageEnded' })
         this.skipping = undefined
         return v
     }
@@ -629,56 +588,34 @@ export class MilterSession {
   }
 
   private checkModification(m: Modification): void {
-    const bit = MOD_ACTION[m.kind]
-    if ((this.negotiated.offer.actions & bit) === 0) {
-      throw this.fail(
-        new MilterProtocolError(
-          `${this.opts.name}: ${m.kind} needs action ${hex(bit)}, which we did not offer`,
-        ),
-      )
-    }
-    if ((this.negotiated.actions & bit) === 0) {
-      this.opts.observer?.warn?.(
-        `${this.opts.name}: milter did not negotiate ${hex(bit)} but sent ${m.kind}; applied`,
-      )
-    }
+    const problem = modificationProblem(m, this.negotiated)
+    if (problem?.fatal)
+      throw this.fail(new MilterProtocolError(`${this.opts.name}: ${problem.text}`))
+    if (problem) this.opts.observer?.warn?.(`${this.opts.name}: ${problem.text}`)
   }
 
   private toVerdict(reply: Reply, label: string): Verdict {
-    switch (reply.kind) {
-      case 'continue':
-      case 'accept':
-      case 'reject':
-      case 'tempfail':
-      case 'discard':
-      case 'skip':
-      case 'shutdown':
-      case 'conn_fail':
-        return { kind: reply.kind }
-      case 'replycode': {
-        const parsed = parseReplyCode(reply.text.toString('utf8'))
-        if (!parsed.ok) {
-          throw this.fail(
-            new MilterProtocolError(
-              `${this.opts.name}: malformed SMFIR_REPLYCODE to ${label}: ${parsed.error}`,
-            ),
-          )
-        }
-        return { kind: 'replycode', reply: parsed.reply }
-      }
-      default:
-        throw this.fail(
-          new MilterProtocolError(
-            `${this.opts.name}: unexpected ${reply.kind} in reply to ${label}`,
-          ),
-        )
-    }
+    const v = verdictOf(reply, label)
+    if (typeof v === 'string') throw this.fail(new MilterProtocolError(`${this.opts.name}: ${v}`))
+    return v
   }
 
-  /** Reads until a non-PROGRESS reply; each PROGRESS re-arms the phase timer. */
+  /**
+   * Reads until a non-PROGRESS reply; each PROGRESS re-arms the phase timer,
+   * but never past the end-of-message deadline.
+   */
   private async readReply(phase: Phase, label: string): Promise<Reply> {
     for (;;) {
-      const frame = await this.nextFrame(phase, label, this.timeoutFor(phase))
+      let ms = this.timeoutFor(phase)
+      let what = label
+      if (this.eomDeadline !== undefined && this.eomDeadline - Date.now() < ms) {
+        ms = Math.max(0, this.eomDeadline - Date.now())
+        what = `${label} (eom_timeout: the final reply within ${this.opts.timeouts.eomMs ?? 0} ms)`
+        if (ms === 0 && this.reader.queued === 0) {
+          throw this.fail(new MilterTimeoutError(phase, this.opts.timeouts.eomMs ?? 0, what))
+        }
+      }
+      const frame = await this.reader.next(phase, what, ms)
       let reply: Reply
       try {
         reply = decodeReply(frame)
@@ -693,55 +630,6 @@ export class MilterSession {
   private timeoutFor(phase: Phase): number {
     const t = this.opts.timeouts
     return phase === 'connect' ? t.connectMs : phase === 'command' ? t.commandMs : t.contentMs
-  }
-
-  private nextFrame(phase: Phase, label: string, ms: number): Promise<Frame> {
-    const f = this.frames.shift()
-    if (this.paused && this.frames.length <= QUEUE_LOW) {
-      this.paused = false
-      this.stream.resume?.()
-    }
-    if (f) return Promise.resolve(f)
-    if (this.failure) return Promise.reject(this.failure)
-    if (this.state === 'closed') {
-      return Promise.reject(new MilterClosedError(`${this.opts.name}: session is closed`))
-    }
-    return new Promise<Frame>((resolve, reject) => {
-      this.waiter = { resolve, reject }
-      this.timer = setTimeout(() => {
-        this.fail(new MilterTimeoutError(phase, ms, `${label} from ${this.opts.name}`))
-      }, ms)
-    })
-  }
-
-  private clearTimer(): void {
-    if (this.timer) clearTimeout(this.timer)
-    this.timer = undefined
-  }
-
-  private onData(chunk: Buffer): void {
-    let frames: Frame[]
-    try {
-      frames = this.decoder.push(chunk)
-    } catch (e) {
-      this.fail(isMilterError(e) ? e : new MilterProtocolError(String(e)))
-      return
-    }
-    for (const f of frames) {
-      this.opts.observer?.trace?.('recv', f)
-      const w = this.waiter
-      if (w) {
-        this.waiter = undefined
-        this.clearTimer()
-        w.resolve(f)
-      } else {
-        this.frames.push(f)
-      }
-    }
-    if (!this.paused && this.frames.length >= QUEUE_HIGH && this.stream.pause) {
-      this.paused = true
-      this.stream.pause()
-    }
   }
 
   private send(packet: Buffer): void {
@@ -788,12 +676,9 @@ export class MilterSession {
     if (this.failure) return this.failure
     if (this.state === 'closed' && err instanceof MilterClosedError) return err
     this.failure = err
-    this.state = 'failed'
-    this.clearTimer()
+    this.state = 'failed' // any state may fail: the one change outside go()
+    this.reader.stop(err)
     this.stream.destroy()
-    const w = this.waiter
-    this.waiter = undefined
-    w?.reject(err)
     return err
   }
 }

@@ -15,7 +15,7 @@
  */
 import assert from 'node:assert/strict'
 
-import { runCheck } from '../../lib/check'
+import { runCheck } from '../../lib/cli/check'
 import {
   assertMimeDefangInstalled,
   startMimeDefang,

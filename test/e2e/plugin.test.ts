@@ -209,22 +209,61 @@ describe('plugin end to end (real Haraka, real libmilter, real SMTP delivery)', 
     assert.equal(sink.messages.length, 0)
   })
 
-  it('tempfails at HELO', async () => {
+  it('tempfails at HELO: HELO gets 250 (451 is not a HELO reply), MAIL gets the 451', async () => {
     await milterOne({ reply: { helo: 'tempfail' } })
     const r = await send(ports.a)
-    assert.equal(r.replies.helo?.code, 451)
-    assert.equal(r.replies.helo?.enhanced, '4.7.1')
+    assert.equal(r.replies.helo?.code, 250)
+    assert.equal(r.replies.mail?.code, 451)
+    assert.equal(r.replies.mail?.enhanced, '4.7.1')
     assert.equal(r.accepted, false)
+  })
+
+  it('rejects at HELO with 550, and a second HELO cannot get past it', async () => {
+    await milterOne({ reply: { helo: 'reject' } })
+    const c = await SmtpClient.connect('127.0.0.1', ports.a)
+    assert.equal(c.greeting.code, 220)
+    assert.equal((await c.command('EHLO client.example.org')).code, 550)
+    assert.equal((await c.command('EHLO client.example.org')).code, 550)
+    assert.equal((await c.command('MAIL FROM:<alice@example.org>')).code, 503)
+    await c.close()
+  })
+
+  it('logs one INFO line per milter per message: stages, verdict, edits, time waited, the reply when not 250', async () => {
+    await milterOne({ eom: [{ op: 'addheader', name: 'X-Logged', value: 'yes' }] })
+    const since = haraka.log().length
+    assert.equal((await send(ports.a)).accepted, true)
+    await haraka.waitForLog(
+      /\[INFO\].*\[milter\] one \(inet:\d+@127\.0\.0\.1\): stages connect,helo,mail,rcpt,data,eom; verdict (?:continue|accept@eom); edits addheader=1; waited \d+ ms$/m,
+      10000,
+      since,
+    )
+    await one?.stop()
+    await milterOne({ reply: { eom: 'reject' } })
+    const before = haraka.log().length
+    assert.equal((await send(ports.a)).accepted, false)
+    await haraka.waitForLog(
+      /\[milter\] one \(inet:\d+@127\.0\.0\.1\): stages .*eom; verdict reject@eom; edits none; waited \d+ ms; reply 554 5\.7\.1 Message rejected$/m,
+      10000,
+      before,
+    )
   })
 
   it('rejects MAIL with a multi-line reply code, every line kept', async () => {
     await milterOne({
       reply: { mail: { code: '550', xcode: '5.7.1', lines: ['first line', 'second line'] } },
     })
+    const since = haraka.log().length
     const r = await send(ports.a)
     assert.equal(r.replies.mail?.code, 550)
     assert.deepEqual(r.replies.mail?.lines, ['5.7.1 first line', '5.7.1 second line'])
     assert.equal(r.accepted, false)
+    // Haraka's own notice formats the hook message as a string: the reply, not [object Object]
+    await haraka.waitForLog(
+      /sender <alice@example\.org> code=DENY msg="550-5\.7\.1 first line \/ 550 5\.7\.1 second line"/,
+      5000,
+      since,
+    )
+    assert.doesNotMatch(haraka.log().slice(since), /\[object Object\]/)
   })
 
   it('refuses one recipient only at RCPT; the message goes to the others', async () => {
@@ -403,9 +442,14 @@ describe('plugin end to end (real Haraka, real libmilter, real SMTP delivery)', 
     )
   })
 
-  it('applies default_action=tempfail when the milter is not listening', async () => {
+  it('applies default_action=tempfail when the milter is not listening: 220 greeting, 451 at MAIL', async () => {
     const c = await SmtpClient.connect('127.0.0.1', ports.a)
-    assert.equal(Math.floor(c.greeting.code / 100), 4)
+    // RFC 5321 4.3.2: a greeting is 220, 421 or 554 only
+    assert.equal(c.greeting.code, 220)
+    assert.equal((await c.command('EHLO client.example.org')).code, 250)
+    const mail = await c.command('MAIL FROM:<alice@example.org>')
+    assert.equal(mail.code, 451)
+    assert.match(mail.lines.join(' '), /4\.7\.1/)
     await c.close()
     assert.match(
       haraka.log(),

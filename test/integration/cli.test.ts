@@ -71,13 +71,30 @@ function one<K extends MilterEventName>(m: StartedMilter, kind: K): EventOf<K> {
   return list[0]!
 }
 
-/** The JSON report, as bin/haraka-milter.ts prints it. */
+type Fields = Record<string, unknown>
+
+/** The JSON report, as bin/haraka-milter.ts prints it (lib/check.ts CheckJson). */
 interface JsonReport {
   milter: string
   verdict: string
-  reply?: string[]
-  stages: Array<{ stage: string; verdict: string; reply?: string[] }>
-  modifications: string[]
+  reply?: { code: number; enhanced?: string; lines: Array<{ enhanced?: string; text: string }> }
+  stages: Array<{
+    stage: string
+    command: string
+    fields: Fields
+    macros: Record<string, string>
+    progress: number
+    reply?: {
+      name: string
+      kind: string
+      text?: string
+      code?: number
+      enhanced?: string
+      lines?: Array<{ enhanced?: string; text: string }>
+    }
+    modifications?: Array<Record<string, unknown>>
+  }>
+  modifications: Array<Record<string, unknown>>
   negotiated?: {
     version: number
     actions: string[]
@@ -89,7 +106,7 @@ interface JsonReport {
   envelope?: { from: string; rcpts: string[] }
   quarantine?: string
   error?: { code: string; message: string }
-  trace?: Array<{ dir: 'send' | 'recv'; name: string; hex: string }>
+  trace?: Array<{ dir: 'send' | 'recv'; name: string; fields: Fields; hex: string }>
   outputBytes?: number
 }
 
@@ -287,7 +304,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     assert.equal(written.toString('hex'), expected.toString('hex'), written.toString('utf8'))
   })
 
-  it('--json prints one JSON document with verdict, stages, modifications, negotiated', async function () {
+  it('--json prints one JSON document: stages with command, macros and reply; modifications as fields', async function () {
     const m = await start(EDITS)
     const r = await runCli([
       'check',
@@ -302,18 +319,69 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     const doc = parseJson(r.stdout)
     assert.equal(doc.verdict, 'accept')
     assert.equal(doc.milter, m.socket)
-    assert.deepEqual(doc.stages, [
-      { stage: 'connect', verdict: 'continue' },
-      { stage: 'helo', verdict: 'continue' },
-      { stage: 'mail', verdict: 'continue' },
-      { stage: 'rcpt <bob@example.net>', verdict: 'continue' },
-      { stage: 'data', verdict: 'continue' },
-      { stage: 'eom', verdict: 'continue' },
-    ])
+    assert.equal(doc.reply, undefined, 'an accepted message has no reply')
+    const CONTINUE = { name: 'SMFIR_CONTINUE', kind: 'continue' }
     assert.deepEqual(
-      doc.modifications,
-      EDIT_LINES.slice(1).map((l) => l.trim()),
+      doc.stages.map((s) => [s.stage, s.command, s.reply]),
+      [
+        ['connect', 'SMFIC_CONNECT', CONTINUE],
+        ['helo', 'SMFIC_HELO', CONTINUE],
+        ['mail', 'SMFIC_MAIL', CONTINUE],
+        ['rcpt', 'SMFIC_RCPT', CONTINUE],
+        ['data', 'SMFIC_DATA', CONTINUE],
+        ['header', 'SMFIC_HEADER', CONTINUE],
+        ['header', 'SMFIC_HEADER', CONTINUE],
+        ['header', 'SMFIC_HEADER', CONTINUE],
+        ['header', 'SMFIC_HEADER', CONTINUE],
+        ['eoh', 'SMFIC_EOH', CONTINUE],
+        ['body', 'SMFIC_BODY', CONTINUE],
+        ['eom', 'SMFIC_BODYEOB', CONTINUE],
+      ],
     )
+    const stage = (name: string) => doc.stages.find((s) => s.stage === name)!
+    // the command's fields, decoded
+    assert.deepEqual(stage('connect').fields, {
+      hostname: 'localhost',
+      family: 'inet',
+      port: 0,
+      address: '127.0.0.1',
+    })
+    assert.deepEqual(stage('helo').fields, { helo: 'localhost' })
+    assert.deepEqual(stage('mail').fields, { args: ['<sender@example.org>'] })
+    assert.deepEqual(stage('rcpt').fields, { args: ['<bob@example.net>'] })
+    assert.deepEqual(stage('header').fields, { name: 'From', value: 'Alice <alice@example.com>' })
+    assert.deepEqual(stage('body').fields, { bytes: Buffer.byteLength(BODY) })
+    // the macros sent with each command, as the filter received them
+    const seen = one(m, 'connect').macros
+    assert.deepEqual(stage('connect').macros, seen)
+    assert.equal(stage('connect').macros['{client_addr}'], '127.0.0.1')
+    assert.equal(stage('rcpt').macros['{rcpt_addr}'], 'bob@example.net')
+    // libmilter's view accumulates the stages: what we sent at a stage is in it
+    const sent = (stageName: string, filterSaw: Record<string, string>) => {
+      const macros = stage(stageName).macros
+      assert.ok(Object.keys(macros).length > 0, `macros sent at ${stageName}`)
+      for (const [k, v] of Object.entries(macros))
+        assert.equal(filterSaw[k], v, `${stageName} ${k}`)
+    }
+    sent('rcpt', one(m, 'envrcpt').macros)
+    sent('eom', one(m, 'eom').macros)
+    assert.deepEqual(stage('helo').macros, {}, 'no HELO macro has a value here')
+    // end of message: the modifications as received, before the final reply
+    assert.deepEqual(stage('eom').modifications, [
+      { kind: 'addheader', name: 'X-Scanned', value: 'clean' },
+      { kind: 'chgheader', index: 1, name: 'Subject', value: 'Edited subject' },
+      { kind: 'replbody', bytes: 16 },
+      { kind: 'addrcpt', rcpt: '<added@example.org>' },
+      { kind: 'chgfrom', sender: '<bounce@example.org>', args: 'BODY=8BITMIME' },
+    ])
+    // and as applied: the body replacement last, as one entry
+    assert.deepEqual(doc.modifications, [
+      { kind: 'addheader', name: 'X-Scanned', value: 'clean' },
+      { kind: 'chgheader', index: 1, name: 'Subject', value: 'Edited subject' },
+      { kind: 'addrcpt', rcpt: '<added@example.org>' },
+      { kind: 'chgfrom', sender: '<bounce@example.org>', args: 'BODY=8BITMIME' },
+      { kind: 'replbody', bytes: 16 },
+    ])
     assert.deepEqual(doc.negotiated, {
       version: 6,
       actions: [
@@ -338,7 +406,26 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     })
     assert.equal(doc.trace, undefined, 'no trace without --trace')
     assert.equal(doc.error, undefined)
-    one(m, 'eom')
+    assert.equal(typeof doc.outputBytes, 'number')
+  })
+
+  it('--json: a header delete and an insert carry kind, index, name and value', async function () {
+    const m = await start({
+      eom: [
+        { op: 'insheader', index: 0, name: 'X-Top', value: 'first' },
+        { op: 'chgheader', name: 'To', index: 1, value: '' },
+        { op: 'quarantine', reason: 'looks odd' },
+      ],
+    })
+    const r = await runCli(['check', '--milter', m.socket, '--json', msgFile])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    const doc = parseJson(r.stdout)
+    assert.deepEqual(doc.modifications, [
+      { kind: 'insheader', index: 0, name: 'X-Top', value: 'first' },
+      { kind: 'chgheader', index: 1, name: 'To', value: '' },
+      { kind: 'quarantine', reason: 'looks odd' },
+    ])
+    assert.equal(doc.quarantine, 'looks odd')
   })
 
   it('--json reports the macros a filter requested', async function () {
@@ -356,22 +443,59 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     assert.equal(macros['{client_addr}'], '127.0.0.1')
   })
 
-  it('--trace adds the packets (>> SMFIC_OPTNEG 4f00000006...)', async function () {
-    const m = await start({ eom: [{ op: 'addheader', name: 'X-T', value: 't' }] })
+  it('--trace adds every packet both ways, decoded (name and fields), then its hex', async function () {
+    const m = await start({
+      symlist: { connect: 'j {client_addr}' },
+      progress: { eom: 1 },
+      eom: [{ op: 'addheader', name: 'X-T', value: 't' }],
+    })
     const r = await runCli(['check', '--milter', m.socket, '--trace', msgFile])
     assert.equal(r.code, 0, r.stdout + r.stderr)
     const l = lines(r.stdout)
     const packets = l.filter((x) => x.startsWith('>> ') || x.startsWith('<< '))
-    assert.equal(packets[0], '>> SMFIC_OPTNEG 4f00000006000001ff001ff7ff')
-    assert.equal(packets[1], '<< SMFIC_OPTNEG 4f00000006000001ff00000000')
-    const body = Buffer.from('B' + BODY, 'latin1').toString('hex')
-    assert.ok(packets.includes(`>> SMFIC_BODY ${body}`), 'the BODY packet, hex')
-    assert.ok(packets.includes('>> SMFIC_BODYEOB 45'))
+    assert.equal(
+      packets[0],
+      '>> SMFIC_OPTNEG version=6 actions=0x1ff ' +
+        'actionNames=["ADDHDRS","CHGBODY","ADDRCPT","DELRCPT","CHGHDRS","QUARANTINE","CHGFROM","ADDRCPT_PAR","SETSYMLIST"] ' +
+        'protocol=0x1ff7ff protocolNames=["NOCONNECT","NOHELO","NOMAIL","NORCPT","NOBODY","NOHDRS","NOEOH","NR_HDR","NOUNKNOWN","NODATA","SKIP","NR_CONN","NR_HELO","NR_MAIL","NR_RCPT","NR_DATA","NR_UNKN","NR_EOH","NR_BODY","HDR_LEADSPC"] ' +
+        'hex=4f00000006000001ff001ff7ff',
+    )
+    // the milter's answer to OPTNEG is named as the reply, not as the command
+    assert.match(
+      packets[1]!,
+      /^<< SMFIC_OPTNEG reply version=6 actions=0x1ff actionNames=\[.*\] protocol=0x0 protocolNames=\[\] macrosRequested=\{"connect":\["j","\{client_addr\}"\]\} hex=4f00000006000001ff00000000/,
+    )
+    assert.equal(
+      packets[2],
+      `>> SMFIC_MACRO stage=SMFIC_CONNECT macros={"j":"${os.hostname()}","{client_addr}":"127.0.0.1"} hex=${Buffer.from(`DCj\0${os.hostname()}\0{client_addr}\x00127.0.0.1\0`).toString('hex')}`,
+    )
+    assert.equal(
+      packets[3],
+      `>> SMFIC_CONNECT hostname=localhost family=inet port=0 address=127.0.0.1 hex=${Buffer.from('Clocalhost\x004\x00\x00127.0.0.1\0', 'latin1').toString('hex')}`,
+    )
+    assert.equal(packets[4], '<< SMFIR_CONTINUE hex=63')
     assert.ok(
-      packets.includes(`<< SMFIR_ADDHEADER ${Buffer.from('hX-T\0t\0').toString('hex')}`),
+      packets.includes(
+        `>> SMFIC_HELO helo=localhost hex=${Buffer.from('Hlocalhost\0').toString('hex')}`,
+      ),
+    )
+    assert.ok(
+      packets.includes(
+        `>> SMFIC_HEADER name=Subject value="Original subject" hex=${Buffer.from('LSubject\0Original subject\0').toString('hex')}`,
+      ),
       packets.join('\n'),
     )
-    assert.equal(packets[packets.length - 1], '<< SMFIR_CONTINUE 63')
+    const body = Buffer.from('B' + BODY, 'latin1').toString('hex')
+    assert.ok(packets.includes(`>> SMFIC_BODY bytes=${Buffer.byteLength(BODY)} hex=${body}`))
+    assert.ok(packets.includes('>> SMFIC_BODYEOB hex=45'))
+    assert.ok(packets.includes('<< SMFIR_PROGRESS hex=70'))
+    assert.ok(
+      packets.includes(
+        `<< SMFIR_ADDHEADER name=X-T value=t hex=${Buffer.from('hX-T\0t\0').toString('hex')}`,
+      ),
+      packets.join('\n'),
+    )
+    assert.equal(packets[packets.length - 1], '<< SMFIR_CONTINUE hex=63')
     const names = packets.map((p) => p.split(' ')[1])
     for (const n of ['SMFIC_CONNECT', 'SMFIC_HELO', 'SMFIC_MAIL', 'SMFIC_RCPT', 'SMFIC_DATA']) {
       assert.ok(names.includes(n), `${n} in the trace`)
@@ -379,22 +503,74 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     assert.equal(names.filter((n) => n === 'SMFIC_HEADER').length, 4)
     assert.match(r.stdout, /^verdict: accept$/m)
 
-    // and as a `trace` array in JSON
+    // and as a `trace` array in JSON, with the same fields as data
     const j = await runCli(['check', '--milter', m.socket, '--trace', '--json', msgFile])
     assert.equal(j.code, 0)
     const doc = parseJson(j.stdout)
     assert.ok(doc.trace)
+    assert.equal(doc.trace.length, packets.length)
     assert.deepEqual(doc.trace[0], {
       dir: 'send',
       name: 'SMFIC_OPTNEG',
+      fields: {
+        version: 6,
+        actions: '0x1ff',
+        actionNames: [
+          'ADDHDRS',
+          'CHGBODY',
+          'ADDRCPT',
+          'DELRCPT',
+          'CHGHDRS',
+          'QUARANTINE',
+          'CHGFROM',
+          'ADDRCPT_PAR',
+          'SETSYMLIST',
+        ],
+        protocol: '0x1ff7ff',
+        protocolNames: [
+          'NOCONNECT',
+          'NOHELO',
+          'NOMAIL',
+          'NORCPT',
+          'NOBODY',
+          'NOHDRS',
+          'NOEOH',
+          'NR_HDR',
+          'NOUNKNOWN',
+          'NODATA',
+          'SKIP',
+          'NR_CONN',
+          'NR_HELO',
+          'NR_MAIL',
+          'NR_RCPT',
+          'NR_DATA',
+          'NR_UNKN',
+          'NR_EOH',
+          'NR_BODY',
+          'HDR_LEADSPC',
+        ],
+      },
       hex: '4f00000006000001ff001ff7ff',
     })
+    assert.equal(doc.trace[1]?.name, 'SMFIC_OPTNEG reply')
+    assert.deepEqual(doc.trace[1]?.fields['macrosRequested'], { connect: ['j', '{client_addr}'] })
+    assert.deepEqual(
+      doc.trace.find((p) => p.name === 'SMFIR_ADDHEADER'),
+      {
+        dir: 'recv',
+        name: 'SMFIR_ADDHEADER',
+        fields: { name: 'X-T', value: 't' },
+        hex: Buffer.from('hX-T\0t\0').toString('hex'),
+      },
+    )
     assert.deepEqual(doc.trace[doc.trace.length - 1], {
       dir: 'recv',
       name: 'SMFIR_CONTINUE',
+      fields: {},
       hex: '63',
     })
-    assert.equal(doc.trace.length, packets.length)
+    // the eom stage counts the progress packet
+    assert.equal(doc.stages.find((s) => s.stage === 'eom')?.progress, 1)
   })
 
   it('a single-line reply code at EOB: exit 1 with the reply line, no --out written', async function () {
@@ -422,11 +598,18 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     assert.equal(r.code, 1, r.stdout + r.stderr)
     const doc = parseJson(r.stdout)
     assert.equal(doc.verdict, 'reject')
-    assert.deepEqual(doc.reply, ['550-5.7.1 first line', '550 5.7.1 second line'])
-    assert.deepEqual(doc.stages[doc.stages.length - 1], {
-      stage: 'eom',
-      verdict: 'replycode 550',
-      reply: ['550-5.7.1 first line', '550 5.7.1 second line'],
+    const lines550 = [
+      { enhanced: '5.7.1', text: 'first line' },
+      { enhanced: '5.7.1', text: 'second line' },
+    ]
+    assert.deepEqual(doc.reply, { code: 550, enhanced: '5.7.1', lines: lines550 })
+    assert.deepEqual(doc.stages[doc.stages.length - 1]?.reply, {
+      name: 'SMFIR_REPLYCODE',
+      kind: 'replycode',
+      text: '550-5.7.1 first line\r\n550 5.7.1 second line',
+      code: 550,
+      enhanced: '5.7.1',
+      lines: lines550,
     })
     const t = await runCli(['check', '--milter', m.socket, msgFile])
     assert.equal(t.code, 1)
@@ -435,6 +618,61 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
       t.stdout,
       /^verdict: reject \(550-5\.7\.1 first line \/ 550 5\.7\.1 second line\)$/m,
     )
+  })
+
+  it('a plain reject at EOB: the reply Haraka gives after DATA, 554 5.7.1 Message rejected', async function () {
+    const m = await start({ reply: { eom: 'reject' } })
+    const r = await runCli(['check', '--milter', m.socket, msgFile])
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    assert.match(r.stdout, /^verdict: reject \(554 5\.7\.1 Message rejected\)$/m)
+  })
+
+  it('a 421 reply code closes the session: verdict shutdown, as the plugin answers it', async function () {
+    const m = await start({ reply: { mail: { code: '421', xcode: '4.7.0', text: 'going away' } } })
+    const r = await runCli(['check', '--milter', m.socket, msgFile])
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    assert.match(r.stdout, /^verdict: shutdown \(421 4\.7\.0 going away\)$/m)
+  })
+
+  it('a tempfail at CONNECT is answered at MAIL (a greeting may not be 451)', async function () {
+    const m = await start({ reply: { connect: 'tempfail' } })
+    const r = await runCli(['check', '--milter', m.socket, msgFile])
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    assert.match(r.stdout, /^connect: tempfail$/m)
+    assert.match(r.stdout, /^verdict: tempfail \(451 4\.7\.1 /m)
+  })
+
+  it('--reply-code enhanced_only and --header-folds keep, as in milter.ini', async function () {
+    const m = await start({
+      reply: { mail: { code: '553', xcode: '5.1.8', text: 'bad sender domain' } },
+    })
+    const r = await runCli([
+      'check',
+      '--milter',
+      m.socket,
+      '--reply-code',
+      'enhanced_only',
+      msgFile,
+    ])
+    assert.match(r.stdout, /^verdict: reject \(550 5\.1\.8 bad sender domain\)$/m)
+    const k = await start({
+      eom: [{ op: 'addheader', name: 'X-Folded', value: 'a=1;\n\tb=2' }],
+    })
+    const out = path.join(dir, 'folds.eml')
+    const kept = await runCli([
+      'check',
+      '--milter',
+      k.socket,
+      '--header-folds',
+      'keep',
+      '--out',
+      out,
+      msgFile,
+    ])
+    assert.equal(kept.code, 0, kept.stdout + kept.stderr)
+    assert.match(fs.readFileSync(out, 'utf8'), /\r\nX-Folded: a=1;\r\n\tb=2\r\n/)
+    await runCli(['check', '--milter', k.socket, '--out', out, msgFile])
+    assert.match(fs.readFileSync(out, 'utf8'), /\r\nX-Folded: a=1; b=2\r\n/)
   })
 
   it('tempfail at EOB: exit 1', async function () {
@@ -592,9 +830,12 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     })
 
     it('--help prints the usage on stdout with exit 0', async function () {
-      const r = await runCli(['check', '--help'])
-      assert.equal(r.code, 0)
-      assert.match(r.stdout, USAGE)
+      for (const args of [['check', '--help'], ['--help'], ['-h'], ['help']]) {
+        const r = await runCli(args)
+        assert.equal(r.code, 0, args.join(' '))
+        assert.match(r.stdout, USAGE)
+        assert.equal(r.stderr, '')
+      }
     })
   })
 

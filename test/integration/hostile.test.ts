@@ -11,7 +11,7 @@ import type { Command, ConnectAddress } from '../../lib/protocol/commands'
 import { MacroStage } from '../../lib/protocol/constants'
 import { openSession } from '../../lib/session/open'
 import type { MilterSession, SessionOptions } from '../../lib/session/session'
-import { parseSocketSpec } from '../../lib/transport'
+import { parseSocketSpec } from '../../lib/transport/spec'
 import { ch, cstr, frame, hex, toHex, u32 } from '../helpers/bytes'
 import {
   CONTINUE,
@@ -187,6 +187,31 @@ describe('hostile milters', function () {
     assert.equal(res.modifications.length, 1)
     assert.ok(took >= 1000, `finished after ${took} ms, before the PROGRESS run ended`)
     assert.equal(s.error, undefined)
+  })
+
+  it('eom_timeout cuts off a milter that sends PROGRESS forever (PROGRESS cannot extend it)', async () => {
+    const m = await milter(
+      scripted({
+        eob: (_cmd, conn) => {
+          const t = setInterval(() => {
+            if (conn.isClosed) return clearInterval(t)
+            conn.send(frame('p'))
+          }, 50)
+        },
+      }),
+    )
+    const s = await open(m, {
+      timeouts: { connectMs: 1000, commandMs: 1000, contentMs: 300, eomMs: 800 },
+    })
+    await toData(s)
+    await s.eoh()
+    const started = Date.now()
+    const err = await failure(s.endOfMessage())
+    const took = Date.now() - started
+    assert.equal(err.code, 'MILTER_ERR_TIMEOUT')
+    assert.match(err.message, /eom_timeout/)
+    assert.ok(took >= 700 && took < 3000, `took ${took} ms`)
+    await assertSticky(s, await m.connection(), err)
   })
 
   it('fails with CLOSED or PROTOCOL when the milter closes mid-frame', async () => {

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict'
 import type { MilterDef } from '../../lib/config'
-import { parseSocketSpec } from '../../lib/transport'
+import { parseSocketSpec } from '../../lib/transport/spec'
 import { MilterPool } from '../../lib/pool'
 import { sendContent } from '../../lib/session/content'
 import type { MilterSession } from '../../lib/session/session'
@@ -28,6 +28,8 @@ function def(m: StartedMilter): MilterDef {
     destinationChannels: [],
     optin: [],
     headerFolds: 'flatten',
+    failureScope: 'session',
+    breaker: { failures: 0, backoffMs: 1000, backoffMaxMs: 1000 },
   }
 }
 

@@ -21,7 +21,7 @@ import type {
   Timeouts,
   Verdict,
 } from '../../lib/session/session'
-import { parseSocketSpec } from '../../lib/transport'
+import { parseSocketSpec } from '../../lib/transport/spec'
 import {
   assertPymilterInstalled,
   startScriptedMilter,

@@ -2,6 +2,7 @@
  * Haraka connection state -> CONNECT facts, macro values and recipient
  * facts, on haraka-test-fixtures connections.
  */
+import { transactionState } from '../../../lib/adapter/state'
 import assert from 'node:assert/strict'
 
 import {
@@ -193,9 +194,9 @@ describe('adapter: facts', () => {
     it('{auth_author} from MAIL FROM AUTH=, not for AUTH=<>', () => {
       const c = conn()
       const t = transaction(c)
-      t.notes['milter_mail_args'] = { AUTH: 'matt@example.org', SIZE: '10' }
+      transactionState(t).mailArgs = { AUTH: 'matt@example.org', SIZE: '10' }
       assert.equal(macroLookup(CFG, c, 'x', LOCAL)('{auth_author}'), 'matt@example.org')
-      t.notes['milter_mail_args'] = { AUTH: '<>' }
+      transactionState(t).mailArgs = { AUTH: '<>' }
       assert.equal(macroLookup(CFG, c, 'x', LOCAL)('{auth_author}'), undefined)
     })
 

@@ -3,6 +3,7 @@
  * plugin, driven with fixture connections against an in-process fake
  * milter that milter.ini (in a test config directory) points at.
  */
+import { transactionState } from '../../../lib/adapter/state'
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import * as fs from 'node:fs'
@@ -118,7 +119,7 @@ describe('adapter: plugin hooks (haraka-test-fixtures)', function () {
   })
 
   after(async () => {
-    plugin.milterPool?.close()
+    plugin.milter?.close()
     await fake.close()
     fs.rmSync(dir, { recursive: true, force: true })
   })
@@ -168,9 +169,9 @@ describe('adapter: plugin hooks (haraka-test-fixtures)', function () {
   }
 
   it('loads from the compiled output with the test config', () => {
-    assert.ok(plugin.milterCfg)
-    assert.equal(plugin.milterCfgError, undefined)
-    assert.deepEqual([...plugin.milterCfg.milters.keys()], ['fake'])
+    assert.ok(plugin.milter?.cfg)
+    assert.equal(plugin.milter.error, undefined)
+    assert.deepEqual([...plugin.milter.cfg.milters.keys()], ['fake'])
     assert.deepEqual(plugin.hooks['rcpt_ok'], ['milter_rcpt'])
     assert.deepEqual(plugin.hooks['queue'], ['milter_queue'])
     assert.ok(plugin.timeout > 6, `hook timeout ${plugin.timeout} s covers the milter timeouts`)
@@ -206,7 +207,10 @@ describe('adapter: plugin hooks (haraka-test-fixtures)', function () {
     ])
     assert.equal(m.macros('mail').get('i'), t.uuid)
     assert.equal(m.macros('mail').get('{mail_addr}'), 'sender@example.org')
-    assert.deepEqual(t.notes['milter_mail_args'], { SIZE: '1234', BODY: '8BITMIME' })
+    assert.deepEqual(plain(transactionState(t as never).mailArgs), {
+      SIZE: '1234',
+      BODY: '8BITMIME',
+    })
 
     const rcpt = addr('rcpt@example.com')
     t.rcpt_to.push(rcpt)
@@ -366,7 +370,10 @@ describe('adapter: plugin hooks (haraka-test-fixtures)', function () {
     const c = client()
     await greet(c)
     const t = await envelope(c)
-    assert.deepEqual(plain(t.notes['milter_disposition']), { kind: 'discard', milter: 'fake' })
+    assert.deepEqual(plain(transactionState(t as never).disposition), {
+      kind: 'discard',
+      milter: 'fake',
+    })
     assert.equal((await call(plugin, 'hook_data', c)).rc, CONT)
     await feed(c, t, MESSAGE)
     assert.equal((await call(plugin, 'hook_data_post', c)).rc, CONT)
@@ -389,7 +396,7 @@ describe('adapter: plugin hooks (haraka-test-fixtures)', function () {
     await call(plugin, 'hook_data', c)
     await feed(c, t, MESSAGE)
     assert.equal((await call(plugin, 'hook_data_post', c)).rc, CONT)
-    assert.deepEqual(plain(t.notes['milter_disposition']), {
+    assert.deepEqual(plain(transactionState(t as never).disposition), {
       kind: 'hold',
       reason: 'fake: suspicious',
     })
@@ -421,21 +428,34 @@ describe('adapter: plugin hooks (haraka-test-fixtures)', function () {
       fs.rmSync(other, { recursive: true, force: true })
     })
 
-    it('default_action tempfail on a failed open: denysoft, results fail and err', async () => {
-      writeConfig(
-        other,
-        `[main]\nmilters = down\n[milter.down]\nsocket = inet:${await closedPort()}@127.0.0.1\n${timeouts()}`,
-      )
-      const p = loadPlugin(other)
-      const c = connection({ ip: '192.0.2.10' })
-      const r = await call(p, 'hook_connect', c)
-      assert.equal(r.rc, DENYSOFT)
-      assertDsn(r.msg, 451, ['4.7.1 Service unavailable - try again later'])
-      const res = results(c.results)
-      assert.deepEqual(res.err, ['down(connect:MILTER_ERR_CONNECT)'])
-      assert.deepEqual(res.fail, ['down(connect:tempfail,failure)'])
-      await call(p, 'hook_disconnect', c)
-    })
+    for (const scope of ['message', 'session']) {
+      it(`default_action tempfail on a failed open (failure_scope ${scope}): 220 greeting and HELO, 451 at MAIL`, async () => {
+        writeConfig(
+          other,
+          `[main]\nmilters = down\nfailure_scope = ${scope}\n[milter.down]\nsocket = inet:${await closedPort()}@127.0.0.1\n${timeouts()}`,
+        )
+        const p = loadPlugin(other)
+        const c = connection({ ip: '192.0.2.10' })
+        // RFC 5321 4.3.2: a greeting may only be 220, 421 or 554; HELO may not be 451
+        assert.equal((await call(p, 'hook_connect', c)).rc, CONT)
+        const res = results(c.results)
+        assert.deepEqual(res.err, ['down(connect:MILTER_ERR_CONNECT)'])
+        assert.deepEqual(res.fail, ['down(connect:tempfail,failure)'])
+        assert.equal((await call(p, 'hook_ehlo', c, 'client.example.net')).rc, CONT)
+        const t = transaction(c, 'sender@example.org', [])
+        const r = await call(p, 'hook_mail', c, [t.mail_from, {}])
+        assert.equal(r.rc, DENYSOFT)
+        assertDsn(r.msg, 451, ['4.7.1 Service unavailable - try again later'])
+        // message scope tried the milter again at MAIL; session scope did not
+        assert.deepEqual(
+          results(c.results).err,
+          scope === 'message'
+            ? ['down(connect:MILTER_ERR_CONNECT)', 'down(mail:MILTER_ERR_CONNECT)']
+            : ['down(connect:MILTER_ERR_CONNECT)'],
+        )
+        await call(p, 'hook_disconnect', c)
+      })
+    }
 
     it('default_action accept on a failed open: continue', async () => {
       writeConfig(
@@ -449,14 +469,18 @@ describe('adapter: plugin hooks (haraka-test-fixtures)', function () {
       await call(p, 'hook_disconnect', c)
     })
 
-    it('a configuration error at startup: every connection is refused with a tempfail', async () => {
+    it('a configuration error at startup: greeted, then every MAIL is refused with 451 4.3.5', async () => {
       writeConfig(other, `[main]\nmilters = nosection\n`)
       const p = loadPlugin(other)
-      assert.match(p.milterCfgError ?? '', /\[main\] milters: lists "nosection"/)
+      assert.match(p.milter?.error ?? '', /\[main\] milters: lists "nosection"/)
       const c = connection({ ip: '192.0.2.10' })
-      const r = await call(p, 'hook_connect', c)
-      assert.equal(r.rc, DENYSOFT)
-      assert.equal(r.msg, 'Server configuration problem - try again later')
+      assert.equal((await call(p, 'hook_connect', c)).rc, CONT)
+      const t = transaction(c, 'sender@example.org', [])
+      for (let i = 0; i < 2; i++) {
+        const r = await call(p, 'hook_mail', c, [t.mail_from, {}])
+        assert.equal(r.rc, DENYSOFT)
+        assertDsn(r.msg, 451, ['4.3.5 Server configuration problem - try again later'])
+      }
     })
   })
 })

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict'
 
 import { DSN, toDsn, toHookResult, type HookResult } from '../../../lib/adapter/reply'
-import type { Outcome } from '../../../lib/chain'
+import type { Outcome } from '../../../lib/policy/chain'
 import type { SmtpReply } from '../../../lib/protocol/replycode'
 
 const R550: SmtpReply = {
@@ -23,7 +23,7 @@ function msgOf(r: HookResult): DSN {
 describe('adapter: reply', () => {
   describe('toDsn', () => {
     it('a class named DSN with the code and one string per line', () => {
-      const d = toDsn(R550, 'milter')
+      const d = toDsn(R550)
       assert.ok(d instanceof DSN)
       assert.equal(d.constructor.name, 'DSN')
       assert.equal(d.code, 550)
@@ -31,63 +31,48 @@ describe('adapter: reply', () => {
     })
 
     it('multi-line replies keep every line and its own enhanced code', () => {
-      const d = toDsn(
-        {
-          code: 554,
-          enhanced: '5.7.1',
-          lines: [
-            { enhanced: '5.7.1', text: 'first line' },
-            { text: 'no code here' },
-            { enhanced: '5.7.0', text: 'third' },
-          ],
-        },
-        'milter',
-      )
+      const d = toDsn({
+        code: 554,
+        enhanced: '5.7.1',
+        lines: [
+          { enhanced: '5.7.1', text: 'first line' },
+          { text: 'no code here' },
+          { enhanced: '5.7.0', text: 'third' },
+        ],
+      })
       assert.equal(d.code, 554)
       assert.deepEqual(d.reply, ['5.7.1 first line', 'no code here', '5.7.0 third'])
     })
 
     it('a line with only an enhanced code, or nothing at all', () => {
-      assert.deepEqual(
-        toDsn({ code: 450, lines: [{ enhanced: '4.2.0', text: '' }] }, 'milter').reply,
-        ['4.2.0'],
-      )
-      assert.deepEqual(toDsn({ code: 450, lines: [] }, 'milter').reply, [''])
+      assert.deepEqual(toDsn({ code: 450, lines: [{ enhanced: '4.2.0', text: '' }] }).reply, [
+        '4.2.0',
+      ])
+      assert.deepEqual(toDsn({ code: 450, lines: [] }).reply, [''])
     })
 
-    it('milter mode sends the code as given', () => {
+    it('sends the code as given (answerAt decided it)', () => {
       for (const code of [421, 450, 451, 452, 550, 551, 553, 554])
-        assert.equal(toDsn({ code, lines: [{ text: 'x' }] }, 'milter').code, code)
+        assert.equal(toDsn({ code, lines: [{ text: 'x' }] }).code, code)
     })
 
-    it('enhanced_only maps 5xx to 550 and 4xx to 451 but keeps 421', () => {
-      const cases: Array<[number, number]> = [
-        [553, 550],
-        [554, 550],
-        [550, 550],
-        [450, 451],
-        [452, 451],
-        [451, 451],
-        [421, 421],
-      ]
-      for (const [code, want] of cases) {
-        const d = toDsn(
-          { code, enhanced: '5.1.3', lines: [{ enhanced: '5.1.3', text: 'bad' }] },
-          'enhanced_only',
-        )
-        assert.equal(d.code, want, `${code} -> ${want}`)
-        assert.deepEqual(d.reply, ['5.1.3 bad'], 'the enhanced code and text are kept')
-      }
+    it('toString() is the reply as sent, for Haraka log lines (not "[object Object]")', () => {
+      assert.equal(String(toDsn(R550)), '550 5.7.1 Command rejected')
+      const multi = toDsn({
+        code: 554,
+        lines: [{ enhanced: '5.7.1', text: 'first' }, { text: 'second' }],
+      })
+      assert.equal(multi.toString(), '554-5.7.1 first / 554 second')
+      assert.equal(String(toDsn({ code: 450, lines: [] })), '450')
     })
   })
 
   describe('toHookResult', () => {
     it('continue and discard -> cont (discard is a 250 handled at queue)', () => {
-      assert.deepEqual(toHookResult({ action: 'continue' }, 'milter'), { kind: 'cont' })
-      assert.deepEqual(toHookResult({ action: 'discard', milter: 'a' }, 'milter'), { kind: 'cont' })
+      assert.deepEqual(toHookResult({ action: 'continue' }), { kind: 'cont' })
+      assert.deepEqual(toHookResult({ action: 'discard', milter: 'a' }), { kind: 'cont' })
     })
 
-    const enhancedOnly: Record<string, number> = { reject: 550, tempfail: 451, shutdown: 421 }
     const cases: Array<[Outcome['action'], HookResult['kind']]> = [
       ['reject', 'deny'],
       ['tempfail', 'denysoft'],
@@ -103,16 +88,13 @@ describe('adapter: reply', () => {
           ],
         }
         const o = { action, reply, milter: 'm', cause: 'verdict' } as Outcome
-        const r = toHookResult(o, 'milter')
+        const r = toHookResult(o)
         assert.equal(r.kind, kind)
         const d = msgOf(r)
         assert.equal(d.constructor.name, 'DSN')
         assert.equal(d.code, reply.code)
         assert.equal(d.reply.length, 2)
         assert.equal(d.reply[1], 'line 2')
-        // enhanced_only: 553 -> 550, 450 -> 451, 421 stays.
-        const e = msgOf(toHookResult(o, 'enhanced_only'))
-        assert.equal(e.code, enhancedOnly[action])
       })
     }
   })

@@ -6,7 +6,12 @@
  */
 import assert from 'node:assert/strict'
 
-import { MilterChain, type ChainEvent, type MessageInput, type Outcome } from '../../../lib/chain'
+import {
+  MilterChain,
+  type ChainEvent,
+  type MessageInput,
+  type Outcome,
+} from '../../../lib/policy/chain'
 import { parseMilterConfig, type MilterDef } from '../../../lib/config'
 import { MilterConnectError } from '../../../lib/errors'
 import type { ConnectAddress } from '../../../lib/protocol/commands'
@@ -276,7 +281,10 @@ describe('chain: MilterChain', function () {
     ]
     for (const [action, want] of sticky) {
       it(`${action}: the same outcome at every later stage (sticky)`, async () => {
-        const { chain, fake } = await setup({ up: 'accept', down: action }, { up: pass })
+        const { chain, fake } = await setup(
+          { up: 'accept', down: `${action};failure_scope=session` },
+          { up: pass },
+        )
         assert.deepEqual(await chain.connect('h', ADDR), want)
         assert.deepEqual(await chain.helo('h'), want)
         assert.deepEqual(await chain.mail(['<s@example.org>']), want)
@@ -320,6 +328,116 @@ describe('chain: MilterChain', function () {
       assert.deepEqual(await chain.mail(['<s@example.org>']), o)
       assert.deepEqual(fake['b']?.last.names, ['optneg', 'connect'])
       assert.equal(events.find((e) => e.level === 'error')?.code, 'MILTER_ERR_CLOSED')
+    })
+  })
+
+  describe('failure_scope = message (the default)', () => {
+    it('a failure costs the message in flight; the next one reopens the milter with CONNECT and HELO replayed', async () => {
+      let first = true
+      const { chain, fake, events } = await setup(
+        { a: 'tempfail' },
+        {
+          a: (c) => {
+            if (c.cmd !== 'eob' || !first) return undefined
+            first = false
+            return 'close'
+          },
+        },
+      )
+      await toData(chain)
+      const r1 = await chain.message(message())
+      assert.equal(r1.outcome.action, 'tempfail')
+      assert.equal(events.find((e) => e.level === 'error')?.code, 'MILTER_ERR_CLOSED')
+      chain.abort()
+      assert.deepEqual(await chain.mail(['<s@example.org>']), CONTINUE)
+      assert.equal(fake['a']?.conns.length, 2, 'a second milter connection')
+      assert.deepEqual(fake['a']?.last.names, ['optneg', 'connect', 'helo', 'mail'])
+      assert.deepEqual(await chain.rcpt(['<r@example.com>']), CONTINUE)
+      assert.deepEqual(await chain.data(), CONTINUE)
+      const r2 = await chain.message(message())
+      assert.deepEqual(r2.outcome, CONTINUE)
+    })
+
+    it('the failure holds for the rest of its message (RCPT, DATA, end of message)', async () => {
+      const { chain } = await setup({ a: 'reject' }, { a: only('mail', 'close') })
+      await chain.connect('h', ADDR)
+      await chain.helo('h')
+      const o = await chain.mail(['<s@example.org>'])
+      assert.equal(o.action, 'reject')
+      assert.deepEqual(await chain.rcpt(['<r@example.com>']), o)
+      assert.deepEqual(await chain.data(), o)
+      assert.deepEqual((await chain.message(message())).outcome, o)
+    })
+
+    it('a milter that cannot be opened is tried again at every MAIL', async () => {
+      const { chain, events } = await setup({ down: 'tempfail' }, {})
+      const o = await chain.connect('h', ADDR)
+      assert.equal(o.action, 'tempfail')
+      // HELO is not refused: the failure belonged to no message
+      assert.deepEqual(await chain.helo('h'), CONTINUE)
+      assert.deepEqual(await chain.mail(['<s@example.org>']), o)
+      chain.abort()
+      assert.deepEqual(await chain.mail(['<s@example.org>']), o)
+      assert.deepEqual(
+        events.filter((e) => e.code === 'MILTER_ERR_CONNECT').map((e) => e.stage),
+        ['connect', 'mail', 'mail'],
+      )
+    })
+
+    it('failure_scope = session keeps the failure for the SMTP session (Postfix)', async () => {
+      const { chain, fake } = await setup(
+        { a: 'tempfail;failure_scope=session' },
+        { a: only('eob', 'close') },
+      )
+      await toData(chain)
+      const r = await chain.message(message())
+      assert.equal(r.outcome.action, 'tempfail')
+      chain.abort()
+      assert.deepEqual(await chain.mail(['<s@example.org>']), r.outcome)
+      assert.equal(fake['a']?.conns.length, 1, 'not reopened')
+    })
+
+    it('default_action quarantine under message scope: only the failed message is quarantined', async () => {
+      let first = true
+      const { chain } = await setup(
+        { a: 'quarantine' },
+        {
+          a: (c) => {
+            if (c.cmd !== 'eob' || !first) return undefined
+            first = false
+            return 'close'
+          },
+        },
+      )
+      await toData(chain)
+      const r1 = await chain.message(message())
+      assert.deepEqual(r1.quarantine, ['a: milter failed (MILTER_ERR_CLOSED)'])
+      chain.abort()
+      await chain.mail(['<s@example.org>'])
+      await chain.rcpt(['<r@example.com>'])
+      await chain.data()
+      assert.deepEqual((await chain.message(message())).quarantine, [])
+    })
+  })
+
+  describe('a refusal at CONNECT or HELO holds for the connection', () => {
+    it('tempfail at CONNECT: every later MAIL gets it (the plugin greets 220 and answers it there)', async () => {
+      const { chain } = await setup({ a: 'accept' }, { a: only('connect', R.tempfail) })
+      const o = await chain.connect('h', ADDR)
+      assert.equal(o.action, 'tempfail')
+      assert.deepEqual(await chain.helo('h'), o)
+      assert.deepEqual(await chain.mail(['<s@example.org>']), o)
+      chain.abort()
+      assert.deepEqual(await chain.mail(['<s@example.org>']), o)
+    })
+
+    it('reject at HELO: a second HELO and MAIL get it too', async () => {
+      const { chain } = await setup({ a: 'accept' }, { a: only('helo', R.reject) })
+      assert.deepEqual(await chain.connect('h', ADDR), CONTINUE)
+      const o = await chain.helo('h')
+      assert.equal(o.action, 'reject')
+      assert.deepEqual(await chain.helo('h2'), o)
+      assert.deepEqual(await chain.mail(['<s@example.org>']), o)
     })
   })
 
@@ -394,10 +512,18 @@ describe('chain: MilterChain', function () {
         ],
       )
       assert.equal(r.headers[0]?.hidden, true)
-      assert.deepEqual(r.edits, [
-        { milter: 'a', count: 2, bodyReplaced: false },
-        { milter: 'b', count: 1, bodyReplaced: false },
-      ])
+      assert.deepEqual(
+        r.edits.map(({ milter, count, bodyReplaced, modifications }) => ({
+          milter,
+          count,
+          bodyReplaced,
+          kinds: modifications.map((m) => m.kind),
+        })),
+        [
+          { milter: 'a', count: 2, bodyReplaced: false, kinds: ['addheader', 'chgheader'] },
+          { milter: 'b', count: 1, bodyReplaced: false, kinds: ['addheader'] },
+        ],
+      )
       assert.equal(r.envelopeChanged, false)
     })
 
@@ -421,7 +547,9 @@ describe('chain: MilterChain', function () {
         assert.equal(bodyB, 'new body\r\n.dot line\r\n')
         const bodyA = Buffer.concat(fake['a']!.last.all('body').map((b) => b.chunk)).toString()
         assert.equal(bodyA, 'line one\r\nline two\r\n')
-        assert.deepEqual(r.edits, [{ milter: 'a', count: 0, bodyReplaced: true }])
+        assert.deepEqual(r.edits, [
+          { milter: 'a', modifications: [], count: 0, bodyReplaced: true },
+        ])
       } finally {
         await r.body?.dispose()
       }
@@ -510,7 +638,10 @@ describe('chain: MilterChain', function () {
       })
 
       it('default_action tempfail: 451, none of its edits, sticky for the connection', async () => {
-        const { chain, fake } = await setup({ a: 'tempfail', b: 'tempfail' }, { a: bad, b: pass })
+        const { chain, fake } = await setup(
+          { a: 'tempfail;failure_scope=session', b: 'tempfail' },
+          { a: bad, b: pass },
+        )
         await toData(chain)
         const r = await chain.message(message())
         assert.equal(r.outcome.action, 'tempfail')

@@ -8,13 +8,8 @@ import assert from 'node:assert/strict'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 
-import {
-  DEFAULT_MACROS,
-  findListener,
-  parseMilterConfig,
-  type Ini,
-  type MilterConfig,
-} from '../../../lib/config'
+import { DEFAULT_MACROS } from '../../../lib/session/macros'
+import { findListener, parseMilterConfig, type Ini, type MilterConfig } from '../../../lib/config'
 import { MilterConfigError } from '../../../lib/errors'
 import { MacroStage } from '../../../lib/protocol/constants'
 import { REPO_ROOT } from '../../helpers/paths'
@@ -83,7 +78,7 @@ describe('config: parseMilterConfig', () => {
       assert.equal(cfg.optin.domains.size, 0)
     })
 
-    it('a milter with only a socket: timeouts 10/30/300 s, protocol 6, tempfail, default macros', () => {
+    it('a milter with only a socket: timeouts 10/30/300/300 s, protocol 6, tempfail, message scope, breaker 3/5/60, default macros', () => {
       const cfg = parseMilterConfig(withA())
       const a = milter(cfg, 'a')
       assert.equal(a.name, 'a')
@@ -91,7 +86,14 @@ describe('config: parseMilterConfig', () => {
       assert.deepEqual(a.socket, { kind: 'tcp', host: '127.0.0.1', port: 8891, family: 4 })
       assert.equal(a.protocol, 6)
       assert.equal(a.defaultAction, 'tempfail')
-      assert.deepEqual(a.timeouts, { connectMs: 10_000, commandMs: 30_000, contentMs: 300_000 })
+      assert.deepEqual(a.timeouts, {
+        connectMs: 10_000,
+        commandMs: 30_000,
+        contentMs: 300_000,
+        eomMs: 300_000,
+      })
+      assert.equal(a.failureScope, 'message')
+      assert.deepEqual(a.breaker, { failures: 3, backoffMs: 5000, backoffMaxMs: 60_000 })
       assert.deepEqual([...a.macros], [...DEFAULT_MACROS])
       assert.deepEqual(a.destinationChannels, [])
       assert.deepEqual(a.optin, [])
@@ -132,6 +134,11 @@ describe('config: parseMilterConfig', () => {
           connect_timeout: 2,
           command_timeout: '5',
           content_timeout: '60s',
+          eom_timeout: 120,
+          failure_scope: 'session',
+          breaker_failures: 5,
+          breaker_backoff: 2,
+          breaker_backoff_max: 30,
         },
         'milter.a': { socket: 'inet:1@127.0.0.1' },
         'milter.b': {
@@ -141,16 +148,54 @@ describe('config: parseMilterConfig', () => {
           connect_timeout: 0.5,
           command_timeout: '1.25',
           content_timeout: 3600,
+          eom_timeout: '600s',
+          failure_scope: 'Message',
+          breaker_failures: 0,
         },
       })
       const a = milter(cfg, 'a')
       assert.equal(a.protocol, 4)
       assert.equal(a.defaultAction, 'accept')
-      assert.deepEqual(a.timeouts, { connectMs: 2000, commandMs: 5000, contentMs: 60_000 })
+      assert.deepEqual(a.timeouts, {
+        connectMs: 2000,
+        commandMs: 5000,
+        contentMs: 60_000,
+        eomMs: 120_000,
+      })
+      assert.equal(a.failureScope, 'session')
+      assert.deepEqual(a.breaker, { failures: 5, backoffMs: 2000, backoffMaxMs: 30_000 })
       const b = milter(cfg, 'b')
       assert.equal(b.protocol, 2)
       assert.equal(b.defaultAction, 'shutdown')
-      assert.deepEqual(b.timeouts, { connectMs: 500, commandMs: 1250, contentMs: 3_600_000 })
+      assert.deepEqual(b.timeouts, {
+        connectMs: 500,
+        commandMs: 1250,
+        contentMs: 3_600_000,
+        eomMs: 600_000,
+      })
+      assert.equal(b.failureScope, 'message')
+      assert.deepEqual(b.breaker, { failures: 0, backoffMs: 2000, backoffMaxMs: 30_000 })
+    })
+
+    it('bad failure_scope, eom_timeout and breaker values name the key', () => {
+      const bad: Array<[Record<string, unknown>, RegExp]> = [
+        [
+          { failure_scope: 'forever' },
+          /\[milter\.a\] failure_scope: must be one of message, session/,
+        ],
+        [{ eom_timeout: 0 }, /\[milter\.a\] eom_timeout: must be a number of seconds/],
+        [{ breaker_failures: -1 }, /\[milter\.a\] breaker_failures: must be an integer/],
+        [
+          { breaker_backoff: 10, breaker_backoff_max: 5 },
+          /\[milter\.a\] breaker_backoff_max: must not be less than breaker_backoff/,
+        ],
+      ]
+      for (const [keys, re] of bad) {
+        assert.throws(
+          () => parseMilterConfig(withA({ 'milter.a': { socket: '127.0.0.1:1', ...keys } })),
+          re,
+        )
+      }
     })
 
     it('every default_action is accepted', () => {
@@ -429,14 +474,13 @@ describe('config: parseMilterConfig', () => {
       rejects(withA({}, { milters: 'a, b' }), 'main', 'milters', /"b".*\[milter\.b\]/)
     })
 
-    it('a section not listed in milters', () => {
-      rejects(
-        withA({ 'milter.extra': { socket: '127.0.0.1:2' } }),
-        'main',
-        'milters',
-        /\[milter\.extra\]/,
-      )
-      rejects({ 'milter.orphan': { socket: '127.0.0.1:2' } }, 'main', 'milters', /milter\.orphan/)
+    it('a section not listed in milters is not an error: a warning, and the milter is unused', () => {
+      // (test/unit/config/warnings.test.ts has the warnings)
+      const cfg = parseMilterConfig(withA({ 'milter.extra': { socket: 'not a socket' } }), FILE)
+      assert.deepEqual([...cfg.milters.keys()], ['a'])
+      assert.deepEqual(cfg.warnings, [
+        `${FILE} [milter.extra]: not listed in [main] milters, so this milter is not used`,
+      ])
     })
 
     it('a milter listed twice', () => {

@@ -6,6 +6,8 @@ import {
   checkHeaderName,
   flattenHeaderValue,
   formatHeaderBlock,
+  headerValueText,
+  keepFolds,
   parseMessage,
   toCrlf,
   type HeaderEdit,
@@ -318,4 +320,83 @@ describe('toCrlf', () => {
       assert.equal(toCrlf(Buffer.from(input, 'latin1')).toString('latin1'), expected)
     })
   }
+})
+
+describe('message: header policy (RFC 5322 line limit, bytes kept)', () => {
+  const add = (value: string): HeaderEdit => ({ kind: 'addheader', name: 'X-Long', value })
+
+  /** Every physical line of the header block, in octets, CRLF excluded. */
+  function lineOctets(fields: readonly HeaderField[]): number[] {
+    return formatHeaderBlock(fields)
+      .split('\r\n')
+      .filter((l) => l !== '')
+      .map((l) => Buffer.byteLength(l))
+  }
+
+  it('a long value with spaces is folded: every line within 998 octets, nothing lost', () => {
+    const words = Array.from({ length: 400 }, (_, i) => `word${i}`).join(' ')
+    const out = applyHeaderEdits([], [add(words)], false)
+    for (const n of lineOctets(out)) assert.ok(n <= 998, `a line of ${n} octets`)
+    assert.equal(out[0]?.value.replace(/\r\n/g, '').trim(), words)
+  })
+
+  it('a word that cannot be folded within 998 octets is refused, not delivered as one line', () => {
+    assert.throws(
+      () => applyHeaderEdits([], [add('x'.repeat(2000))], false),
+      (e: unknown) =>
+        e instanceof HeaderEditError && /no space to fold at; RFC 5322/.test(e.message),
+    )
+    // the same with header_folds = keep
+    assert.throws(
+      () => applyHeaderEdits([], [add(`a\n\t${'y'.repeat(1200)}`)], false, 'keep'),
+      HeaderEditError,
+    )
+  })
+
+  it('multi-byte text counts in octets', () => {
+    // 400 x 'é' (2 octets) = 800 octets: fits; 600 x = 1200 octets, no space: refused
+    assert.doesNotThrow(() => applyHeaderEdits([], [add('é'.repeat(400))], false))
+    assert.throws(() => applyHeaderEdits([], [add('é'.repeat(600))], false), HeaderEditError)
+  })
+
+  it('a value over 64 KiB is refused', () => {
+    const big = Array.from({ length: 20_000 }, () => 'abcd').join(' ')
+    assert.throws(() => applyHeaderEdits([], [add(big)], false), /exceeds the limit of 65536/)
+  })
+
+  it('header_folds = keep: a whitespace-only continuation line is removed', () => {
+    assert.equal(keepFolds('a\n \n\tb'), 'a\n\tb')
+    assert.equal(keepFolds('a\r\n   \r\n b\r\n  '), 'a\n b')
+    const out = applyHeaderEdits([], [add('v=1;\r\n \r\n\tb=abc')], false, 'keep')
+    assert.equal(out[0]?.value, ' v=1;\n\tb=abc')
+    for (const line of formatHeaderBlock(out).split('\r\n').slice(1, -1)) {
+      assert.match(line, /^[ \t]+\S/, `continuation ${JSON.stringify(line)} has text`)
+    }
+  })
+
+  it('header values keep their bytes: UTF-8 as sent, other 8-bit words as unknown-8bit encoded-words', () => {
+    assert.equal(headerValueText(Buffer.from('Grüße aus Köln')), 'Grüße aus Köln')
+    const latin1 = Buffer.concat([
+      Buffer.from('Caf'),
+      Buffer.from([0xe9]),
+      Buffer.from(' au lait ü'),
+    ])
+    const text = headerValueText(latin1)
+    assert.equal(text, '=?unknown-8bit?B?Q2Fm6Q==?= au lait ü')
+    assert.ok(!text.includes('\ufffd'))
+    // decoding the encoded-word gives the original bytes back
+    const m = /=\?unknown-8bit\?B\?([^?]+)\?=/.exec(text)
+    assert.deepEqual(Buffer.from(m?.[1] ?? '', 'base64'), Buffer.from([0x43, 0x61, 0x66, 0xe9]))
+  })
+
+  it('a long 8-bit word becomes several encoded-words of at most 75 characters', () => {
+    const word = Buffer.alloc(200, 0xff)
+    const text = headerValueText(word)
+    const parts = text.split(' ')
+    for (const p of parts) assert.ok(p.length <= 75, `${p.length}: ${p}`)
+    const back = Buffer.concat(
+      parts.map((p) => Buffer.from(/\?B\?([^?]+)\?=/.exec(p)?.[1] ?? '', 'base64')),
+    )
+    assert.deepEqual(back, word)
+  })
 })

@@ -146,6 +146,111 @@ describe('FrameDecoder', () => {
   })
 })
 
+/** A payload whose every byte depends on its offset, so a misplaced byte shows. */
+function patterned(size: number): Buffer {
+  const b = Buffer.allocUnsafe(size)
+  for (let i = 0; i < size; i++) b[i] = (i * 31 + (i >>> 8)) & 0xff
+  return b
+}
+
+/** Pushes bytes one at a time; returns every frame and checks nothing comes early. */
+function pushByteByByte(d: FrameDecoder, bytes: Buffer): Frame[] {
+  const got: Frame[] = []
+  for (let i = 0; i < bytes.length; i++) {
+    const frames = d.push(bytes.subarray(i, i + 1))
+    if (frames.length > 0 && i !== bytes.length - 1) assert.fail(`a frame came out at byte ${i}`)
+    got.push(...frames)
+  }
+  return got
+}
+
+describe('FrameDecoder on large frames cut small (linear in bytes)', () => {
+  it('decodes a 256 KiB frame fed in 1-byte pieces, counting every byte as pending', () => {
+    const data = patterned(256 * 1024)
+    const bytes = encodeFrame(0x62, data)
+    const d = new FrameDecoder()
+    const got: Frame[] = []
+    for (let i = 0; i < bytes.length; i++) {
+      got.push(...d.push(bytes.subarray(i, i + 1)))
+      if (i < bytes.length - 1) assert.equal(d.pending, i + 1)
+    }
+    assert.equal(got.length, 1)
+    assert.equal(got[0]!.code, 0x62)
+    assert.ok(got[0]!.data.equals(data))
+    assert.equal(d.pending, 0)
+  })
+
+  it('decodes a 4 MiB REPLBODY frame fed in 1-byte pieces', () => {
+    const data = patterned(4 * 1024 * 1024)
+    const d = new FrameDecoder()
+    const got = pushByteByByte(d, encodeFrame(0x62, data))
+    assert.equal(got.length, 1)
+    assert.equal(got[0]!.code, 0x62)
+    assert.equal(got[0]!.data.length, data.length)
+    assert.ok(got[0]!.data.equals(data))
+    assert.equal(d.pending, 0)
+  })
+
+  it('decodes a 3 MiB frame in uneven pieces, then the frames after it in the last piece', () => {
+    const data = patterned(3 * 1024 * 1024 + 7)
+    const stream = Buffer.concat([
+      encodeFrame(0x62, data),
+      frame('c'),
+      frame('y', Buffer.from('550 no\0')),
+    ])
+    const d = new FrameDecoder()
+    const got: Frame[] = []
+    let off = 0
+    for (let step = 1; off < stream.length; step = (step * 7 + 3) % 70001) {
+      got.push(...d.push(stream.subarray(off, off + step)))
+      off += step
+      assert.ok(d.pending <= off, 'pending never exceeds what was pushed')
+    }
+    assert.deepStrictEqual(
+      got.map((f) => f.code),
+      [0x62, 0x63, 0x79],
+    )
+    assert.ok(got[0]!.data.equals(data))
+    assert.equal(toHex(got[2]!.data), toHex(Buffer.from('550 no\0')))
+    assert.equal(d.pending, 0)
+  })
+
+  it('holds the length of a frame above 1 MiB without allocating it whole', () => {
+    const d = new FrameDecoder()
+    const before = process.memoryUsage().arrayBuffers
+    const head = Buffer.concat([u32(DEFAULT_MAX_FRAME_DATA + 1), hex('62 00')])
+    assert.deepStrictEqual(d.push(head), [])
+    assert.equal(d.pending, 6)
+    // 64 MiB announced, 2 bytes sent: the decoder holds about 1 MiB, not 64
+    const grown = process.memoryUsage().arrayBuffers - before
+    assert.ok(grown < 16 * 1024 * 1024, `array buffers grew by ${grown} bytes`)
+  })
+})
+
+describe('FrameDecoder zero-copy', () => {
+  it('returns frames that lie whole in one chunk as subarrays of that chunk', () => {
+    const chunk = Buffer.concat([
+      frame('h', Buffer.from('X\0y\0')),
+      frame('b', Buffer.from('body')),
+    ])
+    const [a, b] = new FrameDecoder().push(chunk)
+    assert.equal(a!.data.buffer, chunk.buffer)
+    assert.equal(a!.data.byteOffset, chunk.byteOffset + 5)
+    assert.equal(b!.data.buffer, chunk.buffer)
+    assert.equal(b!.data.byteOffset, chunk.byteOffset + 9 + 5)
+  })
+
+  it('does not copy a frame when only its length prefix was split', () => {
+    const f = frame('b', Buffer.from('body'))
+    const d = new FrameDecoder()
+    assert.deepStrictEqual(d.push(f.subarray(0, 2)), [])
+    const rest = f.subarray(2)
+    const [got] = d.push(rest)
+    assert.equal(got!.data.toString(), 'body')
+    assert.equal(got!.data.buffer, rest.buffer)
+  })
+})
+
 describe('encodeFrame', () => {
   it('writes len = 1 + data length, then the code, then the data', () => {
     assert.equal(toHex(encodeFrame(0x63)), '00 00 00 01 63')

@@ -89,4 +89,21 @@ describe('decodeReply (golden vectors)', () => {
     const r = decode(frame('h', cstr('X-8bit'), cstr(value)))
     assert.deepStrictEqual(r, { kind: 'addheader', name: Buffer.from('X-8bit'), value })
   })
+
+  // found by npm run fuzz: the encoder wrote names as UTF-8, the decoder reads latin1
+  it('encodes symlist macro names as latin1, the way it decodes them', () => {
+    const bytes = frame(
+      'O',
+      u32(6),
+      u32(0),
+      u32(0),
+      u32(0),
+      cstr(Buffer.from([0x7b, 0xe9, 0x80, 0x7d])),
+    )
+    const r = decode(bytes)
+    assert.equal(r.kind, 'optneg')
+    if (r.kind !== 'optneg') return
+    assert.deepStrictEqual(r.symlist, new Map([[0, ['{\u00e9\u0080}']]]))
+    assert.equal(toHex(encodeReply(r)), toHex(bytes))
+  })
 })

@@ -134,3 +134,30 @@ describe('formatSmtpReply', () => {
     assert.deepStrictEqual(ok(formatSmtpReply(r).join('\r\n')), r)
   })
 })
+
+describe('protocol: REPLYCODE text made fit for SMTP (RFC 5321)', () => {
+  it('a 100,000-character line is cut to fit 512 octets with its code and CRLF', () => {
+    const r = ok(`550 5.7.1 ${'x'.repeat(100_000)}`)
+    for (const line of formatSmtpReply(r)) assert.ok(line.length + 2 <= 512, `${line.length}`)
+    assert.equal(formatSmtpReply(r)[0]?.length, 510)
+  })
+
+  it('without an enhanced code too', () => {
+    const r = ok(`451 ${'y'.repeat(1000)}`)
+    assert.equal(formatSmtpReply(r)[0]?.length, 510)
+  })
+
+  it('8-bit bytes become ?, never U+FFFD', () => {
+    const raw = Buffer.concat([Buffer.from('550 5.7.1 Caf'), Buffer.from([0xe9, 0xc3, 0xbc])])
+    const r = ok(raw.toString('latin1'))
+    assert.deepEqual(r.lines, [{ enhanced: '5.7.1', text: 'Caf???' }])
+  })
+
+  it('more than 32 lines is malformed (libmilter sends at most 32)', () => {
+    const lines = Array.from({ length: 33 }, (_, i) => `550${i === 32 ? ' ' : '-'}5.7.1 l${i}`)
+    const r = parseReplyCode(lines.join('\r\n'))
+    assert.equal(r.ok, false)
+    const ok32 = lines.slice(0, 31).concat('550 5.7.1 last')
+    assert.equal(ok(ok32.join('\r\n')).lines.length, 32)
+  })
+})

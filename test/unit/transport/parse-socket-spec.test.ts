@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 
 import { MilterConfigError } from '../../../lib/errors'
-import { formatSocketSpec, parseSocketSpec, type SocketSpec } from '../../../lib/transport'
+import { formatSocketSpec, parseSocketSpec, type SocketSpec } from '../../../lib/transport/spec'
 
 describe('parseSocketSpec', () => {
   const valid: Array<[string, SocketSpec]> = [

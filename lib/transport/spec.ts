@@ -1,14 +1,13 @@
 /**
- * Socket specs in Sendmail/Postfix syntax, and dialling them. The only
- * module that imports node:net.
+ * Socket specs in Sendmail/Postfix syntax (pure: no sockets here, so the
+ * configuration can be parsed without node:net).
  *
  *   inet:PORT@HOST    inet6:PORT@HOST    (Sendmail)
  *   inet:HOST:PORT    unix:/path  local:/path   (Postfix)
  *   HOST:PORT         [V6ADDR]:PORT            (shorthands)
  */
-import * as net from 'node:net'
-import { MilterConfigError, MilterConnectError, MilterTimeoutError } from './errors'
-import type { ConnectAddress } from './protocol/commands'
+import { MilterConfigError } from '../errors'
+import { ipFamily } from './address'
 
 /** Where a milter listens. */
 export type SocketSpec =
@@ -26,17 +25,17 @@ function parsePort(text: string, spec: string): number {
 function tcp(host: string, port: string, spec: string, want: 4 | 6 | 0): SocketSpec {
   const h = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host
   if (h === '') throw new MilterConfigError(`missing host in milter socket "${spec}"`)
-  if (h.includes(':') && net.isIPv6(h) === false) {
+  const ipFam = ipFamily(h)
+  if (h.includes(':') && ipFam !== 6) {
     throw new MilterConfigError(`invalid IPv6 address "${h}" in milter socket "${spec}"`)
   }
-  const ipFamily = net.isIP(h)
   // Postfix writes IPv6 as inet:[::1]:PORT: a bracketed IPv6 literal is fine after inet:
-  if (want === 4 && ipFamily === 6 && host.startsWith('[')) want = 6
-  if (want === 4 && ipFamily === 6)
+  if (want === 4 && ipFam === 6 && host.startsWith('[')) want = 6
+  if (want === 4 && ipFam === 6)
     throw new MilterConfigError(`inet: needs an IPv4 host, not "${h}" ("${spec}")`)
-  if (want === 6 && ipFamily === 4)
+  if (want === 6 && ipFam === 4)
     throw new MilterConfigError(`inet6: needs an IPv6 host, not "${h}" ("${spec}")`)
-  const family = ipFamily === 4 ? 4 : ipFamily === 6 ? 6 : want
+  const family = ipFam === 4 ? 4 : ipFam === 6 ? 6 : want
   return { kind: 'tcp', host: h, port: parsePort(port, spec), family }
 }
 
@@ -79,51 +78,4 @@ export function formatSocketSpec(s: SocketSpec): string {
   return s.family === 6 || s.host.includes(':')
     ? `inet6:${s.port}@${s.host}`
     : `inet:${s.port}@${s.host}`
-}
-
-/** Opens a stream to the milter within `timeoutMs`. */
-export function dial(spec: SocketSpec, timeoutMs: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const sock =
-      spec.kind === 'unix'
-        ? net.createConnection({ path: spec.path })
-        : net.createConnection({ host: spec.host, port: spec.port, family: spec.family })
-    const where = formatSocketSpec(spec)
-    const timer = setTimeout(() => {
-      sock.destroy()
-      reject(new MilterTimeoutError('connect', timeoutMs, `connection to ${where}`))
-    }, timeoutMs)
-    sock.once('connect', () => {
-      clearTimeout(timer)
-      sock.removeAllListeners('error')
-      sock.setNoDelay(true)
-      resolve(sock)
-    })
-    sock.once('error', (err) => {
-      clearTimeout(timer)
-      reject(
-        new MilterConnectError(`cannot connect to milter at ${where}: ${err.message}`, {
-          cause: err,
-        }),
-      )
-    })
-  })
-}
-
-/** True for an IPv4 or IPv6 address literal. */
-export function isIpLiteral(text: string): boolean {
-  return net.isIP(text) !== 0
-}
-
-/**
- * The CONNECT address of an SMTP client (§2.4): IPv4 dotted quad (an
- * IPv4-mapped IPv6 address counts as IPv4, as Sendmail reports it), bare
- * IPv6 text, or family unknown when there is no usable address.
- */
-export function connectAddressFor(ip: string | undefined, port: number): ConnectAddress {
-  const a = (ip ?? '').replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '')
-  const fam = net.isIP(a)
-  if (fam === 4) return { family: 'inet', address: a, port }
-  if (fam === 6) return { family: 'inet6', address: a, port }
-  return { family: 'unknown' }
 }

@@ -1,0 +1,86 @@
+/**
+ * What the plugin writes to Haraka's log and results: a chain outcome as
+ * answered, the chain's events, and the circuit breaker's state changes.
+ * One place for the wording operators read.
+ */
+import type { BreakerChange } from '../breaker'
+import type { ChainEvent, MilterReport, Outcome } from '../policy/chain'
+import { formatMilterReport } from '../policy/report'
+import type { Stage } from '../policy/replies'
+import type { HarakaConnection } from './haraka'
+
+/** The plugin as Haraka's loggers want it. */
+export interface Reporter {
+  name: string
+}
+
+/**
+ * Records what a milter decided at a stage (`decided`), and logs it with
+ * the reply; `answered` is what the client is told now (continue when a
+ * greeting or HELO may not carry the refusal: it is given at MAIL).
+ */
+export function reportOutcome(
+  plugin: Reporter,
+  c: HarakaConnection,
+  stage: Stage,
+  decided: Outcome,
+  answered: Outcome,
+): void {
+  if (decided.action === 'continue' || decided.action === 'discard') return
+  const failure = decided.cause === 'failure' ? ',failure' : ''
+  c.results.add(plugin, { fail: `${decided.milter}(${stage}:${decided.action}${failure})` })
+  const text = decided.reply.lines.map((l) => l.text).join(' / ')
+  const later =
+    answered.action === 'continue' ? ' (given at MAIL: a greeting may not carry it)' : ''
+  c.loginfo(
+    plugin,
+    `${decided.milter} ${decided.action} at ${stage}: ${decided.reply.code} ${text}${later}`,
+  )
+}
+
+/** The chain's events: failures to results (err, or skip for a milter marked down) and the log. */
+export function reportEvent(plugin: Reporter, c: HarakaConnection, e: ChainEvent): void {
+  const text = `${e.milter} ${e.stage}: ${e.message}${e.code ? ` (${e.code})` : ''}`
+  if (e.code === 'MILTER_ERR_UNAVAILABLE') {
+    // not dialled: the breaker's change was logged once (results log err at ERROR)
+    c.results.add(plugin, { skip: `${e.milter}(${e.stage}:unavailable)` })
+  } else if (e.code !== undefined) {
+    c.results.add(plugin, { err: `${e.milter}(${e.stage}:${e.code})` })
+  }
+  if (e.level === 'error') c.logerror(plugin, text)
+  else if (e.level === 'warn') c.logwarn(plugin, text)
+  else c.logdebug(plugin, text)
+}
+
+/** One line per breaker state change. */
+export function breakerText(
+  milter: string,
+  ch: BreakerChange,
+): { level: 'error' | 'info'; text: string } {
+  switch (ch.to) {
+    case 'open':
+      return {
+        level: 'error',
+        text: `${milter}: marked down after ${ch.failures} consecutive connect failure(s) to ${ch.endpoint} (${ch.reason ?? 'error'}); not dialled for ${Math.round((ch.retryInMs ?? 0) / 1000)} s, default_action applies at once`,
+      }
+    case 'half-open':
+      return { level: 'info', text: `${milter}: probing ${ch.endpoint} again` }
+    case 'closed':
+      return { level: 'info', text: `${milter}: ${ch.endpoint} is back up` }
+  }
+}
+
+/**
+ * One INFO line per milter per message: what it did (stages, verdict,
+ * edits, time waited) and the SMTP reply given when it was not 250.
+ */
+export function reportMessage(
+  plugin: Reporter,
+  c: HarakaConnection,
+  reports: readonly MilterReport[],
+  reply: string | undefined,
+): void {
+  for (const r of reports) {
+    c.loginfo(plugin, `${formatMilterReport(r)}${reply ? `; reply ${reply}` : ''}`)
+  }
+}

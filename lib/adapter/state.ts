@@ -1,0 +1,67 @@
+/**
+ * The plugin's state on a Haraka connection and on a transaction: one typed
+ * object each, kept beside Haraka's objects (not in their notes), so one
+ * module says what the plugin remembers between hooks.
+ *
+ * Notes stay the interface with other plugins only: they may set
+ * `transaction.notes.milter_optin` / `milter_destination_channel` (input),
+ * and queue plugins may read `transaction.notes.milter_envelope_args`.
+ */
+import type { MilterConfig } from '../config'
+import type { MilterChain } from '../policy/chain'
+import type { LocalDomain } from './facts'
+import type { HarakaConnection, HarakaTransaction } from './haraka'
+
+/** What happens to an accepted message at queue time. */
+export type Disposition = { kind: 'discard'; milter: string } | { kind: 'hold'; reason: string }
+
+/** Per connection. */
+export type ConnectionState =
+  | {
+      kind: 'milters'
+      cfg: MilterConfig
+      chain: MilterChain
+      sourceChannel: string
+      isLocal: LocalDomain
+      /** The refusal given in the current transaction, for its report line. */
+      refusal?: string
+    }
+  /** The configuration was broken when the connection came: every MAIL is refused. */
+  | { kind: 'broken'; reason: string }
+
+/** Per transaction. */
+export interface TransactionState {
+  /** MAIL FROM's ESMTP parameters (Haraka keeps them nowhere). */
+  mailArgs: Record<string, string | null>
+  /** Discarded or held by a milter: taken at queue. */
+  disposition?: Disposition
+  /** Authentication-Results headers milters added, restored at queue if Haraka dropped them. */
+  authResults?: string[]
+}
+
+const CONNECTIONS = new WeakMap<object, ConnectionState>()
+const TRANSACTIONS = new WeakMap<object, TransactionState>()
+
+export function connectionState(c: HarakaConnection): ConnectionState | undefined {
+  return CONNECTIONS.get(c)
+}
+
+export function setConnectionState(c: HarakaConnection, st: ConnectionState): void {
+  CONNECTIONS.set(c, st)
+}
+
+export function dropConnectionState(c: HarakaConnection): ConnectionState | undefined {
+  const st = CONNECTIONS.get(c)
+  CONNECTIONS.delete(c)
+  return st
+}
+
+/** The transaction's state, made on first use. */
+export function transactionState(t: HarakaTransaction): TransactionState {
+  let st = TRANSACTIONS.get(t)
+  if (!st) {
+    st = { mailArgs: {} }
+    TRANSACTIONS.set(t, st)
+  }
+  return st
+}

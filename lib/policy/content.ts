@@ -1,0 +1,138 @@
+/**
+ * The content phase for one milter of the chain: headers, EOH, body and end
+ * of message, then its edits validated as a whole (all or none) and applied
+ * to the message as the previous milters left it. A replacement body is
+ * spooled to disk; the spool belongs to the MessageResult, whose owner calls
+ * dispose() once the message has been written (or refused).
+ */
+import { BodySpool } from '../body-spool'
+import { applyEnvelopeEdits, type Envelope } from '../message/envelope'
+import { applyHeaderEdits, type HeaderField } from '../message/headers'
+import { sortModifications } from '../message/modifications'
+import { Proto } from '../protocol/constants'
+import type { Modification } from '../protocol/replies'
+import { sendContent } from '../session/content'
+import type { MacroLookup } from '../session/macros'
+import type { MilterSession, Verdict } from '../session/session'
+import type { Outcome } from './replies'
+
+/** The message as the content phase starts. */
+export interface MessageInput {
+  headers: HeaderField[]
+  envelope: Envelope
+  /** The original body, unstuffed, CRLF; may be called once per milter. */
+  body: () => AsyncIterable<Buffer>
+  eohMacros?: MacroLookup
+  eomMacros?: MacroLookup
+}
+
+/** What one milter changed. */
+export interface MilterEdits {
+  milter: string
+  /** Modifications other than body chunks, in the order received. */
+  modifications: Modification[]
+  count: number
+  bodyReplaced: boolean
+}
+
+/** The result of the content phase: outcome plus the edited message. */
+export interface MessageResult {
+  outcome: Outcome
+  headers: HeaderField[]
+  headersChanged: boolean
+  envelope: Envelope
+  envelopeChanged: boolean
+  /** The replacement body, when a milter replaced it (owned by this result: see dispose). */
+  body?: BodySpool
+  /** QUARANTINE reasons (and failed milters with default_action quarantine). */
+  quarantine: string[]
+  /** Which milters modified what, for logs, results and the CLI. */
+  edits: MilterEdits[]
+  /** Removes the spooled replacement body, if any. Safe to call more than once. */
+  dispose(): Promise<void>
+}
+
+/** A new result for the message as it arrived. */
+export function startResult(input: MessageInput): MessageResult {
+  const result: MessageResult = {
+    outcome: { action: 'continue' },
+    headers: input.headers,
+    headersChanged: false,
+    envelope: input.envelope,
+    envelopeChanged: false,
+    quarantine: [],
+    edits: [],
+    dispose: async () => {
+      await result.body?.dispose()
+    },
+  }
+  return result
+}
+
+/** How one milter answered the message. */
+export type ContentAnswer =
+  | { kind: 'verdict'; verdict: Verdict }
+  | { kind: 'edited'; verdict: Verdict; quarantine: string | undefined }
+
+/**
+ * Runs the content phase on one milter and, when it lets the message go on,
+ * applies its edits to `result`. Throws (MilterError, HeaderEditError,
+ * EnvelopeEditError) when the milter fails or its edits are invalid; then
+ * nothing of its edits is applied.
+ */
+export async function runContent(
+  name: string,
+  s: MilterSession,
+  input: MessageInput,
+  result: MessageResult,
+  opts: { spoolDir: string | undefined; headerFolds: 'flatten' | 'keep' },
+  isContinue: (v: Verdict) => boolean,
+): Promise<ContentAnswer> {
+  const spool = new BodySpool(opts.spoolDir)
+  const previousBody = result.body
+  try {
+    const eom = await sendContent(s, {
+      headers: result.headers
+        .filter((h) => !h.hidden)
+        .map((h) => ({ name: h.name, value: Buffer.from(h.value, 'utf8') })),
+      body: previousBody ? previousBody.chunks() : input.body(),
+      ...(input.eohMacros ? { eohMacros: input.eohMacros } : {}),
+      ...(input.eomMacros ? { eomMacros: input.eomMacros } : {}),
+      onReplaceBody: (chunk) => spool.write(chunk),
+    })
+    if (!isContinue(eom.verdict)) {
+      await spool.dispose()
+      return { kind: 'verdict', verdict: eom.verdict }
+    }
+    // Validate every edit before applying any (all or none).
+    const sorted = sortModifications(eom.modifications)
+    const leadspc = (s.negotiated.protocol & Proto.HDR_LEADSPC) !== 0
+    const headers = applyHeaderEdits(result.headers, sorted.headerEdits, leadspc, opts.headerFolds)
+    const envelope = applyEnvelopeEdits(result.envelope, sorted.envelopeEdits)
+    if (eom.bodyReplaced) await spool.finish()
+    result.headers = headers
+    result.headersChanged ||= sorted.headerEdits.length > 0
+    result.envelope = envelope
+    result.envelopeChanged ||= sorted.envelopeEdits.length > 0
+    if (eom.bodyReplaced) {
+      result.body = spool
+      await previousBody?.dispose()
+    } else {
+      await spool.dispose()
+    }
+    const count = eom.modifications.length
+    if (count > 0 || eom.bodyReplaced) {
+      result.edits.push({
+        milter: name,
+        modifications: eom.modifications,
+        count,
+        bodyReplaced: eom.bodyReplaced,
+      })
+    }
+    const quarantine = sorted.quarantine === undefined ? undefined : `${name}: ${sorted.quarantine}`
+    return { kind: 'edited', verdict: eom.verdict, quarantine }
+  } catch (e) {
+    await spool.dispose()
+    throw e
+  }
+}

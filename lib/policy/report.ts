@@ -1,0 +1,91 @@
+/**
+ * What each milter did for one message: the stages it was consulted at,
+ * its verdict, its edits by kind, and the time spent waiting for it. The
+ * plugin logs one line per milter per message from this (and the CLI can
+ * show it), so an operator sees every milter at work, not only refusals.
+ */
+import type { MilterDef } from '../config'
+import type { Verdict } from '../session/types'
+import type { MilterEdits } from './content'
+
+/** One milter's part in one message. */
+export interface MilterReport {
+  milter: string
+  endpoint: string
+  /** Stages it was consulted at, in order (a repeated stage once: rcpt for every recipient). */
+  stages: string[]
+  /** Its answers other than continue, as `kind@stage` (`failed CODE@stage (default_action=X)`); `continue` when none. */
+  verdict: string
+  /** Modifications by kind (addheader, chgheader, replbody, ...). */
+  edits: Record<string, number>
+  /** Milliseconds spent waiting for its answers. */
+  waitMs: number
+}
+
+/** Collects MilterReports until taken. */
+export class MilterReports {
+  private readonly byMilter = new Map<string, MilterReport>()
+
+  private of(def: MilterDef): MilterReport {
+    let r = this.byMilter.get(def.name)
+    if (!r) {
+      r = {
+        milter: def.name,
+        endpoint: def.socketText,
+        stages: [],
+        verdict: 'continue',
+        edits: {},
+        waitMs: 0,
+      }
+      this.byMilter.set(def.name, r)
+    }
+    return r
+  }
+
+  waited(def: MilterDef, stage: string, ms: number): void {
+    const r = this.of(def)
+    if (r.stages[r.stages.length - 1] !== stage) r.stages.push(stage)
+    r.waitMs += ms
+  }
+
+  private decide(r: MilterReport, what: string): void {
+    r.verdict = r.verdict === 'continue' ? what : `${r.verdict}, ${what}`
+  }
+
+  verdict(def: MilterDef, stage: string, v: Verdict): void {
+    if (v.kind === 'continue') return
+    this.decide(
+      this.of(def),
+      `${v.kind === 'replycode' ? `replycode ${v.reply.code}` : v.kind}@${stage}`,
+    )
+  }
+
+  failure(def: MilterDef, stage: string, code: string, action: string): void {
+    const r = this.of(def)
+    if (r.stages[r.stages.length - 1] !== stage) r.stages.push(stage)
+    this.decide(r, `failed ${code}@${stage} (default_action=${action})`)
+  }
+
+  edits(def: MilterDef, e: MilterEdits): void {
+    const r = this.of(def)
+    for (const m of e.modifications) r.edits[m.kind] = (r.edits[m.kind] ?? 0) + 1
+    if (e.bodyReplaced) r.edits['replbody'] = 1
+  }
+
+  /** The reports in chain order, and a fresh start. */
+  take(order: readonly MilterDef[]): MilterReport[] {
+    const out = order
+      .map((d) => this.byMilter.get(d.name))
+      .filter((r): r is MilterReport => r !== undefined)
+    this.byMilter.clear()
+    return out
+  }
+}
+
+/** One line: `NAME (ENDPOINT): stages a,b,c; verdict X; edits k=n ...; waited N ms`. */
+export function formatMilterReport(r: MilterReport): string {
+  const edits = Object.entries(r.edits)
+    .map(([k, n]) => `${k}=${n}`)
+    .join(' ')
+  return `${r.milter} (${r.endpoint}): stages ${r.stages.join(',') || '-'}; verdict ${r.verdict}; edits ${edits || 'none'}; waited ${Math.round(r.waitMs)} ms`
+}

@@ -1,0 +1,58 @@
+/**
+ * One milter's place in one SMTP connection, as an explicit state:
+ *
+ *   idle ──open──▶ open ──accept at CONNECT/HELO──▶ done
+ *    ▲              │ └──refuse at CONNECT/HELO──▶ refused
+ *    │              └──failure──▶ failed ──(scope message: next message)──▶ idle
+ *    └─────────────────────────────────────────────────┘
+ *
+ * `idle` is a rule milter before its first recipient, or a milter whose
+ * failure (failure_scope = message) ended with its message: it is opened
+ * (CONNECT and HELO replayed) when next needed.
+ */
+import type { FailureScope, MilterDef } from '../config'
+import type { MilterSession } from '../session/session'
+import type { Outcome } from './replies'
+import { hasRecipientRules } from './routing'
+
+export type SlotState =
+  | { kind: 'idle' }
+  | { kind: 'open'; session: MilterSession }
+  /** Accepted the connection (or failed open for the session): not consulted again. */
+  | { kind: 'done' }
+  /** Refused the client at (replayed) CONNECT or HELO. */
+  | { kind: 'refused'; outcome: Outcome }
+  /** Failed: its default_action's outcome, and a quarantine reason under `quarantine`. */
+  | { kind: 'failed'; outcome: Outcome; quarantine: string | undefined; scope: FailureScope }
+
+/** One milter of the chain. */
+export class Slot {
+  state: SlotState = { kind: 'idle' }
+  /** Enabled by recipient rules: contacted only from the first matching RCPT of a message. */
+  readonly lazy: boolean
+
+  constructor(readonly def: MilterDef) {
+    this.lazy = hasRecipientRules(def)
+  }
+
+  get name(): string {
+    return this.def.name
+  }
+
+  /** The open session, if any. */
+  get session(): MilterSession | undefined {
+    return this.state.kind === 'open' ? this.state.session : undefined
+  }
+
+  /** Drops the session (without QUIT) and moves to `next`. */
+  leave(next: SlotState): void {
+    this.session?.destroy()
+    this.state = next
+  }
+
+  /** A new message: a failure that belonged to the last one is forgotten. */
+  newMessage(): void {
+    if (this.state.kind === 'failed' && this.state.scope === 'message')
+      this.state = { kind: 'idle' }
+  }
+}

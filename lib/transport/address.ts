@@ -1,0 +1,52 @@
+/**
+ * IP addresses as SMTP servers report them, parsed with ipaddr.js: literal
+ * checks, normal form, and the address a milter's CONNECT carries.
+ */
+import ipaddr from 'ipaddr.js'
+import type { ConnectAddress } from '../protocol/commands'
+
+/**
+ * An IP address in the forms SMTP servers report (dotted-quad IPv4 or IPv6
+ * text), parsed with ipaddr.js; an IPv4-mapped IPv6 address becomes the IPv4
+ * address, as Haraka itself reports remote.ip (ipaddr.process). Undefined
+ * for anything else, including IPv4 in the hex, octal or short forms
+ * inet_aton would take.
+ */
+function parseIp(text: string): ipaddr.IPv4 | ipaddr.IPv6 | undefined {
+  if (ipaddr.IPv4.isValidFourPartDecimal(text)) return ipaddr.IPv4.parse(text)
+  if (ipaddr.IPv6.isValid(text)) return ipaddr.process(text)
+  return undefined
+}
+
+/** True for an IPv4 or IPv6 address literal. */
+export function isIpLiteral(text: string): boolean {
+  return parseIp(text) !== undefined
+}
+
+/**
+ * An address in its canonical text: IPv4-mapped IPv6 as IPv4, IPv6
+ * compressed and lower-case. Text that is no IP address comes back as is.
+ */
+export function normalizeIp(text: string): string {
+  return parseIp(text)?.toString() ?? text
+}
+
+/**
+ * The CONNECT address of an SMTP client (milter-protocol.md §2.4): IPv4 dotted quad (an
+ * IPv4-mapped IPv6 address counts as IPv4, as Sendmail reports it), IPv6
+ * text, or family unknown when there is no usable address.
+ */
+export function connectAddressFor(ip: string | undefined, port: number): ConnectAddress {
+  const a = parseIp(ip ?? '')
+  if (a === undefined) return { family: 'unknown' }
+  return a.kind() === 'ipv4'
+    ? { family: 'inet', address: a.toString(), port }
+    : { family: 'inet6', address: a.toString(), port }
+}
+
+/** 4 or 6 for an IP literal, 0 for anything else (a host name). */
+export function ipFamily(text: string): 4 | 6 | 0 {
+  if (ipaddr.IPv4.isValidFourPartDecimal(text)) return 4
+  if (ipaddr.IPv6.isValid(text)) return 6
+  return 0
+}
