@@ -74,6 +74,8 @@ export interface MessageOutcome {
   at: SmtpStep | null
   /** Replies RFC 5321 does not allow at that step. */
   forbidden: StepRecord[]
+  /** A 421 came but the server kept the connection open (RFC 5321: 421 closes it). */
+  openAfter421?: SmtpStep
 }
 
 export interface LoadOptions {
@@ -202,6 +204,18 @@ class Smtp {
 
   destroy(): void {
     this.sock.destroy()
+  }
+
+  /** Resolves true once the connection is closed, false if it is still open after `ms`. */
+  waitClosed(ms: number): Promise<boolean> {
+    if (this.closed) return Promise.resolve(true)
+    return new Promise((resolve) => {
+      const t = setTimeout(() => resolve(this.closed), ms)
+      this.sock.once('close', () => {
+        clearTimeout(t)
+        resolve(true)
+      })
+    })
   }
 
   async end(): Promise<void> {
@@ -348,6 +362,11 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
         const rec: StepRecord = { step: name, code: r.code, enhanced: r.enhanced, text: r.text, ms }
         o.steps.push(rec)
         if (!ALLOWED_CODES[name].has(r.code)) o.forbidden.push(rec)
+        if (r.code === 421 && name !== 'quit' && !(await smtp.waitClosed(5000))) {
+          o.openAfter421 = name
+          smtp.destroy()
+          await smtp.waitClosed(1000)
+        }
         return { code: r.code, enhanced: r.enhanced }
       }
       const failure = r.kind
