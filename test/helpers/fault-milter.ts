@@ -60,7 +60,8 @@ export const CONNECTION_STAGES: ReadonlySet<Stage> = new Set<Stage>(['optneg', '
  * - dribble: at end of message a large REPLBODY in one frame (`dribbleBytes`), then the header
  *   and ACCEPT, written `dribbleChunk` bytes per write;
  * - long_header: at end of message ADDHEADER with a 2000-byte value without spaces, then the
- *   usual header and ACCEPT (a header line over 998 bytes must be refused: the milter fails).
+ *   usual header and ACCEPT (a header line over 998 bytes must be refused: the milter fails);
+ * - reject: a plain REJECT, the milter's verdict (not a failure): at CONNECT a 554 greeting.
  */
 export const FAULTS = [
   'refuse',
@@ -79,6 +80,7 @@ export const FAULTS = [
   'unknown_reply',
   'dribble',
   'long_header',
+  'reject',
 ] as const
 export type Fault = (typeof FAULTS)[number]
 
@@ -108,6 +110,7 @@ export const FAULT_CLASS: Readonly<Record<Fault, FaultClass>> = {
   unknown_reply: 'failure',
   dribble: 'either',
   long_header: 'failure',
+  reject: 'verdict',
 }
 
 const EVERY: readonly Stage[] = STAGES
@@ -133,6 +136,8 @@ export const FAULT_STAGES: Readonly<Record<Fault, readonly Stage[]>> = {
   unknown_reply: EVERY,
   dribble: EOM_ONLY,
   long_header: EOM_ONLY,
+  // at RCPT a reject refuses one recipient only: not a message outcome
+  reject: STAGES.filter((s) => s !== 'optneg' && s !== 'rcpt'),
 }
 
 /** Delays and sizes (milliseconds, bytes). */
@@ -538,6 +543,10 @@ export async function startFaultMilter(spec: FaultSpec): Promise<FaultMilter> {
           }
           return
         }
+        case 'reject':
+          write(R.reject)
+          if (stage === 'eom' && msg) msg.end = 'eom'
+          return
         case 'long_header':
           write(R.addheader('X-Fault-Long', 'a'.repeat(2000)), ...correct('eom'))
           // the milter must fail: nothing it sent may be applied

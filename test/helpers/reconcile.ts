@@ -55,6 +55,7 @@ export type ViolationKind =
   | 'body-corrupt'
   | 'overlong-line'
   | 'forbidden-code'
+  | 'open-after-421'
   | 'hang'
   | 'dropped'
   // policy (what default_action / failure_scope require)
@@ -254,6 +255,8 @@ export function reconcileLane(
       counts.forbidden += 1
       add('forbidden-code', o, `${f.step} answered ${f.code} ${JSON.stringify(f.text)}`)
     }
+    if (o.openAfter421)
+      add('open-after-421', o, `421 at ${o.openAfter421}, but the connection stayed open 5 s`)
     if (o.final === 'hang') add('hang', o, `no reply at ${o.at ?? '?'}`)
     if (o.final === 'dropped')
       add('dropped', o, `connection closed without a reply at ${o.at ?? '?'}`)
@@ -340,12 +343,43 @@ export function reconcileLane(
 
   if (policy && milters.length === 1)
     policyChecks(outcomes, milters[0]!, deliveries, quarantine, add)
+  if (milters.length > 1) chainScopeChecks(outcomes, milters, add)
   counts.policy = violations.filter((v) => POLICY_KINDS.has(v.kind)).length
   for (const m of milters) {
     counts.fired += m.milter.conns().filter((c) => c.fired).length
     counts.fired += [...m.milter.messages().values()].filter((r) => r.fired).length
   }
   return { counts, violations }
+}
+
+/**
+ * A chain where every milter has failure_scope=message and every fault strikes after MAIL (no
+ * connection-stage fault, no refusal of MAIL): every message that reached MAIL must have reached
+ * every milter; a milter missing a message means an earlier failure stuck.
+ */
+function chainScopeChecks(
+  outcomes: readonly MessageOutcome[],
+  milters: readonly LaneMilter[],
+  add: (kind: ViolationKind, o: MessageOutcome, detail: string) => void,
+): void {
+  const eligible = milters.every((m) => {
+    const s = m.milter.spec
+    if (m.scope !== 'message' || s.fault === 'refuse') return false
+    if (CONNECTION_STAGES.has(s.stage)) return false
+    return !(s.stage === 'mail' && s.fault !== 'none' && FAULT_CLASS[s.fault] === 'verdict')
+  })
+  if (!eligible) return
+  for (const o of outcomes) {
+    if (!o.steps.some((s) => s.step === 'mail' && s.code !== null)) continue
+    for (const m of milters) {
+      if (!m.milter.messages().has(o.key))
+        add(
+          'policy-stuck-failure',
+          o,
+          `failure_scope=message, but ${m.name} never saw this message's MAIL (an earlier failure stuck)`,
+        )
+    }
+  }
 }
 
 function policyChecks(
@@ -357,6 +391,15 @@ function policyChecks(
 ): void {
   const spec = m.milter.spec
   const connStage = CONNECTION_STAGES.has(spec.stage) || spec.fault === 'refuse'
+  const specClass = spec.fault === 'none' ? 'none' : FAULT_CLASS[spec.fault]
+  // the milter's own reject, not a failure
+  const verdict: Expect =
+    spec.fault === 'replbody_reject'
+      ? { want: 'perm', code: 554, enhanced: '5.7.1', why: 'milter rejected at eom' }
+      : spec.stage === 'connect'
+        ? { want: 'perm', code: 554, why: 'milter rejected at CONNECT: 554 greeting' }
+        : { want: 'perm', why: `milter rejected at ${spec.stage}` }
+  const rejectAt = (stage: string): boolean => spec.fault === 'reject' && spec.stage === stage
   // SMTP connection -> messages in order
   const byConn = new Map<number, MessageOutcome[]>()
   for (const o of outcomes) {
@@ -375,13 +418,18 @@ function policyChecks(
     // the greeting and EHLO answer failures at CONNECT/HELO only with 421 (shutdown)
     for (const s of o.steps) {
       if (s.code === null) continue
-      if (s.step === 'greeting' && s.code !== 220 && !(m.action === 'shutdown' && s.code === 421))
+      // 220; 421 for shutdown; 554 only for the milter's own reject at CONNECT
+      const greetingOk =
+        s.code === 220 ||
+        (m.action === 'shutdown' && s.code === 421) ||
+        (rejectAt('connect') && s.code === 554)
+      if (s.step === 'greeting' && !greetingOk)
         add('policy-greeting', o, `greeting ${s.code} with default_action=${m.action}`)
-      // never 451 at EHLO (a tempfail is answered at MAIL); 550 for reject, 421 for shutdown
+      // never 451 at EHLO (a tempfail is answered at MAIL); 550 for a reject, 421 for shutdown
       const ehloOk =
         s.code === 250 ||
         (m.action === 'shutdown' && s.code === 421) ||
-        (m.action === 'reject' && s.code === 550)
+        ((m.action === 'reject' || rejectAt('helo')) && s.code === 550)
       if (s.step === 'ehlo' && !ehloOk)
         add('policy-greeting', o, `EHLO answered ${s.code} with default_action=${m.action}`)
     }
@@ -399,7 +447,7 @@ function policyChecks(
         expects.push({ ...benign, why: rec?.fired ? `benign ${rec.fired.fault}` : 'no fault' })
         break
       case 'verdict':
-        expects.push({ want: 'perm', code: 554, enhanced: '5.7.1', why: 'milter rejected at eom' })
+        expects.push(verdict)
         break
       case 'failure':
         expects.push(expectFailure(m.action, `${rec?.fired?.fault}@${rec?.fired?.stage} failed`))
@@ -411,7 +459,9 @@ function policyChecks(
         )
         break
       case 'unseen':
-        expects.push(expectFailure(m.action, 'milter failed before MAIL or not dialled'))
+        // the only fault is the milter's reject at CONNECT/HELO: that is what stopped it
+        if (specClass === 'verdict' && connStage) expects.push(verdict)
+        else expects.push(expectFailure(m.action, 'milter failed before MAIL or not dialled'))
         break
     }
     if (!expects.some((e) => matches(e, o, delivered, held))) {
