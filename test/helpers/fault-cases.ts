@@ -94,7 +94,9 @@ export function matrixCase(
 /**
  * The CI subset: every stage, every kind of fault at least once, both failure scopes, the
  * circuit breaker (refuse every connection), the known crashes (half a REPLBODY, a dribbled
- * frame) and the new checks (eom_timeout, an overlong header value).
+ * frame), the new checks (eom_timeout, an overlong header value, 554 for a milter's reject at
+ * CONNECT), and PROGRESS forever before end of message (bounded by nothing but Haraka's hook
+ * timeout today).
  */
 export function ciCases(seed: number): CasePlan[] {
   const o: MatrixOptions = {
@@ -109,6 +111,7 @@ export function ciCases(seed: number): CasePlan[] {
   }
   return [
     matrixCase('refuse', 'connect', o, { probability: 1 }),
+    matrixCase('reject', 'connect', o),
     matrixCase('hang', 'optneg', o),
     matrixCase('garbage', 'connect', o),
     matrixCase('close_mid_frame', 'helo', o),
@@ -120,6 +123,7 @@ export function ciCases(seed: number): CasePlan[] {
     matrixCase('early_mod', 'eoh', o),
     matrixCase('slow_progress', 'body', o),
     matrixCase('hang', 'eom', o),
+    matrixCase('progress_forever', 'mail', o),
     matrixCase('progress_forever', 'eom', o),
     matrixCase('half_replbody', 'eom', o, { probability: 1, sessions: 8 }),
     matrixCase('replbody_reject', 'eom', o),
