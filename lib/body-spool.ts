@@ -106,8 +106,11 @@ export class BodySpool {
       let buf = carry.length > 0 ? Buffer.concat([carry, chunk]) : chunk
       let start = 0
       for (let i = buf.indexOf(0x0a); i >= 0; i = buf.indexOf(0x0a, start)) {
-        const end = i > start && buf[i - 1] === 0x0d ? i - 1 : i
-        yield Buffer.concat([buf.subarray(start, end), CRLF])
+        // a CRLF line is handed out as it is (no copy: a 50 MB body is not re-allocated line by
+        // line); only a bare LF line gets its CR
+        yield i > start && buf[i - 1] === 0x0d
+          ? buf.subarray(start, i + 1)
+          : Buffer.concat([buf.subarray(start, i), CRLF])
         start = i + 1
       }
       buf = buf.subarray(start)

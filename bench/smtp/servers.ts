@@ -21,12 +21,22 @@ export interface Variant {
   nodes?: number
   /** The variant without a milter that this one is compared with. */
   base: string
+  /** milter.ini reuse_connections = true (SMFIC_QUIT_NC between SMTP sessions). */
+  reuse?: boolean
 }
 
 export const VARIANTS: readonly Variant[] = [
   { name: 'haraka', mta: 'haraka', base: 'haraka' },
   { name: 'haraka+noop', mta: 'haraka', milter: 'noop', base: 'haraka' },
   { name: 'haraka+noop-nr', mta: 'haraka', milter: 'noop-nr', base: 'haraka' },
+  { name: 'haraka+noop-reuse', mta: 'haraka', milter: 'noop', base: 'haraka', reuse: true },
+  {
+    name: 'haraka+noop-nr-reuse',
+    mta: 'haraka',
+    milter: 'noop-nr',
+    base: 'haraka',
+    reuse: true,
+  },
   { name: 'haraka+opendkim', mta: 'haraka', milter: 'opendkim', base: 'haraka' },
   { name: 'haraka-n2', mta: 'haraka', nodes: 2, base: 'haraka-n2' },
   { name: 'haraka-n2+noop', mta: 'haraka', nodes: 2, milter: 'noop', base: 'haraka-n2' },
@@ -83,6 +93,7 @@ export async function startHarakaServer(
     config['milter.ini'] = [
       '[main]',
       'milters = bench',
+      ...(v.reuse ? ['reuse_connections = true'] : []),
       '',
       '[milter.bench]',
       `socket = ${milterSocket}`,

@@ -85,15 +85,18 @@ export async function writeBody(t: HarakaTransaction, body: BodySpool, n: number
   ms.on('error', (err) => {
     failure = err
   })
+  // The original body is not needed any more (the milters are done with it, and a failure
+  // from here on refuses the message): free it before the new one is read in, so a large
+  // message is not held twice.
+  const old = t.message_stream
+  t.message_stream = ms
+  old.destroy()
   ms.add_line('\r\n')
   for await (const line of body.lines()) {
     ms.add_line(line[0] === 0x2e ? Buffer.concat([DOT, line]) : line)
   }
   await new Promise<void>((resolve) => ms.add_line_end(resolve))
   if (failure) throw failure
-  const old = t.message_stream
-  t.message_stream = ms
-  old.destroy()
 }
 
 const DOT = Buffer.from('.')

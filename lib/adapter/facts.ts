@@ -10,16 +10,39 @@ import type { MacroLookup } from '../session/macros'
 import type { HarakaAddress, HarakaConnection, HarakaTransaction } from './haraka'
 import { transactionState } from './state'
 
-/** A name from rDNS, or undefined for Haraka's NXDOMAIN/DNSERROR sentinels. */
-function rdnsName(c: HarakaConnection): string | undefined {
-  const h = c.remote.host
-  if (!h || h === 'NXDOMAIN' || h === 'DNSERROR' || isIpLiteral(h)) return undefined
-  return h
+/** The client's address and rDNS name, worked out once per connection (ipaddr.js parsing is not free). */
+interface Client {
+  /** remote.ip and remote.host they were worked out from (rDNS may fill host in later). */
+  fromIp: string | undefined
+  fromHost: string | null | undefined
+  ip: string | undefined
+  name: string | undefined
 }
 
-/** The client IP, canonical (an IPv4-mapped IPv6 address as IPv4). */
+const CLIENTS = new WeakMap<object, Client>()
+
+function client(c: HarakaConnection): Client {
+  const known = CLIENTS.get(c)
+  if (known && known.fromIp === c.remote.ip && known.fromHost === c.remote.host) return known
+  const h = c.remote.host
+  const v: Client = {
+    fromIp: c.remote.ip,
+    fromHost: h,
+    ip: c.remote.ip ? normalizeIp(c.remote.ip) : undefined,
+    // a name from rDNS, or undefined for Haraka's NXDOMAIN/DNSERROR sentinels
+    name: !h || h === 'NXDOMAIN' || h === 'DNSERROR' || isIpLiteral(h) ? undefined : h,
+  }
+  CLIENTS.set(c, v)
+  return v
+}
+
+function rdnsName(c: HarakaConnection): string | undefined {
+  return client(c).name
+}
+
+/** The client IP with an IPv4-mapped IPv6 prefix removed. */
 export function clientIp(c: HarakaConnection): string | undefined {
-  return c.remote.ip ? normalizeIp(c.remote.ip) : undefined
+  return client(c).ip
 }
 
 /** The CONNECT hostname: the client name, or `[addr]` when there is none (milter-protocol.md §2.4). */
@@ -82,7 +105,12 @@ export function recipientFacts(
   return { destinationChannel, optin }
 }
 
-/** Everything known at a stage, as a macro lookup. */
+/**
+ * Everything known at a stage, as a macro lookup: each value is worked out
+ * only when a milter's macro list asks for it, from the connection and
+ * transaction as they are then (STARTTLS and AUTH change them). `extra`
+ * (the RCPT values) comes first.
+ */
 export function macroLookup(
   cfg: MilterConfig,
   c: HarakaConnection,
@@ -90,48 +118,82 @@ export function macroLookup(
   isLocal: LocalDomain,
   extra: Record<string, string | undefined> = {},
 ): MacroLookup {
+  return (n) => (Object.hasOwn(extra, n) ? extra[n] : stageMacro(n, cfg, c, sourceChannel, isLocal))
+}
+
+function stageMacro(
+  n: string,
+  cfg: MilterConfig,
+  c: HarakaConnection,
+  sourceChannel: string,
+  isLocal: LocalDomain,
+): string | undefined {
   const t = c.transaction
-  const name = rdnsName(c)
-  const ip = clientIp(c)
-  const auth = (c.notes['auth_user'] as string | undefined) ?? undefined
-  const values: Record<string, string | undefined> = {
-    j: c.local.host,
-    _: ip ? `${name ?? 'unknown'} [${ip}]` : undefined,
-    v: c.local.info ?? 'Haraka',
-    '{daemon_name}': cfg.daemonName,
-    '{daemon_addr}': c.local.ip,
-    '{daemon_port}': c.local.port === undefined ? undefined : String(c.local.port),
-    '{client_addr}': ip,
-    '{client_port}': c.remote.port === undefined ? undefined : String(c.remote.port),
-    '{client_name}': name ?? 'unknown',
-    '{client_ptr}': name ?? 'unknown',
-    '{client_resolve}': name ? 'OK' : 'FAIL',
-    '{source_channel}': sourceChannel,
-    '{tls_version}': c.tls.enabled ? c.tls.cipher?.version : undefined,
-    '{cipher}': c.tls.enabled ? c.tls.cipher?.name : undefined,
-    '{cipher_bits}': c.tls.enabled
-      ? cipherBits(c.tls.cipher?.standardName ?? c.tls.cipher?.name)
-      : undefined,
-    '{cert_subject}': c.tls.verified ? c.tls.peerCertificate?.subject?.CN : undefined,
-    '{cert_issuer}': c.tls.verified ? c.tls.peerCertificate?.issuer?.CN : undefined,
-    '{auth_type}': auth ? (c.notes['auth_method'] as string | undefined) : undefined,
-    '{auth_authen}': auth,
-    i: t?.uuid,
+  switch (n) {
+    case 'j':
+      return c.local.host
+    case '_': {
+      const { ip, name } = client(c)
+      return ip ? `${name ?? 'unknown'} [${ip}]` : undefined
+    }
+    case 'v':
+      return c.local.info ?? 'Haraka'
+    case '{daemon_name}':
+      return cfg.daemonName
+    case '{daemon_addr}':
+      return c.local.ip
+    case '{daemon_port}':
+      return c.local.port === undefined ? undefined : String(c.local.port)
+    case '{client_addr}':
+      return client(c).ip
+    case '{client_port}':
+      return c.remote.port === undefined ? undefined : String(c.remote.port)
+    case '{client_name}':
+    case '{client_ptr}':
+      return client(c).name ?? 'unknown'
+    case '{client_resolve}':
+      return client(c).name ? 'OK' : 'FAIL'
+    case '{source_channel}':
+      return sourceChannel
+    case '{tls_version}':
+      return c.tls.enabled ? c.tls.cipher?.version : undefined
+    case '{cipher}':
+      return c.tls.enabled ? c.tls.cipher?.name : undefined
+    case '{cipher_bits}':
+      return c.tls.enabled
+        ? cipherBits(c.tls.cipher?.standardName ?? c.tls.cipher?.name)
+        : undefined
+    case '{cert_subject}':
+      return c.tls.verified ? c.tls.peerCertificate?.subject?.CN : undefined
+    case '{cert_issuer}':
+      return c.tls.verified ? c.tls.peerCertificate?.issuer?.CN : undefined
+    case '{auth_type}':
+      return authUser(c) ? (c.notes['auth_method'] as string | undefined) : undefined
+    case '{auth_authen}':
+      return authUser(c)
+    case 'i':
+      return t?.uuid
+    case '{mail_addr}':
+      return t?.mail_from ? t.mail_from.address : undefined
+    case '{mail_host}':
+      return t?.mail_from ? (t.mail_from.host ?? '') : undefined
+    case '{mail_mailer}': {
+      const from = t?.mail_from
+      if (!from) return undefined
+      return from.isNull() || isLocal((from.host ?? '').toLowerCase()) ? 'local' : 'smtp'
+    }
+    case '{auth_author}': {
+      if (!t?.mail_from) return undefined
+      const a = transactionState(t).mailArgs['AUTH']
+      return a && a !== '<>' ? a : undefined
+    }
+    default:
+      return undefined
   }
-  if (t?.mail_from) {
-    const from = t.mail_from
-    values['{mail_addr}'] = from.address
-    values['{mail_host}'] = from.host ?? ''
-    values['{mail_mailer}'] = from.isNull()
-      ? 'local'
-      : isLocal((from.host ?? '').toLowerCase())
-        ? 'local'
-        : 'smtp'
-    const auth = transactionState(t).mailArgs['AUTH']
-    if (auth && auth !== '<>') values['{auth_author}'] = auth
-  }
-  Object.assign(values, extra)
-  return (n) => values[n]
+}
+
+function authUser(c: HarakaConnection): string | undefined {
+  return (c.notes['auth_user'] as string | undefined) ?? undefined
 }
 
 /** The RCPT-stage extras: {rcpt_addr} {rcpt_host} {rcpt_mailer} {destination_channel} {optin}. */

@@ -38,15 +38,23 @@ export function reportOutcome(
   )
 }
 
-/** The chain's events: failures to results (err, or skip for a milter marked down) and the log. */
+/**
+ * The chain's events. A failure goes to the results as
+ * `err: 'NAME(stage:CODE) message; default_action=X'`, which haraka-results
+ * logs at ERROR: one line per failure, not two. A milter marked down is a
+ * `skip` (its change was logged once by the breaker).
+ */
 export function reportEvent(plugin: Reporter, c: HarakaConnection, e: ChainEvent): void {
-  const text = `${e.milter} ${e.stage}: ${e.message}${e.code ? ` (${e.code})` : ''}`
   if (e.code === 'MILTER_ERR_UNAVAILABLE') {
-    // not dialled: the breaker's change was logged once (results log err at ERROR)
     c.results.add(plugin, { skip: `${e.milter}(${e.stage}:unavailable)` })
-  } else if (e.code !== undefined) {
-    c.results.add(plugin, { err: `${e.milter}(${e.stage}:${e.code})` })
+    c.logdebug(plugin, `${e.milter} ${e.stage}: ${e.message}`)
+    return
   }
+  if (e.code !== undefined && e.level === 'error') {
+    c.results.add(plugin, { err: `${e.milter}(${e.stage}:${e.code}) ${e.message}` })
+    return
+  }
+  const text = `${e.milter} ${e.stage}: ${e.message}${e.code ? ` (${e.code})` : ''}`
   if (e.level === 'error') c.logerror(plugin, text)
   else if (e.level === 'warn') c.logwarn(plugin, text)
   else c.logdebug(plugin, text)

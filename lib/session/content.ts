@@ -3,7 +3,8 @@
  * end of message, stopping at the first verdict that ends the message.
  */
 import type { MacroLookup } from './macros'
-import type { EomResult, MilterSession } from './session'
+import { CHUNK_SIZE } from '../protocol/constants'
+import type { EomResult, MilterSession, Verdict } from './session'
 
 /** A header as sent to the milter: name and raw value after the colon. */
 export interface ContentHeader {
@@ -30,9 +31,29 @@ export async function sendContent(session: MilterSession, content: Content): Pro
   }
   const eoh = await session.eoh(content.eohMacros)
   if (eoh.kind !== 'continue') return { verdict: eoh, ...none }
+  // The body goes in packets of the largest size the protocol allows (65535 bytes), whatever
+  // pieces the message stream yields (Haraka's are about 16 KiB): fewer round trips per message.
+  let pending: Buffer[] = []
+  let size = 0
+  /** Sends whole packets' worth of what is pending (all of it at the end), keeping the rest. */
+  const sendPending = async (all: boolean): Promise<Verdict> => {
+    const bytes = pending.length === 1 ? (pending[0] as Buffer) : Buffer.concat(pending, size)
+    const cut = all ? bytes.length : bytes.length - (bytes.length % CHUNK_SIZE)
+    const rest = bytes.subarray(cut)
+    pending = rest.length > 0 ? [rest] : []
+    size = rest.length
+    return session.body(bytes.subarray(0, cut))
+  }
   for await (const chunk of content.body) {
     if (!session.wantsBody) break
-    const v = await session.body(chunk)
+    pending.push(chunk)
+    size += chunk.length
+    if (size < CHUNK_SIZE) continue
+    const v = await sendPending(false)
+    if (v.kind !== 'continue') return { verdict: v, ...none }
+  }
+  if (size > 0 && session.wantsBody) {
+    const v = await sendPending(true)
     if (v.kind !== 'continue') return { verdict: v, ...none }
   }
   return session.endOfMessage(content.eomMacros, content.onReplaceBody)

@@ -62,6 +62,9 @@ interface StepSpec {
 
 const CONTINUE: Verdict = { kind: 'continue' }
 
+/** Gathered packets are written at once when they reach this size (a body under NR_BODY). */
+const FLUSH_BYTES = 64 * 1024
+
 /** NUL cannot travel in a `str\0` field: client-supplied text loses it (milter-protocol.md §1.5). */
 function noNul(v: Bytes): Bytes {
   if (typeof v === 'string') return v.includes('\0') ? v.replace(/\0/g, '') : v
@@ -86,6 +89,9 @@ export class MilterSession {
   private skipping: Step | undefined
   private closedByPeer = false
   private ending = false
+  /** Packets not yet written (see flush()). */
+  private outgoing: Buffer[] = []
+  private outgoingBytes = 0
   /** Absolute time (ms) by which the current end of message must be answered. */
   private eomDeadline: number | undefined
 
@@ -124,6 +130,7 @@ export class MilterSession {
     const s = new MilterSession(stream, opts, placeholder)
     try {
       s.send(encodeOptneg(offer.version, offer.actions, offer.protocol))
+      s.flush()
       const frame = await s.reader.next('connect', 'SMFIC_OPTNEG', opts.timeouts.connectMs)
       const reply = decodeReply(frame)
       if (reply.kind !== 'optneg') {
@@ -435,6 +442,7 @@ export class MilterSession {
   quitNc(): boolean {
     if (!this.reusable || !allowed('quit_nc', this.state)) return false
     this.send(encodeBare(Cmd.QUIT_NC))
+    this.flush()
     this.go({ kind: 'quitNc' })
     this.afterEob = false
     return true
@@ -445,7 +453,8 @@ export class MilterSession {
     if (this.ending || this.state === 'failed') return
     if (!this.closedByPeer) {
       try {
-        this.stream.write(encodeBare(Cmd.QUIT))
+        this.send(encodeBare(Cmd.QUIT))
+        this.flush()
       } catch {
         // the socket is going away anyway
       }
@@ -466,6 +475,8 @@ export class MilterSession {
     this.ending = true
     this.go({ kind: 'closed' })
     this.reader.stop()
+    if (!this.closedByPeer) this.flush()
+    this.outgoing = []
     this.stream.end()
   }
 
@@ -615,6 +626,7 @@ export class MilterSession {
           throw this.fail(new MilterTimeoutError(phase, this.opts.timeouts.eomMs ?? 0, what))
         }
       }
+      this.flush()
       const frame = await this.reader.next(phase, what, ms)
       let reply: Reply
       try {
@@ -648,11 +660,29 @@ export class MilterSession {
         data: packet.subarray(LEN_BYTES + 1),
       })
     }
-    this.stream.write(packet)
+    this.outgoing.push(packet)
+    this.outgoingBytes += packet.length
+    if (this.outgoingBytes >= FLUSH_BYTES) this.flush()
+  }
+
+  /**
+   * Writes what send() gathered in one write: a stage's macros and command,
+   * and under no-reply flags every command up to the next one that is
+   * answered. Called before every wait for a reply, and before QUIT.
+   */
+  private flush(): void {
+    const n = this.outgoing.length
+    if (n === 0) return
+    const data =
+      n === 1 ? (this.outgoing[0] as Buffer) : Buffer.concat(this.outgoing, this.outgoingBytes)
+    this.outgoing = []
+    this.outgoingBytes = 0
+    this.stream.write(data)
   }
 
   /** Waits for the socket to drain (pipelined NR_BODY chunks), under the content timeout. */
   private drained(label: string): Promise<void> {
+    // what is still gathered is under FLUSH_BYTES: only what was written needs to drain
     const s = this.stream as MilterStream & { writableNeedDrain?: boolean }
     if (!s.writableNeedDrain) return Promise.resolve()
     const ms = this.opts.timeouts.contentMs

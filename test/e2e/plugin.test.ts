@@ -438,7 +438,7 @@ describe('plugin end to end (real Haraka, real libmilter, real SMTP delivery)', 
     assert.equal(r.replies.rcpts[0]?.code, 451)
     assert.match(
       haraka.log(),
-      /one rcpt: milter command timeout after 2000 ms.*default_action=tempfail \(MILTER_ERR_TIMEOUT\)/,
+      /\[ERROR\].*one\(rcpt:MILTER_ERR_TIMEOUT\) milter command timeout after 2000 ms.*default_action=tempfail$/m,
     )
   })
 
@@ -453,7 +453,7 @@ describe('plugin end to end (real Haraka, real libmilter, real SMTP delivery)', 
     await c.close()
     assert.match(
       haraka.log(),
-      /one connect: cannot connect to milter at inet:\d+@127\.0\.0\.1.*\(MILTER_ERR_CONNECT\)/,
+      /\[ERROR\].*one\(connect:MILTER_ERR_CONNECT\) cannot connect to milter at inet:\d+@127\.0\.0\.1/,
     )
   })
 

@@ -495,7 +495,9 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
       ),
       packets.join('\n'),
     )
-    assert.equal(packets[packets.length - 1], '<< SMFIR_CONTINUE hex=63')
+    // the final reply, then our QUIT (written through the same path, so traced too)
+    assert.equal(packets[packets.length - 2], '<< SMFIR_CONTINUE hex=63')
+    assert.equal(packets[packets.length - 1], '>> SMFIC_QUIT hex=51')
     const names = packets.map((p) => p.split(' ')[1])
     for (const n of ['SMFIC_CONNECT', 'SMFIC_HELO', 'SMFIC_MAIL', 'SMFIC_RCPT', 'SMFIC_DATA']) {
       assert.ok(names.includes(n), `${n} in the trace`)
@@ -563,12 +565,10 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
         hex: Buffer.from('hX-T\0t\0').toString('hex'),
       },
     )
-    assert.deepEqual(doc.trace[doc.trace.length - 1], {
-      dir: 'recv',
-      name: 'SMFIR_CONTINUE',
-      fields: {},
-      hex: '63',
-    })
+    assert.deepEqual(doc.trace.slice(-2), [
+      { dir: 'recv', name: 'SMFIR_CONTINUE', fields: {}, hex: '63' },
+      { dir: 'send', name: 'SMFIC_QUIT', fields: {}, hex: '51' },
+    ])
     // the eom stage counts the progress packet
     assert.equal(doc.stages.find((s) => s.stage === 'eom')?.progress, 1)
   })
