@@ -201,19 +201,18 @@ function probe(port: number, ms: number): Promise<boolean> {
   })
 }
 
-const MILTER_SECTION_KEYS = (
-  plan: CasePlan,
-  m: MilterPlan,
-  socket: string,
-): Record<string, string> => ({
-  socket,
-  default_action: m.action,
-  failure_scope: m.scope,
-  connect_timeout: String(plan.timeoutS),
-  command_timeout: String(plan.timeoutS),
-  content_timeout: String(plan.timeoutS),
-  eom_timeout: String(plan.eomTimeoutS),
-})
+/** The keys of one [milter.NAME] section (timeouts in seconds; fractions parse). */
+function milterSection(plan: CasePlan, m: MilterPlan, socket: string): Record<string, string> {
+  return {
+    socket,
+    default_action: m.action,
+    failure_scope: m.scope,
+    connect_timeout: String(plan.timeoutS),
+    command_timeout: String(plan.timeoutS),
+    content_timeout: String(plan.timeoutS),
+    eom_timeout: String(plan.eomTimeoutS),
+  }
+}
 
 interface RunningLane {
   plan: CasePlan
@@ -330,7 +329,7 @@ export class FaultHarness {
     out.push('', '[quarantine]', 'action = hold', `dir = ${this.quarantineDir}`, '')
     for (const l of lanes) {
       for (const [i, m] of l.milters.entries()) {
-        const keys = MILTER_SECTION_KEYS(l.plan, l.lane.milters[i]!, m.milter.socket)
+        const keys = milterSection(l.plan, l.lane.milters[i]!, m.milter.socket)
         out.push(`[milter.${m.name}]`, ...Object.entries(keys).map(([k, v]) => `${k} = ${v}`), '')
       }
     }

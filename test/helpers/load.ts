@@ -494,10 +494,10 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
 
   await Promise.all(plans.map((list, s) => runSession(s, list)))
   // messages never started (deadline) are recorded as unsent
-  const started_ = new Set(outcomes.map((o) => o.id))
+  const startedIds = new Set(outcomes.map((o) => o.id))
   for (const [s, list] of plans.entries()) {
     for (const p of list) {
-      if (started_.has(p.id)) continue
+      if (startedIds.has(p.id)) continue
       outcomes.push({
         id: p.id,
         key: p.key,

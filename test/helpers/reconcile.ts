@@ -148,7 +148,7 @@ export class QuarantineIndex {
   }
 }
 
-function describe(o: MessageOutcome): string {
+function stepsText(o: MessageOutcome): string {
   const steps = o.steps
     .map((s) => `${s.step}:${s.code ?? s.failure ?? '?'}${s.enhanced ? ` ${s.enhanced}` : ''}`)
     .join(' ')
@@ -237,7 +237,7 @@ export function reconcileLane(
   }
   const violations: Violation[] = []
   const add = (kind: ViolationKind, o: MessageOutcome, detail: string): void => {
-    violations.push({ kind, id: o.id, detail: `${detail} ${describe(o)}` })
+    violations.push({ kind, id: o.id, detail: `${detail} ${stepsText(o)}` })
   }
   const records = (o: MessageOutcome): Array<MessageRecord | undefined> =>
     milters.map((m) => m.milter.messages().get(o.key))
