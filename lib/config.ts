@@ -3,6 +3,12 @@
  * only I/O is reading the TLS PEM files a milter names, so that a missing
  * or unreadable file is a configuration error, not a failure per message).
  * Every error names the file, section and key.
+ *
+ * Why this file is longer than the others: it reads every section of
+ * milter.ini ([main], [macros], [milter.*], [listener.*], [quarantine],
+ * [destination_channel], [optin]) with one Reader, so each key's default,
+ * range and error wording stay in one place; the table of known keys and
+ * the warnings about unknown ones are in config-lint.ts.
  */
 import * as fs from 'node:fs'
 
