@@ -176,6 +176,9 @@ export async function writeQuarantine(
     },
   }
   const message = new PassThrough()
+  // A milter that failed in the middle of the body left its read of the message stream behind;
+  // haraka-message-stream refuses a second pipe until the first is torn down.
+  t.message_stream.unpipe?.()
   t.message_stream.pipe(message)
   return writeEntry(dir, meta, message)
 }

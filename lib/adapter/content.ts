@@ -32,7 +32,11 @@ export function runContent(
     headers: headerFields(t),
     envelope: envelopeOf(t),
     body: () => ({
-      [Symbol.asyncIterator]: () => t.message_stream[Symbol.asyncIterator]({ skip_headers: true }),
+      [Symbol.asyncIterator]: () => {
+        // an earlier milter that failed mid-body may have left its read behind
+        t.message_stream.unpipe?.()
+        return t.message_stream[Symbol.asyncIterator]({ skip_headers: true })
+      },
     }),
     eohMacros: macros,
     eomMacros: eom,

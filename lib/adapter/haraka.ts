@@ -40,6 +40,8 @@ export interface HarakaHeader {
 export interface HarakaMessageStream {
   [Symbol.asyncIterator](options?: Record<string, unknown>): AsyncIterator<Buffer>
   pipe(dest: NodeJS.WritableStream, options?: Record<string, unknown>): unknown
+  /** Tears down a pipe still in progress (haraka-message-stream 2.x), so a new one can start. */
+  unpipe?(): void
   add_line(line: Buffer | string): void
   add_line_end(cb?: () => void): void
   destroy(): void
