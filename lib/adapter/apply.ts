@@ -175,10 +175,26 @@ export async function writeQuarantine(
       helo: c.hello.host ?? '',
     },
   }
-  const message = new PassThrough()
-  // A milter that failed in the middle of the body left its read of the message stream behind;
-  // haraka-message-stream refuses a second pipe until the first is torn down.
-  t.message_stream.unpipe?.()
-  t.message_stream.pipe(message)
-  return writeEntry(dir, meta, message)
+  return writeEntry(dir, meta, readMessage(t))
+}
+
+/**
+ * A read of the transaction's message, the one way the plugin reads it. A
+ * reader that stopped early (a milter that failed in the middle of the
+ * body) may have left its pipe behind, which haraka-message-stream keeps
+ * until a later tick and which makes a new pipe throw: it is torn down
+ * first. An error of the message stream ends the read with that error
+ * (the stream's own pipe would leave the reader waiting for ever).
+ */
+export function readMessage(t: HarakaTransaction, options?: Record<string, unknown>): PassThrough {
+  const ms = t.message_stream
+  const out = new PassThrough()
+  const onError = (e: Error): void => {
+    out.destroy(e)
+  }
+  ms.unpipe?.()
+  ms.once('error', onError)
+  out.once('close', () => ms.removeListener('error', onError))
+  ms.pipe(out, options)
+  return out
 }

@@ -5,7 +5,14 @@
 import type { MessageResult, MilterChain, Outcome } from '../policy/chain'
 import type { MilterConfig } from '../config'
 import type { MacroLookup } from '../session/macros'
-import { envelopeOf, headerFields, writeBody, writeEnvelope, writeHeaders } from './apply'
+import {
+  envelopeOf,
+  headerFields,
+  readMessage,
+  writeBody,
+  writeEnvelope,
+  writeHeaders,
+} from './apply'
 import type { HarakaConnection, HarakaTransaction } from './haraka'
 import { transactionState } from './state'
 
@@ -32,11 +39,8 @@ export function runContent(
     headers: headerFields(t),
     envelope: envelopeOf(t),
     body: () => ({
-      [Symbol.asyncIterator]: () => {
-        // an earlier milter that failed mid-body may have left its read behind
-        t.message_stream.unpipe?.()
-        return t.message_stream[Symbol.asyncIterator]({ skip_headers: true })
-      },
+      [Symbol.asyncIterator]: (): AsyncIterator<Buffer> =>
+        readMessage(t, { skip_headers: true })[Symbol.asyncIterator](),
     }),
     eohMacros: macros,
     eomMacros: eom,

@@ -46,6 +46,8 @@ export interface HarakaMessageStream {
   add_line_end(cb?: () => void): void
   destroy(): void
   on(event: 'error', listener: (err: Error) => void): unknown
+  once(event: 'error', listener: (err: Error) => void): unknown
+  removeListener(event: 'error', listener: (err: Error) => void): unknown
 }
 
 /** The transaction. */
