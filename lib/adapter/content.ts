@@ -4,6 +4,7 @@
  */
 import type { MessageResult, MilterChain, Outcome } from '../policy/chain'
 import type { MilterConfig } from '../config'
+import { REPLIES } from '../policy/replies'
 import type { MacroLookup } from '../session/macros'
 import {
   envelopeOf,
@@ -133,11 +134,7 @@ function quarantine(
         action: 'reject',
         milter: milters[0] ?? 'milter',
         cause: 'verdict',
-        reply: {
-          code: 550,
-          enhanced: '5.7.1',
-          lines: [{ enhanced: '5.7.1', text: 'Message quarantined' }],
-        },
+        reply: REPLIES.quarantined,
       }
   }
 }

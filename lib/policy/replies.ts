@@ -38,6 +38,7 @@ export const REPLIES = {
     '4.5.3',
     'Recipient needs different filtering - send it in a separate transaction',
   ),
+  quarantined: fixed(550, '5.7.1', 'Message quarantined'),
   configError: fixed(451, '4.3.5', 'Server configuration problem - try again later'),
   internal: fixed(451, '4.3.0', 'Temporary milter failure - try again later'),
   internalShutdown: fixed(421, '4.3.0', 'Temporary milter failure - try again later'),
