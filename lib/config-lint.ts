@@ -32,6 +32,14 @@ export const MILTER_KEYS: readonly string[] = [
   'breaker_backoff_max',
   'destination_channels',
   'optin',
+  'mode',
+  'skip_authenticated',
+  'skip_relaying',
+  'skip_private_clients',
+  'skip_clients',
+  'skip_sender_domains',
+  'skip_recipient_domains',
+  'skip_larger_than',
   ...MACRO_STAGE_KEYS.map((s) => `macros.${s}`),
 ]
 
@@ -53,6 +61,7 @@ const NOT_IN_MAIN: readonly string[] = [
   'tls_servername',
   'destination_channels',
   'optin',
+  'mode',
   ...MACRO_STAGE_KEYS.map((s) => `macros.${s}`),
 ]
 

@@ -19,7 +19,7 @@ import { MacroStage } from './protocol/constants'
 import { canonicalMacroName, DEFAULT_MACROS, type MacroLists } from './session/macros'
 
 import type { Timeouts } from './session/types'
-import { ipFamily } from './transport/address'
+import { ipFamily, parseNetwork, type Network } from './transport/address'
 import { parseSocketList, type Endpoint, type SocketSpec, type TlsSettings } from './transport/spec'
 
 /** What to do when a milter cannot be used (unreachable, timeout, protocol error). */
@@ -58,6 +58,36 @@ export interface MilterDef {
   failureScope: FailureScope
   /** Fail-fast after consecutive connect failures: threshold and back-off. */
   breaker: BreakerSettings
+  /** `shadow`: consulted at every stage, nothing it says or fails is enforced. Absent: enforce. */
+  mode?: MilterMode
+  /** When not to contact the milter at all (absent: always). */
+  skip?: SkipRules
+}
+
+/** Whether a milter's verdicts and edits count (enforce) or are only logged and counted (shadow). */
+export type MilterMode = 'enforce' | 'shadow'
+
+/**
+ * Conditions under which a milter is not contacted, checked before it
+ * would be (lib/policy/conditions.ts): for the connection (client address),
+ * for a message (AUTH, relaying, sender domain, size) or for a recipient
+ * (its domain).
+ */
+export interface SkipRules {
+  /** The client authenticated (SMTP AUTH). */
+  authenticated: boolean
+  /** The session relays (Haraka's connection.relaying: AUTH, relay ACL...). */
+  relaying: boolean
+  /** The client address is private, loopback or link-local (haraka-net-utils is_private_ip). */
+  privateClients: boolean
+  /** The client address is in one of these networks. */
+  clients: Network[]
+  /** The envelope sender's domain is one of these (`.example.com`: any subdomain). */
+  senderDomains: string[]
+  /** A recipient's domain is one of these: the milter is not asked about that recipient. */
+  recipientDomains: string[]
+  /** The message is larger than this many bytes (SIZE= at MAIL, else the size received). */
+  largerThan: number | undefined
 }
 
 /** `message`: a failed milter is reopened for the next transaction; `session`: Postfix's sticky failure. */
@@ -118,6 +148,7 @@ const STAGE_KEYS: ReadonlyArray<[string, MacroStage]> = [
 const FOLDS = ['flatten', 'keep'] as const
 const BALANCES = ['failover', 'round_robin'] as const
 const SCOPES = ['message', 'session'] as const
+const MODES = ['enforce', 'shadow'] as const
 
 const DEFAULT_ACTIONS: readonly DefaultAction[] = [
   'accept',
@@ -177,6 +208,18 @@ class Reader {
     const n = Number(raw)
     if (!Number.isInteger(n) || n < min || n > max)
       throw this.err(key, `must be an integer from ${min} to ${max}, not "${raw}"`)
+    return n
+  }
+
+  /** A size in bytes: `10485760`, `512K`, `10M`, `1G` (powers of 1024). */
+  bytes(key: string): number | undefined {
+    if (!this.has(key)) return undefined
+    const raw = this.str(key, '')
+    const m = /^([0-9]+)\s*([kmg]?)b?$/i.exec(raw)
+    const unit = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[(m?.[2] ?? '').toLowerCase()]
+    const n = m && unit !== undefined ? Number(m[1]) * unit : NaN
+    if (!Number.isSafeInteger(n) || n <= 0)
+      throw this.err(key, `must be a size in bytes (e.g. 10485760, 512K, 10M), not "${raw}"`)
     return n
   }
 
@@ -278,7 +321,52 @@ function parseMilter(
     headerFolds: r.oneOf('header_folds', FOLDS, main.oneOf('header_folds', FOLDS, 'flatten')),
     destinationChannels: r.list('destination_channels', []),
     optin: r.list('optin', []),
+    ...(r.has('mode') ? { mode: r.oneOf('mode', MODES, 'enforce') } : {}),
+    ...skipOf(r, main),
   }
+}
+
+/** A domain list: lower case, without a trailing dot; `.example.com` keeps its leading dot. */
+function domains(r: Reader, key: string): string[] {
+  const out = r.list(key, []).map((d) => d.toLowerCase().replace(/\.$/, ''))
+  for (const d of out)
+    if (!/^\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*$/.test(d))
+      throw r.err(key, `"${d}" is not a domain (or .domain for its subdomains)`)
+  return out
+}
+
+/** The skip_* keys of a milter (each defaulting to [main]'s); nothing when none is set. */
+function skipOf(r: Reader, main: Reader): { skip?: SkipRules } {
+  const from = (key: string): Reader => (r.has(key) ? r : main)
+  const clients = from('skip_clients')
+    .list('skip_clients', [])
+    .map((text) => {
+      const n = parseNetwork(text)
+      if (!n)
+        throw from('skip_clients').err(
+          'skip_clients',
+          `"${text}" is not an address or CIDR network`,
+        )
+      return n
+    })
+  const skip: SkipRules = {
+    authenticated: from('skip_authenticated').bool('skip_authenticated', false),
+    relaying: from('skip_relaying').bool('skip_relaying', false),
+    privateClients: from('skip_private_clients').bool('skip_private_clients', false),
+    clients,
+    senderDomains: domains(from('skip_sender_domains'), 'skip_sender_domains'),
+    recipientDomains: domains(from('skip_recipient_domains'), 'skip_recipient_domains'),
+    largerThan: from('skip_larger_than').bytes('skip_larger_than'),
+  }
+  const any =
+    skip.authenticated ||
+    skip.relaying ||
+    skip.privateClients ||
+    skip.clients.length > 0 ||
+    skip.senderDomains.length > 0 ||
+    skip.recipientDomains.length > 0 ||
+    skip.largerThan !== undefined
+  return any ? { skip } : {}
 }
 
 /** The TLS keys that mean nothing without `tls = true` (so are an error then). */

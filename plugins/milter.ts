@@ -6,6 +6,7 @@
  * functions (Haraka copies enumerable exports onto the plugin object).
  */
 import { writeQuarantine } from '../lib/adapter/apply'
+import { clientFacts, messageFacts } from '../lib/adapter/conditions'
 import {
   applyStageResult,
   dispositionOf,
@@ -189,12 +190,14 @@ export function hook_connect(this: MilterPlugin, next: Next, c: HarakaConnection
         }
       : {}),
     onEvent: (e) => reportEvent(this, c, e),
+    onSkip: (milter, _stage, reason) =>
+      (c.transaction ?? c).results.add(this, { skip: `${milter}: ${reason}` }),
   })
   const hosts = this.hostList ?? new Set<string>()
   const isLocal: LocalDomain = (d) => hosts.has(d)
   setConnectionState(c, { kind: 'milters', cfg, chain, sourceChannel, isLocal })
   stage.call(this, next, c, 'connect', (st) =>
-    st.chain.connect(connectHostname(c), connectAddress(c), macros(st, c)),
+    st.chain.connect(connectHostname(c), connectAddress(c), macros(st, c), clientFacts(c)),
   )
 }
 
@@ -230,7 +233,7 @@ export function hook_mail(
   const [from, esmtp] = params
   transactionState(t).mailArgs = esmtp ?? {}
   stage.call(this, next, c, 'mail', (s) =>
-    s.chain.mail([from.format(), ...esmtpArgs(esmtp)], macros(s, c)),
+    s.chain.mail([from.format(), ...esmtpArgs(esmtp)], macros(s, c), messageFacts(c, from, esmtp)),
   )
 }
 

@@ -45,6 +45,7 @@ export function runContent(
     }),
     eohMacros: macros,
     eomMacros: eom,
+    ...(typeof t.data_bytes === 'number' ? { size: t.data_bytes } : {}),
   })
 }
 

@@ -102,7 +102,7 @@ export function recipientFacts(
     cfg.optin.addresses.get(addr) ??
     cfg.optin.domains.get(domain) ??
     cfg.optin.default
-  return { destinationChannel, optin }
+  return { destinationChannel, optin, domain }
 }
 
 /**

@@ -59,6 +59,8 @@ export interface HarakaTransaction {
   message_stream: HarakaMessageStream
   notes: Notes
   results: Results
+  /** Bytes received after 354 (the final dot included, Haraka's Received excluded). */
+  data_bytes?: number
   cfg: unknown
   add_header(name: string, value: string): void
   add_leading_header(name: string, value: string): void

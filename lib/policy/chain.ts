@@ -28,13 +28,28 @@ import { openMilter } from '../pool'
 import type { ConnectAddress } from '../protocol/commands'
 import type { MacroLookup } from '../session/macros'
 import type { MilterSession, Verdict } from '../session/session'
-import { runContent, startResult, type MessageInput, type MessageResult } from './content'
+import {
+  clientSkip,
+  messageSkip,
+  recipientSkip,
+  sizeSkip,
+  type ClientFacts,
+  type MessageFacts,
+} from './conditions'
+import {
+  runContent,
+  startResult,
+  type MessageInput,
+  type MessageResult,
+  type MilterEdits,
+} from './content'
 import type { Outcome } from './replies'
 import { enabledFor, route, type MixedRecipients, type RecipientFacts } from './routing'
 import { MilterReports, type MilterReport } from './report'
 import { Slot } from './slot'
 import { laterRefusal, failureOutcome, isConnectionStage, outcomeOf } from './verdicts'
 
+export type { ClientFacts, MessageFacts } from './conditions'
 export type { MessageInput, MessageResult, MilterEdits } from './content'
 export type { Outcome } from './replies'
 export type { RecipientFacts } from './routing'
@@ -59,6 +74,8 @@ export interface ChainOptions {
   /** Called when a connection ends: release (reuse) or quit. */
   release?: (def: MilterDef, session: MilterSession) => void
   onEvent?: (e: ChainEvent) => void
+  /** A milter not contacted because of a skip_* condition, and why (for Haraka's results). */
+  onSkip?: (milter: string, stage: string, reason: string) => void
   /** Every verdict a milter gives, as it gives it (for the CLI and per-message logs). */
   onVerdict?: (milter: string, stage: string, verdict: Verdict) => void
   /** Directory for spooled replacement bodies. */
@@ -94,10 +111,26 @@ export class MilterChain {
 
   // ---- SMTP stages ---------------------------------------------------------
 
-  /** Opens every milter without recipient rules (in parallel) and reports CONNECT (in order). */
-  async connect(hostname: string, addr: ConnectAddress, macros?: MacroLookup): Promise<Outcome> {
+  /**
+   * Opens every milter that applies to every message of the connection (in
+   * parallel) and reports CONNECT (in order). A milter whose client
+   * conditions match is never contacted on this connection; one with
+   * recipient rules or message conditions is contacted when first needed.
+   */
+  async connect(
+    hostname: string,
+    addr: ConnectAddress,
+    macros?: MacroLookup,
+    client?: ClientFacts,
+  ): Promise<Outcome> {
     this.replayed.connect = { hostname, addr, macros }
-    await Promise.all(this.slots.filter((s) => !s.lazy).map((s) => this.ensureOpen(s, 'connect')))
+    for (const slot of this.slots) {
+      const why = client && clientSkip(slot.def.skip, client)
+      if (why === undefined) continue
+      slot.state = { kind: 'done' }
+      this.skip(slot, 'connect', why)
+    }
+    await Promise.all(this.slots.filter((s) => s.eager).map((s) => this.ensureOpen(s, 'connect')))
     return this.each('connect', (s) => s.connect(hostname, addr, macros))
   }
 
@@ -109,17 +142,26 @@ export class MilterChain {
   }
 
   /**
-   * MAIL FROM with its ESMTP arguments. A milter that failed on an earlier
-   * message (failure_scope = message) is opened again first, with CONNECT
-   * and HELO replayed.
+   * MAIL FROM with its ESMTP arguments. Message conditions decide which
+   * milters sit this message out. A milter not open yet (message conditions,
+   * or failed on an earlier message with failure_scope = message) is opened
+   * first, with CONNECT and HELO replayed; a refusal there is answered here.
    */
-  async mail(args: readonly string[], macros?: MacroLookup): Promise<Outcome> {
+  async mail(
+    args: readonly string[],
+    macros?: MacroLookup,
+    facts?: MessageFacts,
+  ): Promise<Outcome> {
     this.newMessage()
     this.replayed.mail = { args, macros }
     for (const slot of this.slots) {
-      if (slot.lazy || slot.state.kind !== 'idle') continue
-      const o = await this.reconnect(slot, 'mail')
-      if (o.action !== 'continue') return o
+      if (!facts || slot.state.kind === 'done') continue
+      slot.skipped = messageSkip(slot.def.skip, facts)
+      if (slot.skipped !== undefined) this.skip(slot, 'mail', slot.skipped)
+    }
+    for (const slot of this.slots) {
+      if (slot.lazy || slot.skipped !== undefined || slot.state.kind !== 'idle') continue
+      await this.reconnect(slot, 'mail')
     }
     return this.each('mail', (s) => s.mail(args, macros))
   }
@@ -137,7 +179,17 @@ export class MilterChain {
     macros?: MacroLookup,
     facts?: RecipientFacts,
   ): Promise<Outcome> {
-    const wanted = new Set(this.slots.filter((s) => s.lazy && enabledFor(s.def, facts)))
+    for (const slot of this.slots) {
+      const why =
+        slot.lazy && slot.skipped === undefined && recipientSkip(slot.def.skip, facts?.domain ?? '')
+      if (why) this.skip(slot, 'rcpt', why)
+    }
+    const wanted = new Set(
+      this.slots.filter(
+        (s) =>
+          s.lazy && s.skipped === undefined && s.state.kind !== 'done' && enabledFor(s.def, facts),
+      ),
+    )
     const before = this.messageSet
     const r = route(wanted, before, this.opts.mixedRecipients ?? 'defer')
     if (r.kind === 'defer') return r.outcome
@@ -176,20 +228,28 @@ export class MilterChain {
     for (const slot of this.slots) {
       if (!this.participates(slot, 'eom')) continue
       const st = slot.state
-      if (st.kind === 'failed' && st.quarantine) result.quarantine.push(st.quarantine)
-      if (this.messageDiscarded) break
-      if (st.kind === 'failed' && st.outcome.action !== 'continue') {
-        result.outcome = st.outcome
-        break
+      if (!slot.shadow) {
+        // once decided, only shadow milters still see the message
+        if (result.outcome.action !== 'continue') continue
+        if (st.kind === 'failed' && st.quarantine) result.quarantine.push(st.quarantine)
+        if (this.messageDiscarded) continue
+        if (st.kind === 'failed' && st.outcome.action !== 'continue') {
+          result.outcome = st.outcome
+          continue
+        }
       }
       const s = slot.session
       if (!s?.inMessage) continue
-      const outcome = await this.contentOf(slot, s, input, result)
-      if (outcome.action !== 'continue') {
-        result.outcome = outcome
-        if (outcome.action === 'discard') this.messageDiscarded = true
-        break
+      const tooLarge = input.size === undefined ? undefined : sizeSkip(slot.def.skip, input.size)
+      if (tooLarge !== undefined) {
+        this.skip(slot, 'eom', tooLarge)
+        this.abortOne(slot)
+        continue
       }
+      const outcome = await this.contentOf(slot, s, input, result)
+      if (slot.shadow || outcome.action === 'continue') continue
+      result.outcome = outcome
+      if (outcome.action === 'discard') this.messageDiscarded = true
     }
     if (result.outcome.action !== 'continue') this.abort()
     return result
@@ -216,12 +276,14 @@ export class MilterChain {
   /** ABORT to every milter inside a message (RSET, rejected transaction, ...). */
   abort(): void {
     this.newMessage()
-    for (const slot of this.slots) {
-      try {
-        slot.session?.abort()
-      } catch (e) {
-        this.failed(slot, 'abort', e)
-      }
+    for (const slot of this.slots) this.abortOne(slot)
+  }
+
+  private abortOne(slot: Slot): void {
+    try {
+      slot.session?.abort()
+    } catch (e) {
+      this.failed(slot, 'abort', e)
     }
   }
 
@@ -249,6 +311,7 @@ export class MilterChain {
 
   /** Does this milter take part in this stage of the current message? */
   private participates(slot: Slot, stage: string): boolean {
+    if (slot.skipped !== undefined && !isConnectionStage(stage) && stage !== 'unknown') return false
     if (!slot.lazy) return true
     if (stage === 'connect' || stage === 'helo' || stage === 'unknown')
       return slot.session !== undefined
@@ -256,29 +319,41 @@ export class MilterChain {
     return this.messageSet?.has(slot) ?? false
   }
 
-  /** Runs one step on each milter in order; the first non-continue outcome wins. */
+  /**
+   * Runs one step on each milter in order; the first non-continue outcome
+   * wins and later milters are not asked, except shadow milters, which see
+   * every command the client sent (their answers are never the outcome).
+   */
   private async each(stage: string, run: (s: MilterSession) => Promise<Verdict>): Promise<Outcome> {
+    let decided: Outcome | undefined
     for (const slot of this.slots) {
-      if (this.messageDiscarded) break // helo() and mail() reset it first
       if (!this.participates(slot, stage)) continue
-      const st = slot.state
-      if (st.kind === 'failed') {
-        if (st.outcome.action !== 'continue') return st.outcome
-        continue
-      }
-      if (st.kind === 'refused' && !slot.lazy && stage !== 'unknown')
-        return laterRefusal(st.outcome)
-      if (st.kind !== 'open') continue
-      let outcome: Outcome
-      try {
-        outcome = this.verdict(slot, stage, await this.timed(slot, stage, run(st.session)))
-      } catch (e) {
-        outcome = this.failed(slot, stage, e)
-      }
+      // a discard at an earlier stage ends the message for enforcing milters (helo() and mail() reset it)
+      if (!slot.shadow && (decided !== undefined || this.messageDiscarded)) continue
+      const outcome = await this.ask(slot, stage, run)
+      if (slot.shadow || outcome.action === 'continue') continue
       if (outcome.action === 'discard') this.messageDiscarded = true
-      if (outcome.action !== 'continue') return outcome
+      decided = outcome
     }
-    return CONTINUE
+    return decided ?? CONTINUE
+  }
+
+  /** One milter's answer at a stage, or what its state (failed, refused) stands for. */
+  private async ask(
+    slot: Slot,
+    stage: string,
+    run: (s: MilterSession) => Promise<Verdict>,
+  ): Promise<Outcome> {
+    const st = slot.state
+    if (st.kind === 'failed') return st.outcome
+    if (st.kind === 'refused')
+      return !slot.lazy && stage !== 'unknown' ? laterRefusal(st.outcome) : CONTINUE
+    if (st.kind !== 'open') return CONTINUE
+    try {
+      return this.verdict(slot, stage, await this.timed(slot, stage, run(st.session)))
+    } catch (e) {
+      return this.failed(slot, stage, e)
+    }
   }
 
   /** Awaits a milter's answer, counting the stage and the time spent waiting. */
@@ -297,6 +372,7 @@ export class MilterChain {
     this.reports.verdict(slot.def, stage, v)
     const o = outcomeOf(stage, v, slot.name)
     const connection = isConnectionStage(stage)
+    if (slot.shadow) return this.shadowVerdict(slot, stage, v, o)
     switch (v.kind) {
       case 'accept':
         this.event(
@@ -335,6 +411,27 @@ export class MilterChain {
   }
 
   /**
+   * A shadow milter's verdict: logged, never the outcome. It ends the
+   * milter's part as it would have (the whole connection at CONNECT/HELO,
+   * or the message), so it is not asked what it has already decided.
+   */
+  private shadowVerdict(slot: Slot, stage: string, v: Verdict, o: Outcome): Outcome {
+    if (v.kind === 'continue' || v.kind === 'skip') return CONTINUE
+    const would =
+      o.action === 'continue'
+        ? v.kind === 'accept'
+          ? 'accept'
+          : `${v.kind} (no effect here)`
+        : o.action === 'discard'
+          ? 'discard'
+          : `${o.action} with ${o.reply.code} ${o.reply.lines.map((l) => [l.enhanced, l.text].filter(Boolean).join(' ')).join(' / ')}`
+    this.event('info', slot, stage, `shadow: would ${would}; not enforced`)
+    if (isConnectionStage(stage) || v.kind === 'shutdown' || v.kind === 'conn_fail')
+      slot.leave({ kind: 'done' })
+    return CONTINUE
+  }
+
+  /**
    * Applies the milter's default_action to an error. With failure_scope =
    * session the outcome holds for the rest of the SMTP connection (Postfix);
    * with message it holds for the message in flight, and the milter is
@@ -348,7 +445,18 @@ export class MilterChain {
         : new MilterStateError(`unexpected: ${String(e)}`, { cause: e })
     const action = slot.def.defaultAction
     // A milter marked down was logged once when it was; each session notes it quietly.
-    const level = err instanceof MilterUnavailableError ? 'info' : 'error'
+    const level = err instanceof MilterUnavailableError ? 'info' : slot.shadow ? 'warn' : 'error'
+    if (slot.shadow) {
+      // a shadow milter's failure never touches the mail: carry on without it
+      this.event(level, slot, stage, `${err.message}; shadow: not enforced`, err.code)
+      this.reports.failure(slot.def, stage, err.code, 'none (shadow)')
+      slot.leave(
+        slot.def.failureScope === 'session'
+          ? { kind: 'done' }
+          : { kind: 'failed', outcome: CONTINUE, quarantine: undefined, scope: 'message' },
+      )
+      return CONTINUE
+    }
     this.event(level, slot, stage, `${err.message}; default_action=${action}`, err.code)
     this.reports.failure(slot.def, stage, err.code, action)
     const outcome = failureOutcome(action, slot.name)
@@ -448,13 +556,7 @@ export class MilterChain {
 
   private undo(activated: readonly Slot[], before: Set<Slot> | undefined): void {
     this.messageSet = before
-    for (const slot of activated) {
-      try {
-        slot.session?.abort()
-      } catch (e) {
-        this.failed(slot, 'abort', e)
-      }
-    }
+    for (const slot of activated) this.abortOne(slot)
   }
 
   /** One milter's content phase; a failure or invalid edit gets its default_action. */
@@ -473,14 +575,18 @@ export class MilterChain {
           s,
           input,
           result,
-          { spoolDir: this.opts.spoolDir, headerFolds: slot.def.headerFolds },
+          {
+            spoolDir: this.opts.spoolDir,
+            headerFolds: slot.def.headerFolds,
+            apply: !slot.shadow,
+          },
           (v) => outcomeOf('eom', v, slot.name).action === 'continue',
         ),
       )
       if (answer.kind === 'edited') {
-        const edits = result.edits.find((e) => e.milter === slot.name)
-        if (edits) this.reports.edits(slot.def, edits)
-        if (answer.quarantine) result.quarantine.push(answer.quarantine)
+        if (answer.edits) this.reports.edits(slot.def, answer.edits)
+        if (slot.shadow) this.shadowEdits(slot, answer.edits, answer.quarantine)
+        else if (answer.quarantine) result.quarantine.push(answer.quarantine)
       }
       return this.verdict(slot, 'eom', answer.verdict)
     } catch (e) {
@@ -489,6 +595,27 @@ export class MilterChain {
       if (st.kind === 'failed' && st.quarantine) result.quarantine.push(st.quarantine)
       return outcome
     }
+  }
+
+  /** What a shadow milter would have changed: logged, not applied. */
+  private shadowEdits(
+    slot: Slot,
+    edits: MilterEdits | undefined,
+    quarantine: string | undefined,
+  ): void {
+    const kinds = new Map<string, number>()
+    for (const m of edits?.modifications ?? []) kinds.set(m.kind, (kinds.get(m.kind) ?? 0) + 1)
+    if (edits?.bodyReplaced) kinds.set('replbody', 1)
+    const what = [...kinds].map(([k, n]) => `${k}=${n}`)
+    if (quarantine !== undefined) what.push(`quarantine (${quarantine})`)
+    if (what.length > 0)
+      this.event('info', slot, 'eom', `shadow: would edit ${what.join(' ')}; not applied`)
+  }
+
+  /** A milter left out by a skip_* condition. */
+  private skip(slot: Slot, stage: string, reason: string): void {
+    this.reports.skipped(slot.def, stage, reason)
+    this.opts.onSkip?.(slot.name, stage, reason)
   }
 
   private event(

@@ -24,6 +24,8 @@ export interface MessageInput {
   body: () => AsyncIterable<Buffer>
   eohMacros?: MacroLookup
   eomMacros?: MacroLookup
+  /** The message's size in bytes as received (for skip_larger_than). */
+  size?: number
 }
 
 /** What one milter changed. */
@@ -72,23 +74,32 @@ export function startResult(input: MessageInput): MessageResult {
 /** How one milter answered the message. */
 export type ContentAnswer =
   | { kind: 'verdict'; verdict: Verdict }
-  | { kind: 'edited'; verdict: Verdict; quarantine: string | undefined }
+  | {
+      kind: 'edited'
+      verdict: Verdict
+      quarantine: string | undefined
+      /** What it changed (undefined: nothing). */
+      edits: MilterEdits | undefined
+    }
 
 /**
  * Runs the content phase on one milter and, when it lets the message go on,
  * applies its edits to `result`. Throws (MilterError, HeaderEditError,
  * EnvelopeEditError) when the milter fails or its edits are invalid; then
- * nothing of its edits is applied.
+ * nothing of its edits is applied. With `apply: false` (a shadow milter)
+ * the edits are validated and returned but `result` is left as it was, and
+ * a replacement body is read and dropped, never spooled.
  */
 export async function runContent(
   name: string,
   s: MilterSession,
   input: MessageInput,
   result: MessageResult,
-  opts: { spoolDir: string | undefined; headerFolds: 'flatten' | 'keep' },
+  opts: { spoolDir: string | undefined; headerFolds: 'flatten' | 'keep'; apply?: boolean },
   isContinue: (v: Verdict) => boolean,
 ): Promise<ContentAnswer> {
-  const spool = new BodySpool(opts.spoolDir)
+  const apply = opts.apply ?? true
+  const spool = apply ? new BodySpool(opts.spoolDir) : undefined
   const previousBody = result.body
   try {
     const eom = await sendContent(s, {
@@ -98,10 +109,11 @@ export async function runContent(
       body: previousBody ? previousBody.chunks() : input.body(),
       ...(input.eohMacros ? { eohMacros: input.eohMacros } : {}),
       ...(input.eomMacros ? { eomMacros: input.eomMacros } : {}),
-      onReplaceBody: (chunk) => spool.write(chunk),
+      // a shadow milter's replacement body is read and dropped
+      onReplaceBody: spool ? (chunk) => spool.write(chunk) : () => undefined,
     })
     if (!isContinue(eom.verdict)) {
-      await spool.dispose()
+      await spool?.dispose()
       return { kind: 'verdict', verdict: eom.verdict }
     }
     // Validate every edit before applying any (all or none).
@@ -109,6 +121,13 @@ export async function runContent(
     const leadspc = (s.negotiated.protocol & Proto.HDR_LEADSPC) !== 0
     const headers = applyHeaderEdits(result.headers, sorted.headerEdits, leadspc, opts.headerFolds)
     const envelope = applyEnvelopeEdits(result.envelope, sorted.envelopeEdits)
+    const count = eom.modifications.length
+    const edits: MilterEdits | undefined =
+      count > 0 || eom.bodyReplaced
+        ? { milter: name, modifications: eom.modifications, count, bodyReplaced: eom.bodyReplaced }
+        : undefined
+    const quarantine = sorted.quarantine === undefined ? undefined : `${name}: ${sorted.quarantine}`
+    if (!spool) return { kind: 'edited', verdict: eom.verdict, quarantine, edits }
     if (eom.bodyReplaced) await spool.finish()
     result.headers = headers
     result.headersChanged ||= sorted.headerEdits.length > 0
@@ -120,19 +139,10 @@ export async function runContent(
     } else {
       await spool.dispose()
     }
-    const count = eom.modifications.length
-    if (count > 0 || eom.bodyReplaced) {
-      result.edits.push({
-        milter: name,
-        modifications: eom.modifications,
-        count,
-        bodyReplaced: eom.bodyReplaced,
-      })
-    }
-    const quarantine = sorted.quarantine === undefined ? undefined : `${name}: ${sorted.quarantine}`
-    return { kind: 'edited', verdict: eom.verdict, quarantine }
+    if (edits) result.edits.push(edits)
+    return { kind: 'edited', verdict: eom.verdict, quarantine, edits }
   } catch (e) {
-    await spool.dispose()
+    await spool?.dispose()
     throw e
   }
 }

@@ -11,6 +11,8 @@ import type { MilterEdits } from './content'
 /** One milter's part in one message. */
 export interface MilterReport {
   milter: string
+  /** shadow: what it said and did was logged, not enforced. */
+  mode: 'enforce' | 'shadow'
   endpoint: string
   /** Stages it was consulted at, in order (a repeated stage once: rcpt for every recipient). */
   stages: string[]
@@ -31,6 +33,7 @@ export class MilterReports {
     if (!r) {
       r = {
         milter: def.name,
+        mode: def.mode ?? 'enforce',
         endpoint: def.socketText,
         stages: [],
         verdict: 'continue',
@@ -71,6 +74,11 @@ export class MilterReports {
     this.decide(r, `failed ${code}@${stage} (default_action=${action})`)
   }
 
+  /** Left out by a skip_* condition (the stage where it was decided, and why). */
+  skipped(def: MilterDef, stage: string, reason: string): void {
+    this.decide(this.of(def), `skipped (${reason})@${stage}`)
+  }
+
   edits(def: MilterDef, e: MilterEdits): void {
     const r = this.of(def)
     for (const m of e.modifications) r.edits[m.kind] = (r.edits[m.kind] ?? 0) + 1
@@ -92,5 +100,6 @@ export function formatMilterReport(r: MilterReport): string {
   const edits = Object.entries(r.edits)
     .map(([k, n]) => `${k}=${n}`)
     .join(' ')
-  return `${r.milter} (${r.endpoint}): stages ${r.stages.join(',') || '-'}; verdict ${r.verdict}; edits ${edits || 'none'}; waited ${Math.round(r.waitMs)} ms`
+  const mode = r.mode === 'shadow' ? ' [shadow]' : ''
+  return `${r.milter}${mode} (${r.endpoint}): stages ${r.stages.join(',') || '-'}; verdict ${r.verdict}; edits ${edits || 'none'}; waited ${Math.round(r.waitMs)} ms`
 }

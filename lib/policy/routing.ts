@@ -5,25 +5,38 @@
  * run the `union`).
  */
 import type { MilterDef } from '../config'
+import { recipientSkip } from './conditions'
 import { REPLIES, type Outcome } from './replies'
 
-/** What the recipient rules of a milter look at. */
+/** What the recipient rules and conditions of a milter look at. */
 export interface RecipientFacts {
   destinationChannel: string
   optin: string | undefined
+  /** The recipient's domain (for skip_recipient_domains). */
+  domain?: string
 }
 
 /** Recipients needing different milters in one message. */
 export type MixedRecipients = 'defer' | 'union'
 
-/** A milter with recipient rules is contacted only from the first recipient that needs it. */
+/** Recipient rules (destination channel, opt-in) enable a milter for some recipients only. */
 export function hasRecipientRules(def: MilterDef): boolean {
   return def.destinationChannels.length > 0 || def.optin.length > 0
 }
 
-/** Is a rule milter enabled for this recipient? */
+/**
+ * A milter with recipient rules or skip_recipient_domains depends on the
+ * recipient: it is contacted only from the first recipient that needs it.
+ */
+export function dependsOnRecipient(def: MilterDef): boolean {
+  return hasRecipientRules(def) || (def.skip?.recipientDomains.length ?? 0) > 0
+}
+
+/** Is a recipient-dependent milter enabled for this recipient? */
 export function enabledFor(def: MilterDef, facts: RecipientFacts | undefined): boolean {
   if (!facts) return false
+  if (recipientSkip(def.skip, facts.domain ?? '') !== undefined) return false
+  if (!hasRecipientRules(def)) return true
   if (def.destinationChannels.includes(facts.destinationChannel)) return true
   return facts.optin !== undefined && def.optin.includes(facts.optin)
 }

@@ -13,7 +13,8 @@
 import type { FailureScope, MilterDef } from '../config'
 import type { MilterSession } from '../session/session'
 import type { Outcome } from './replies'
-import { hasRecipientRules } from './routing'
+import { hasMessageConditions } from './conditions'
+import { dependsOnRecipient } from './routing'
 
 export type SlotState =
   | { kind: 'idle' }
@@ -28,15 +29,28 @@ export type SlotState =
 /** One milter of the chain. */
 export class Slot {
   state: SlotState = { kind: 'idle' }
-  /** Enabled by recipient rules: contacted only from the first matching RCPT of a message. */
+  /** Depends on the recipient (rules, skip_recipient_domains): contacted from the first RCPT needing it. */
   readonly lazy: boolean
+  /** Has message conditions (skip_authenticated...): contacted at the first MAIL not skipped. */
+  readonly deferred: boolean
+  /** Shadow mode: consulted at every stage, nothing it says or fails is enforced. */
+  readonly shadow: boolean
+  /** Why the milter sits out the current message (a skip_* condition), if it does. */
+  skipped: string | undefined
 
   constructor(readonly def: MilterDef) {
-    this.lazy = hasRecipientRules(def)
+    this.lazy = dependsOnRecipient(def)
+    this.deferred = hasMessageConditions(def.skip)
+    this.shadow = def.mode === 'shadow'
   }
 
   get name(): string {
     return this.def.name
+  }
+
+  /** Opened at CONNECT (neither recipient-dependent nor waiting for MAIL's conditions). */
+  get eager(): boolean {
+    return !this.lazy && !this.deferred
   }
 
   /** The open session, if any. */
@@ -52,6 +66,7 @@ export class Slot {
 
   /** A new message: a failure that belonged to the last one is forgotten. */
   newMessage(): void {
+    this.skipped = undefined
     if (this.state.kind === 'failed' && this.state.scope === 'message')
       this.state = { kind: 'idle' }
   }

@@ -50,3 +50,29 @@ export function ipFamily(text: string): 4 | 6 | 0 {
   if (ipaddr.IPv6.isValid(text)) return 6
   return 0
 }
+
+/** An address block (`192.0.2.0/24`, `2001:db8::/32`, or one address), parsed once. */
+export interface Network {
+  text: string
+  range: [ipaddr.IPv4 | ipaddr.IPv6, number]
+}
+
+/** A network in CIDR notation (a bare address is a /32 or /128); undefined when malformed. */
+export function parseNetwork(text: string): Network | undefined {
+  const slash = text.indexOf('/')
+  const addr = parseIp(slash < 0 ? text : text.slice(0, slash))
+  if (addr === undefined) return undefined
+  const max = addr.kind() === 'ipv4' ? 32 : 128
+  const bitsText = slash < 0 ? String(max) : text.slice(slash + 1)
+  if (!/^[0-9]{1,3}$/.test(bitsText)) return undefined
+  const bits = Number(bitsText)
+  if (bits > max) return undefined
+  return { text, range: [addr, bits] }
+}
+
+/** The first of `networks` holding `ip` (IPv4-mapped IPv6 counts as IPv4), if any. */
+export function networkOf(ip: string, networks: readonly Network[]): Network | undefined {
+  const a = parseIp(ip)
+  if (a === undefined) return undefined
+  return networks.find((n) => n.range[0].kind() === a.kind() && a.match(n.range))
+}

@@ -262,7 +262,11 @@ describe('adapter: facts', () => {
         t.notes[NOTE_OPTIN] = { 'vip@example.com': 'from-note' }
         t.notes[NOTE_DESTINATION_CHANNEL] = { 'vip@example.com': 'note-channel' }
       })
-      assert.deepEqual(f, { optin: 'from-note', destinationChannel: 'note-channel' })
+      assert.deepEqual(f, {
+        optin: 'from-note',
+        destinationChannel: 'note-channel',
+        domain: 'example.com',
+      })
       assert.equal(NOTE_OPTIN, 'milter_optin')
       assert.equal(NOTE_DESTINATION_CHANNEL, 'milter_destination_channel')
     })
@@ -273,7 +277,7 @@ describe('adapter: facts', () => {
         t.notes[NOTE_OPTIN] = { 'someone@example.com': 'x', 'vip@example.com': 42 }
         t.notes[NOTE_DESTINATION_CHANNEL] = 'not a table'
       })
-      assert.deepEqual(f, { optin: 'address', destinationChannel: 'lmtp' })
+      assert.deepEqual(f, { optin: 'address', destinationChannel: 'lmtp', domain: 'example.com' })
     })
 
     it('note keys are the lower-cased address (README contract), whatever the case of the RCPT', () => {

@@ -198,6 +198,64 @@ describe('config: parseMilterConfig', () => {
       }
     })
 
+    it('mode and skip_* conditions: parsed, with [main] as the default', () => {
+      const cfg = parseMilterConfig({
+        main: { milters: 'a b c', skip_authenticated: 'yes', skip_larger_than: '10M' },
+        'milter.a': {
+          socket: '127.0.0.1:1',
+          mode: 'Shadow',
+          skip_private_clients: 'true',
+          skip_clients: '192.0.2.0/24, 2001:db8::/32 198.51.100.7',
+          skip_sender_domains: 'Example.ORG. .lists.example.net',
+          skip_recipient_domains: 'internal.example',
+          skip_larger_than: '512K',
+        },
+        'milter.b': { socket: '127.0.0.1:2', skip_authenticated: 'no' },
+        'milter.c': { socket: '127.0.0.1:3', mode: 'enforce' },
+      })
+      const a = milter(cfg, 'a')
+      assert.equal(a.mode, 'shadow')
+      assert.ok(a.skip)
+      assert.equal(a.skip.authenticated, true, 'from [main]')
+      assert.equal(a.skip.relaying, false)
+      assert.equal(a.skip.privateClients, true)
+      assert.deepEqual(
+        a.skip.clients.map((n) => n.text),
+        ['192.0.2.0/24', '2001:db8::/32', '198.51.100.7'],
+      )
+      assert.deepEqual(a.skip.senderDomains, ['example.org', '.lists.example.net'])
+      assert.deepEqual(a.skip.recipientDomains, ['internal.example'])
+      assert.equal(a.skip.largerThan, 512 * 1024)
+      const b = milter(cfg, 'b')
+      assert.equal(b.mode, undefined)
+      assert.equal(b.skip?.authenticated, false)
+      assert.equal(b.skip?.largerThan, 10 * 1024 * 1024, 'from [main]')
+      assert.equal(milter(cfg, 'c').mode, 'enforce')
+      const none = parseMilterConfig(withA({ 'milter.a': { socket: '127.0.0.1:1' } }))
+      assert.equal(milter(none, 'a').skip, undefined, 'no condition: nothing to check per message')
+    })
+
+    it('bad mode and skip_* values name the key', () => {
+      const bad: Array<[Record<string, unknown>, RegExp]> = [
+        [{ mode: 'monitor' }, /\[milter\.a\] mode: must be one of enforce, shadow/],
+        [{ skip_clients: '192.0.2.0/33' }, /skip_clients: "192\.0\.2\.0\/33" is not an address/],
+        [{ skip_clients: 'mail.example' }, /skip_clients: "mail\.example" is not an address/],
+        [{ skip_larger_than: '10X' }, /skip_larger_than: must be a size in bytes/],
+        [{ skip_larger_than: '0' }, /skip_larger_than: must be a size in bytes/],
+        [
+          { skip_sender_domains: 'a@b.example' },
+          /skip_sender_domains: "a@b\.example" is not a domain/,
+        ],
+        [{ skip_relaying: 'maybe' }, /skip_relaying: must be true or false/],
+      ]
+      for (const [keys, re] of bad) {
+        assert.throws(
+          () => parseMilterConfig(withA({ 'milter.a': { socket: '127.0.0.1:1', ...keys } })),
+          re,
+        )
+      }
+    })
+
     it('every default_action is accepted', () => {
       for (const action of ['accept', 'tempfail', 'reject', 'quarantine', 'shutdown']) {
         const cfg = parseMilterConfig(

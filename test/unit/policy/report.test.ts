@@ -40,6 +40,7 @@ describe('policy: per-message milter reports', () => {
     const [a, b] = r.take([A, B])
     assert.deepEqual(a, {
       milter: 'a',
+      mode: 'enforce',
       endpoint: 'inet:8891@127.0.0.1',
       stages: ['mail', 'rcpt', 'eom'],
       verdict: 'reject@rcpt, accept@eom',
