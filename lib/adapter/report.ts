@@ -57,6 +57,7 @@ export function reportEvent(plugin: Reporter, c: HarakaConnection, e: ChainEvent
   const text = `${e.milter} ${e.stage}: ${e.message}${e.code ? ` (${e.code})` : ''}`
   if (e.level === 'error') c.logerror(plugin, text)
   else if (e.level === 'warn') c.logwarn(plugin, text)
+  else if (e.level === 'notice') c.loginfo(plugin, text)
   else c.logdebug(plugin, text)
 }
 

@@ -57,7 +57,8 @@ export type { MilterReport } from './report'
 
 /** Something worth logging, with the milter and stage it concerns. */
 export interface ChainEvent {
-  level: 'info' | 'warn' | 'error'
+  /** info: detail (Haraka's debug log); notice: for the operator's log (a shadow milter's wishes). */
+  level: 'info' | 'notice' | 'warn' | 'error'
   milter: string
   stage: string
   message: string
@@ -425,7 +426,7 @@ export class MilterChain {
         : o.action === 'discard'
           ? 'discard'
           : `${o.action} with ${o.reply.code} ${o.reply.lines.map((l) => [l.enhanced, l.text].filter(Boolean).join(' ')).join(' / ')}`
-    this.event('info', slot, stage, `shadow: would ${would}; not enforced`)
+    this.event('notice', slot, stage, `shadow: would ${would}; not enforced`)
     if (isConnectionStage(stage) || v.kind === 'shutdown' || v.kind === 'conn_fail')
       slot.leave({ kind: 'done' })
     return CONTINUE
@@ -609,7 +610,7 @@ export class MilterChain {
     const what = [...kinds].map(([k, n]) => `${k}=${n}`)
     if (quarantine !== undefined) what.push(`quarantine (${quarantine})`)
     if (what.length > 0)
-      this.event('info', slot, 'eom', `shadow: would edit ${what.join(' ')}; not applied`)
+      this.event('notice', slot, 'eom', `shadow: would edit ${what.join(' ')}; not applied`)
   }
 
   /** A milter left out by a skip_* condition. */
