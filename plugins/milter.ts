@@ -33,6 +33,7 @@ import {
   transactionState,
   type ConnectionState,
 } from '../lib/adapter/state'
+import { addressKey } from '../lib/message/envelope'
 import { findListener, type Ini, type MilterConfig, type MilterDef } from '../lib/config'
 import { MilterChain, type Outcome } from '../lib/policy/chain'
 import { answerAt, REPLIES, type Stage } from '../lib/policy/replies'
@@ -237,18 +238,41 @@ export function hook_mail(
   )
 }
 
-/** RCPT TO (at rcpt_ok: after Haraka accepted the recipient). */
+/**
+ * RCPT TO's ESMTP parameters (NOTIFY, ORCPT...), recorded for the milters'
+ * SMFIC_RCPT and the quarantine's envelope: rcpt_ok, where milters run, is
+ * given the address alone. Decides nothing.
+ */
+export function hook_rcpt(
+  this: MilterPlugin,
+  next: Next,
+  c: HarakaConnection,
+  params: [HarakaAddress, Record<string, string | null> | undefined],
+): void {
+  const t = c.transaction
+  const [rcpt, esmtp] = params
+  if (t && connectionState(c)?.kind === 'milters' && esmtp && Object.keys(esmtp).length > 0) {
+    const st = transactionState(t)
+    st.rcptArgs ??= new Map()
+    st.rcptArgs.set(addressKey(rcpt.address), esmtp)
+  }
+  next()
+}
+
+/** RCPT TO (at rcpt_ok: after Haraka accepted the recipient), with its ESMTP parameters. */
 export function milter_rcpt(
   this: MilterPlugin,
   next: Next,
   c: HarakaConnection,
   rcpt: HarakaAddress,
 ): void {
-  if (!c.transaction) return next()
+  const t = c.transaction
+  if (!t) return next()
   stage.call(this, next, c, 'rcpt', (st) => {
     const facts = recipientFacts(st.cfg, c, rcpt, st.isLocal)
     const m = macros(st, c, rcptExtras(rcpt, facts, st.isLocal))
-    return st.chain.rcpt([rcpt.format()], m, facts)
+    const esmtp = transactionState(t).rcptArgs?.get(addressKey(rcpt.address))
+    return st.chain.rcpt([rcpt.format(), ...esmtpArgs(esmtp)], m, facts)
   })
 }
 

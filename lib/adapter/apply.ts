@@ -120,7 +120,8 @@ function splitArgs(args: string | undefined): string[] | undefined {
 /**
  * The envelope to store: the sender with CHGFROM's arguments when a milter
  * gave some, else MAIL FROM's; each recipient with ADDRCPT_PAR's arguments
- * when it has some (Haraka keeps no RCPT parameters).
+ * when it has some, else its RCPT TO's (recorded at the rcpt hook: Haraka
+ * keeps no ESMTP parameters).
  */
 export function storedEnvelope(
   t: HarakaTransaction,
@@ -135,10 +136,14 @@ export function storedEnvelope(
       address: t.mail_from.address,
       args: splitArgs(notes?.mail) ?? esmtpParams(transactionState(t).mailArgs),
     },
-    recipients: t.rcpt_to.map((r) => ({
-      address: r.address,
-      args: rcptArgs.get(addressKey(r.address)) ?? [],
-    })),
+    recipients: t.rcpt_to.map((r) => {
+      const key = addressKey(r.address)
+      const given = transactionState(t).rcptArgs?.get(key)
+      return {
+        address: r.address,
+        args: rcptArgs.get(key) ?? (given ? esmtpParams(given) : []),
+      }
+    }),
   }
 }
 

@@ -34,6 +34,8 @@ export type ConnectionState =
 export interface TransactionState {
   /** MAIL FROM's ESMTP parameters (Haraka keeps them nowhere). */
   mailArgs: Record<string, string | null>
+  /** Each RCPT TO's ESMTP parameters, by addressKey (Haraka keeps them nowhere either). */
+  rcptArgs?: Map<string, Record<string, string | null>>
   /** Discarded or held by a milter: taken at queue. */
   disposition?: Disposition
   /** Authentication-Results headers milters added, restored at queue if Haraka dropped them. */

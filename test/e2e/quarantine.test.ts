@@ -126,6 +126,7 @@ milters =
       rcpts: ['bob@example.com'],
       data: MESSAGE,
       mailParams: 'SIZE=400 BODY=8BITMIME',
+      rcptParams: 'NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@example.com',
     })
     assert.equal(r.replies.message?.code, 250, JSON.stringify(r.replies))
     assert.match(r.replies.message?.text ?? '', /held for review/)
@@ -167,7 +168,16 @@ milters =
     const show = await cli('quarantine', 'show', id, '--dir', dir)
     assert.equal(show.code, 0, show.stderr)
     assert.match(show.stdout, /^sender: <alice@example\.org> SIZE=400 BODY=8BITMIME$/m)
-    assert.match(show.stdout, /^recipient: <bob@example\.com>$/m)
+    // RCPT TO's ESMTP parameters are kept (Haraka stores none): the milter got them, and so does the envelope
+    assert.match(
+      show.stdout,
+      /^recipient: <bob@example\.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@example\.com$/m,
+    )
+    assert.deepEqual(milter.eventsOf('envrcpt').at(-1)?.args, [
+      '<bob@example.com>',
+      'NOTIFY=SUCCESS,FAILURE',
+      'ORCPT=rfc822;bob@example.com',
+    ])
     assert.match(show.stdout, /^recipient: <carol@example\.net>$/m)
     assert.match(show.stdout, /^reason: scan: looks like phishing$/m)
     assert.match(show.stdout, /^milters: scan$/m)
