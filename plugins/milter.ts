@@ -64,7 +64,13 @@ function answer(
     transactionState(c.transaction).disposition ??= { kind: 'discard', milter: answered.milter }
   }
   // what the milter decided is recorded where it happened, even when the reply waits for MAIL
-  reportOutcome(this, c, stage, stage === 'connect' ? o : answered, answered)
+  const decided = stage === 'connect' ? o : answered
+  // the endpoint of a milter's own outcome; none for the plugin's (configuration, recipient rules)
+  const endpoint =
+    st?.kind === 'milters' && decided.action !== 'continue' && decided.action !== 'discard'
+      ? st.chain.endpointOf(decided.milter)
+      : undefined
+  reportOutcome(this, c, stage, decided, answered, endpoint)
   if (st?.kind === 'milters' && answered.action !== 'continue' && answered.action !== 'discard') {
     const r = answered.reply
     st.refusal = `${r.code} ${r.lines.map((l) => [l.enhanced, l.text].filter(Boolean).join(' ')).join(' / ')}`

@@ -25,16 +25,20 @@ export function reportOutcome(
   stage: Stage,
   decided: Outcome,
   answered: Outcome,
+  endpoint: string | undefined,
 ): void {
   if (decided.action === 'continue' || decided.action === 'discard') return
   const failure = decided.cause === 'failure' ? ',failure' : ''
   c.results.add(plugin, { fail: `${decided.milter}(${stage}:${decided.action}${failure})` })
-  const text = decided.reply.lines.map((l) => l.text).join(' / ')
+  const text = decided.reply.lines
+    .map((l) => [l.enhanced, l.text].filter(Boolean).join(' '))
+    .join(' / ')
   const later =
     answered.action === 'continue' ? ' (given at MAIL: a greeting may not carry it)' : ''
+  const where = endpoint === undefined ? '' : ` (${endpoint})`
   c.loginfo(
     plugin,
-    `${decided.milter} ${decided.action} at ${stage}: ${decided.reply.code} ${text}${later}`,
+    `${decided.milter}${where} ${decided.action} at ${stage}: ${decided.reply.code} ${text}${later}`,
   )
 }
 

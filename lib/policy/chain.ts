@@ -104,6 +104,8 @@ export class MilterChain {
   private messageDiscarded = false
   private readonly open: (def: MilterDef) => Promise<MilterSession>
   private readonly reports = new MilterReports()
+  /** The endpoint each milter's current session is on (a milter may list several). */
+  private readonly endpoints = new Map<string, string>()
 
   constructor(private readonly opts: ChainOptions) {
     this.slots = opts.milters.map((def) => new Slot(def))
@@ -264,6 +266,14 @@ export class MilterChain {
   /** Rule milters of the current message, for logs and tests. */
   get messageMilters(): string[] {
     return this.slots.filter((s) => !s.lazy || this.messageSet?.has(s)).map((s) => s.name)
+  }
+
+  /**
+   * The endpoint a milter's session is on, or its configured socket(s)
+   * before it has one; undefined for a name that is no milter of the chain.
+   */
+  endpointOf(milter: string): string | undefined {
+    return this.endpoints.get(milter) ?? this.slots.find((s) => s.name === milter)?.def.socketText
   }
 
   /**
@@ -449,7 +459,13 @@ export class MilterChain {
     const level = err instanceof MilterUnavailableError ? 'info' : slot.shadow ? 'warn' : 'error'
     if (slot.shadow) {
       // a shadow milter's failure never touches the mail: carry on without it
-      this.event(level, slot, stage, `${err.message}; shadow: not enforced`, err.code)
+      this.event(
+        level,
+        slot,
+        stage,
+        `${err.message}; endpoint=${this.endpointOf(slot.name) ?? slot.def.socketText}; shadow: not enforced`,
+        err.code,
+      )
       this.reports.failure(slot.def, stage, err.code, 'none (shadow)')
       slot.leave(
         slot.def.failureScope === 'session'
@@ -458,7 +474,13 @@ export class MilterChain {
       )
       return CONTINUE
     }
-    this.event(level, slot, stage, `${err.message}; default_action=${action}`, err.code)
+    this.event(
+      level,
+      slot,
+      stage,
+      `${err.message}; endpoint=${this.endpointOf(slot.name) ?? slot.def.socketText}; default_action=${action}`,
+      err.code,
+    )
     this.reports.failure(slot.def, stage, err.code, action)
     const outcome = failureOutcome(action, slot.name)
     const scope = action === 'shutdown' ? 'session' : slot.def.failureScope
@@ -477,11 +499,15 @@ export class MilterChain {
 
   private async ensureOpen(slot: Slot, stage: string): Promise<void> {
     if (slot.state.kind !== 'idle') return
+    this.endpoints.delete(slot.name)
     try {
       const session = await this.open(slot.def)
       slot.state = { kind: 'open', session }
       const endpoint = this.opts.endpointOf?.(session)
-      if (endpoint !== undefined) this.reports.endpoint(slot.def, endpoint)
+      if (endpoint !== undefined) {
+        this.reports.endpoint(slot.def, endpoint)
+        this.endpoints.set(slot.name, endpoint)
+      }
       const n = session.negotiated
       this.event(
         'info',

@@ -90,7 +90,12 @@ breaker_backoff_max = 1
     // one ERROR line per failure (the results entry), two real connect attempts
     assert.equal(count(log, /\[ERROR\].*flaky\(\w+:MILTER_ERR_CONNECT\) cannot connect/), 2, log)
     assert.equal(count(log, /flaky: marked down after 2 consecutive connect failure/), 1, log)
-    assert.equal(count(log, /flaky tempfail at mail: 451/), 6, log)
+    // each refusal names the milter, its endpoint, the stage and the enhanced code
+    assert.equal(
+      count(log, /flaky \(inet:\d+@127\.0\.0\.1\) tempfail at mail: 451 4\.7\.1 /),
+      6,
+      log,
+    )
     // sessions refused while it is down log nothing at ERROR
     assert.equal(count(log, /\[ERROR\].*(?:MILTER_ERR_UNAVAILABLE|unavailable)/), 0, log)
 

@@ -440,7 +440,8 @@ describe('plugin end to end (real Haraka, real libmilter, real SMTP delivery)', 
     assert.equal(r.replies.rcpts[0]?.code, 451)
     assert.match(
       haraka.log(),
-      /\[ERROR\].*one\(rcpt:MILTER_ERR_TIMEOUT\) milter command timeout after 2000 ms.*default_action=tempfail$/m,
+      // milter, stage, code, message and the endpoint it was waiting for
+      /\[ERROR\].*one\(rcpt:MILTER_ERR_TIMEOUT\) milter command timeout after 2000 ms.*; endpoint=inet:\d+@127\.0\.0\.1; default_action=tempfail$/m,
     )
   })
 
