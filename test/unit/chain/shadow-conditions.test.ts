@@ -8,7 +8,7 @@ import assert from 'node:assert/strict'
 
 import type { ClientFacts, MessageFacts } from '../../../lib/policy/chain'
 import { R, addheader, replycode } from './fake-milter'
-import { ADDR, CONTINUE, headersSeen, message, only, pass, setup } from './setup'
+import { ADDR, CONTINUE, headersSeen, message, only, pass, setup, toData } from './setup'
 
 const PUBLIC: ClientFacts = { ip: '192.0.2.10', private: false }
 const PRIVATE: ClientFacts = { ip: '10.1.2.3', private: true }
@@ -90,10 +90,7 @@ describe('chain: shadow mode', function () {
         e: only('eob', [addheader('X-Enforced', 'yes'), R.continue]),
       },
     )
-    await chain.connect('h', ADDR)
-    await chain.mail(['<s@example.org>'])
-    await chain.rcpt(['<r@example.com>'])
-    await chain.data()
+    await toData(chain)
     const r = await chain.message(message())
     try {
       assert.deepEqual(r.outcome, CONTINUE)
@@ -125,10 +122,7 @@ describe('chain: shadow mode', function () {
       { s: 'tempfail;mode=shadow' },
       { s: only('eob', [addheader('X-Shadow', 'yes'), R.continue]) },
     )
-    await chain.connect('h', ADDR)
-    await chain.mail(['<s@example.org>'])
-    await chain.rcpt(['<r@example.com>'])
-    await chain.data()
+    await toData(chain)
     const r = await chain.message(message())
     try {
       assert.equal(r.headersChanged, false)
