@@ -1,10 +1,11 @@
 /**
  * Milter packets as data for people and programs: the name and decoded
- * fields of every command and reply (for `haraka-milter check --trace`
- * and --json), and the exchange grouped by stage (each command with the
- * macros sent before it and the reply it got). Pure: takes frames.
+ * fields of every command and reply, and the exchange grouped by stage
+ * (each command with the macros sent before it and the reply it got).
+ * One wording for `haraka-milter check --trace` / --json and the plugin's
+ * `debug = 2` packet trace. Pure: takes frames.
  */
-import { decodeCommand, type Command } from '../protocol/commands'
+import { decodeCommand, type Command } from './commands'
 import {
   actionNames,
   cmdName,
@@ -15,10 +16,10 @@ import {
   protocolNames,
   Rep,
   repName,
-} from '../protocol/constants'
-import type { Frame } from '../protocol/frame'
-import { decodeReply, type Modification, type Reply } from '../protocol/replies'
-import { parseReplyCode, type SmtpReply } from '../protocol/replycode'
+} from './constants'
+import type { Frame } from './frame'
+import { decodeReply, type Modification, type Reply } from './replies'
+import { parseReplyCode, type SmtpReply } from './replycode'
 
 /** A decoded field value: text, a number, a list or a name -> value table. */
 export type FieldValue =

@@ -10,7 +10,7 @@ import {
   formatPacket,
   packetReport,
   stagesFromPackets,
-} from '../../../lib/cli/packets'
+} from '../../../lib/protocol/describe'
 import {
   encodeBare,
   encodeConnect,
