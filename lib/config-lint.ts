@@ -32,6 +32,7 @@ export const MILTER_KEYS: readonly string[] = [
   'breaker_backoff_max',
   'destination_channels',
   'optin',
+  'debug',
   ...MACRO_STAGE_KEYS.map((s) => `macros.${s}`),
 ]
 

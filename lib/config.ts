@@ -58,7 +58,12 @@ export interface MilterDef {
   failureScope: FailureScope
   /** Fail-fast after consecutive connect failures: threshold and back-off. */
   breaker: BreakerSettings
+  /** Debug output, read when a line would be logged (a reload changes it at once); absent: 0. */
+  debug?: DebugLevel
 }
+
+/** 0 off; 1 one line per stage (verdict, ms); 2 also every packet both ways, decoded. */
+export type DebugLevel = 0 | 1 | 2
 
 /** `message`: a failed milter is reopened for the next transaction; `session`: Postfix's sticky failure. */
 export type FailureScope = 'message' | 'session'
@@ -274,6 +279,7 @@ function parseMilter(
     },
     failureScope: r.oneOf('failure_scope', SCOPES, main.oneOf('failure_scope', SCOPES, 'message')),
     breaker: breakerOf(r, main),
+    debug: r.int('debug', main.int('debug', 0, 0, 2), 0, 2) as DebugLevel,
     macros: r.macros('macros.', macros),
     headerFolds: r.oneOf('header_folds', FOLDS, main.oneOf('header_folds', FOLDS, 'flatten')),
     destinationChannels: r.list('destination_channels', []),
