@@ -61,11 +61,16 @@ export interface ChainOptions {
   onEvent?: (e: ChainEvent) => void
   /** Every verdict a milter gives, as it gives it (for the CLI and per-message logs). */
   onVerdict?: (milter: string, stage: string, verdict: Verdict) => void
+  /** Each step's verdict or failure code, and the ms waited for it when it was waited (debug). */
+  onStep?: (milter: string, stage: string, result: StepResult, ms: number | undefined) => void
   /** Directory for spooled replacement bodies. */
   spoolDir?: string
   /** Recipients needing different milters in one message: defer them (4xx) or run the union. */
   mixedRecipients?: MixedRecipients
 }
+
+/** How a step ended: the milter's verdict, or a failure's error code. */
+export type StepResult = Verdict | { kind: 'failed'; code: string }
 
 /** Facts kept to replay CONNECT/HELO/MAIL/RCPT to milters that join late. */
 interface Replay {
@@ -86,6 +91,8 @@ export class MilterChain {
   private messageDiscarded = false
   private readonly open: (def: MilterDef) => Promise<MilterSession>
   private readonly reports = new MilterReports()
+  /** The wait just measured for a milter, until its verdict or failure takes it (onStep). */
+  private readonly lastWait = new Map<Slot, number>()
 
   constructor(private readonly opts: ChainOptions) {
     this.slots = opts.milters.map((def) => new Slot(def))
@@ -287,13 +294,23 @@ export class MilterChain {
     try {
       return await pending
     } finally {
-      this.reports.waited(slot.def, stage, performance.now() - started)
+      const ms = performance.now() - started
+      this.reports.waited(slot.def, stage, ms)
+      if (this.opts.onStep) this.lastWait.set(slot, ms)
     }
+  }
+
+  private step(slot: Slot, stage: string, result: StepResult): void {
+    if (!this.opts.onStep) return
+    const ms = this.lastWait.get(slot)
+    this.lastWait.delete(slot)
+    this.opts.onStep(slot.name, stage, result, ms)
   }
 
   /** The outcome of a verdict; a milter that answered the whole connection is done with it. */
   private verdict(slot: Slot, stage: string, v: Verdict): Outcome {
     this.opts.onVerdict?.(slot.name, stage, v)
+    this.step(slot, stage, v)
     this.reports.verdict(slot.def, stage, v)
     const o = outcomeOf(stage, v, slot.name)
     const connection = isConnectionStage(stage)
@@ -351,6 +368,7 @@ export class MilterChain {
     const level = err instanceof MilterUnavailableError ? 'info' : 'error'
     this.event(level, slot, stage, `${err.message}; default_action=${action}`, err.code)
     this.reports.failure(slot.def, stage, err.code, action)
+    this.step(slot, stage, { kind: 'failed', code: err.code })
     const outcome = failureOutcome(action, slot.name)
     const scope = action === 'shutdown' ? 'session' : slot.def.failureScope
     const quarantine =
