@@ -27,12 +27,12 @@ export const MILTER_KEYS: readonly string[] = [
   'eom_timeout',
   'header_folds',
   'failure_scope',
+  'debug',
   'breaker_failures',
   'breaker_backoff',
   'breaker_backoff_max',
   'destination_channels',
   'optin',
-  'debug',
   ...MACRO_STAGE_KEYS.map((s) => `macros.${s}`),
 ]
 

@@ -56,10 +56,10 @@ export interface MilterDef {
   headerFolds: HeaderFolds
   /** How long a failure's default_action lasts: the message in flight, or the SMTP session. */
   failureScope: FailureScope
-  /** Fail-fast after consecutive connect failures: threshold and back-off. */
-  breaker: BreakerSettings
   /** Debug output, read when a line would be logged (a reload changes it at once); absent: 0. */
   debug?: DebugLevel
+  /** Fail-fast after consecutive connect failures: threshold and back-off. */
+  breaker: BreakerSettings
 }
 
 /** 0 off; 1 one line per stage (verdict, ms); 2 also every packet both ways, decoded. */

@@ -187,6 +187,7 @@ export function hook_connect(this: MilterPlugin, next: Next, c: HarakaConnection
   const chain = new MilterChain({
     milters: defs,
     mixedRecipients: cfg.mixedRecipients,
+    onStep: (m, stage, r, ms) => dbg.step(m, stage, r, ms),
     ...(pool
       ? {
           open: async (d) => {
@@ -199,7 +200,6 @@ export function hook_connect(this: MilterPlugin, next: Next, c: HarakaConnection
         }
       : {}),
     onEvent: (e) => reportEvent(this, c, e),
-    onStep: (m, stage, r, ms) => dbg.step(m, stage, r, ms),
   })
   const hosts = this.hostList ?? new Set<string>()
   const isLocal: LocalDomain = (d) => hosts.has(d)

@@ -198,6 +198,15 @@ describe('config: parseMilterConfig', () => {
       }
     })
 
+    it('every default_action is accepted', () => {
+      for (const action of ['accept', 'tempfail', 'reject', 'quarantine', 'shutdown']) {
+        const cfg = parseMilterConfig(
+          withA({ 'milter.a': { socket: '127.0.0.1:1', default_action: action } }),
+        )
+        assert.equal(milter(cfg, 'a').defaultAction, action)
+      }
+    })
+
     it('debug: 0 by default, [main] for every milter, [milter.NAME] overrides; 0 to 2 only', () => {
       assert.equal(milter(parseMilterConfig(withA()), 'a').debug, 0)
       const cfg = parseMilterConfig({
@@ -210,15 +219,6 @@ describe('config: parseMilterConfig', () => {
       for (const bad of ['3', '-1', 'yes', '1.5']) {
         rejects(withA({ 'milter.a': { socket: '127.0.0.1:1', debug: bad } }), 'milter.a', 'debug')
         rejects(withA({}, { debug: bad }), 'main', 'debug', /must be an integer from 0 to 2/)
-      }
-    })
-
-    it('every default_action is accepted', () => {
-      for (const action of ['accept', 'tempfail', 'reject', 'quarantine', 'shutdown']) {
-        const cfg = parseMilterConfig(
-          withA({ 'milter.a': { socket: '127.0.0.1:1', default_action: action } }),
-        )
-        assert.equal(milter(cfg, 'a').defaultAction, action)
       }
     })
 
