@@ -89,10 +89,10 @@ export class MilterChain {
   /** Rule milters taking part in the current message (undefined until the first RCPT). */
   private messageSet: Set<Slot> | undefined
   private messageDiscarded = false
-  private readonly open: (def: MilterDef) => Promise<MilterSession>
-  private readonly reports = new MilterReports()
   /** The wait just measured for a milter, until its verdict or failure takes it (onStep). */
   private readonly lastWait = new Map<Slot, number>()
+  private readonly open: (def: MilterDef) => Promise<MilterSession>
+  private readonly reports = new MilterReports()
 
   constructor(private readonly opts: ChainOptions) {
     this.slots = opts.milters.map((def) => new Slot(def))
@@ -363,12 +363,12 @@ export class MilterChain {
       : e instanceof HeaderEditError || e instanceof EnvelopeEditError
         ? new MilterProtocolError(`${slot.name}: ${e.message}`, { cause: e })
         : new MilterStateError(`unexpected: ${String(e)}`, { cause: e })
+    this.step(slot, stage, { kind: 'failed', code: err.code })
     const action = slot.def.defaultAction
     // A milter marked down was logged once when it was; each session notes it quietly.
     const level = err instanceof MilterUnavailableError ? 'info' : 'error'
     this.event(level, slot, stage, `${err.message}; default_action=${action}`, err.code)
     this.reports.failure(slot.def, stage, err.code, action)
-    this.step(slot, stage, { kind: 'failed', code: err.code })
     const outcome = failureOutcome(action, slot.name)
     const scope = action === 'shutdown' ? 'session' : slot.def.failureScope
     const quarantine =
