@@ -27,6 +27,7 @@ export const MILTER_KEYS: readonly string[] = [
   'eom_timeout',
   'header_folds',
   'failure_scope',
+  'debug',
   'breaker_failures',
   'breaker_backoff',
   'breaker_backoff_max',

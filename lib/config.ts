@@ -56,6 +56,8 @@ export interface MilterDef {
   headerFolds: HeaderFolds
   /** How long a failure's default_action lasts: the message in flight, or the SMTP session. */
   failureScope: FailureScope
+  /** Debug output, read when a line would be logged (a reload changes it at once); absent: 0. */
+  debug?: DebugLevel
   /** Fail-fast after consecutive connect failures: threshold and back-off. */
   breaker: BreakerSettings
   /** `shadow`: consulted at every stage, nothing it says or fails is enforced. Absent: enforce. */
@@ -89,6 +91,9 @@ export interface SkipRules {
   /** The message is larger than this many bytes (SIZE= at MAIL, else the size received). */
   largerThan: number | undefined
 }
+
+/** 0 off; 1 one line per stage (verdict, ms); 2 also every packet both ways, decoded. */
+export type DebugLevel = 0 | 1 | 2
 
 /** `message`: a failed milter is reopened for the next transaction; `session`: Postfix's sticky failure. */
 export type FailureScope = 'message' | 'session'
@@ -317,6 +322,7 @@ function parseMilter(
     },
     failureScope: r.oneOf('failure_scope', SCOPES, main.oneOf('failure_scope', SCOPES, 'message')),
     breaker: breakerOf(r, main),
+    debug: r.int('debug', main.int('debug', 0, 0, 2), 0, 2) as DebugLevel,
     macros: r.macros('macros.', macros),
     headerFolds: r.oneOf('header_folds', FOLDS, main.oneOf('header_folds', FOLDS, 'flatten')),
     destinationChannels: r.list('destination_channels', []),

@@ -15,7 +15,7 @@ import { Breaker, type BreakerChange } from './breaker'
 import type { MilterDef } from './config'
 import { MilterConnectError, MilterUnavailableError } from './errors'
 import { openSession } from './session/open'
-import type { MilterSession } from './session/session'
+import type { MilterSession, SessionObserver } from './session/session'
 import { formatSocketSpec, type Endpoint } from './transport/spec'
 
 /** A milter's endpoints in the configured order (a hand-built definition: its one socket). */
@@ -28,17 +28,31 @@ export function endpointsOf(def: MilterDef): Endpoint[] {
 }
 
 /** Opens a negotiated session to one endpoint of a milter (its first when not given). */
-export function openMilter(def: MilterDef, endpoint?: Endpoint): Promise<MilterSession> {
+export function openMilter(
+  def: MilterDef,
+  endpoint?: Endpoint,
+  observer?: SessionObserver,
+): Promise<MilterSession> {
   const ep = endpoint ?? endpointsOf(def)[0]
   return openSession(
     ep?.spec ?? def.socket,
-    { name: def.name, version: def.protocol, timeouts: def.timeouts, macros: def.macros },
+    {
+      name: def.name,
+      version: def.protocol,
+      timeouts: def.timeouts,
+      macros: def.macros,
+      ...(observer ? { observer } : {}),
+    },
     def.tls,
   )
 }
 
 /** Opens a session to one endpoint (injected in tests). */
-export type Opener = (def: MilterDef, endpoint: Endpoint) => Promise<MilterSession>
+export type Opener = (
+  def: MilterDef,
+  endpoint: Endpoint,
+  observer?: SessionObserver,
+) => Promise<MilterSession>
 
 /** Which endpoint a new session used, and what failed before it (for the log). */
 export interface EndpointUse {
@@ -120,13 +134,19 @@ export class MilterPool {
     return b
   }
 
-  /** A ready session: an idle reusable one, or a new one (unless the endpoint is marked down). */
-  async acquire(def: MilterDef): Promise<MilterSession> {
+  /**
+   * A ready session: an idle reusable one, or a new one (unless the endpoint
+   * is marked down); `observer` sees its packets and warnings until release.
+   */
+  async acquire(def: MilterDef, observer?: SessionObserver): Promise<MilterSession> {
     const list = this.idle.get(this.key(def))
     while (list && list.length > 0) {
       const item = list.pop() as Idle
       clearTimeout(item.timer)
-      if (item.session.currentState === 'negotiated' && !item.session.error) return item.session
+      if (item.session.currentState === 'negotiated' && !item.session.error) {
+        item.session.observe(observer)
+        return item.session
+      }
       item.session.destroy()
     }
     const failed: EndpointUse['failed'] = []
@@ -142,7 +162,7 @@ export class MilterPool {
         continue
       }
       try {
-        const session = await this.opener(def, ep)
+        const session = await this.opener(def, ep, observer)
         breaker.success(admitted.probe)
         this.used.set(session, ep.text)
         this.opts.onEndpoint?.(def.name, { endpoint: ep.text, failed, skipped })
@@ -183,6 +203,7 @@ export class MilterPool {
       session.quit()
       return
     }
+    session.observe(undefined) // idle: no longer any connection's
     const item: Idle = {
       session,
       timer: setTimeout(() => {

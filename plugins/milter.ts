@@ -23,6 +23,7 @@ import {
   type LocalDomain,
 } from '../lib/adapter/facts'
 import type { HarakaAddress, HarakaConnection, HarakaPlugin, Next } from '../lib/adapter/haraka'
+import { ConnectionDebug } from '../lib/adapter/debug'
 import { hookCode, toHookResult } from '../lib/adapter/reply'
 import { reportEvent, reportMessage, reportOutcome } from '../lib/adapter/report'
 import { Runtime } from '../lib/adapter/runtime'
@@ -186,12 +187,22 @@ export function hook_connect(this: MilterPlugin, next: Next, c: HarakaConnection
   const { defs, sourceChannel } = listenerMilters(cfg, c)
   if (defs.length === 0) return next()
   const pool = rt.pool
+  const dbg = new ConnectionDebug(
+    (m) => rt.cfg?.milters.get(m)?.debug ?? 0, // the level in force now: a reload applies at once
+    { info: (t) => c.loginfo(this, t), warn: (t) => c.logwarn(this, t) },
+    (m) => defs.find((d) => d.name === m)?.socketText ?? '?',
+  )
   const chain = new MilterChain({
     milters: defs,
     mixedRecipients: cfg.mixedRecipients,
+    onStep: (m, stage, r, ms) => dbg.step(m, stage, r, ms),
     ...(pool
       ? {
-          open: (d) => pool.acquire(d),
+          open: async (d) => {
+            const s = await pool.acquire(d, dbg.observer(d.name))
+            dbg.opened(d.name, pool.endpointOf(s))
+            return s
+          },
           release: (d, s) => pool.release(d, s),
           endpointOf: (s) => pool.endpointOf(s),
         }

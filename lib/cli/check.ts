@@ -19,7 +19,7 @@ import {
   type ModificationReport,
   type PacketReport,
   type StagePacketsReport,
-} from './packets'
+} from '../protocol/describe'
 import { MilterChain, type MessageResult, type Outcome } from '../policy/chain'
 import { answerAt, type ReplyCodeMode, type Stage } from '../policy/replies'
 import {

@@ -79,11 +79,16 @@ export interface ChainOptions {
   onSkip?: (milter: string, stage: string, reason: string) => void
   /** Every verdict a milter gives, as it gives it (for the CLI and per-message logs). */
   onVerdict?: (milter: string, stage: string, verdict: Verdict) => void
+  /** Each step's verdict or failure code, and the ms waited for it when it was waited (debug). */
+  onStep?: (milter: string, stage: string, result: StepResult, ms: number | undefined) => void
   /** Directory for spooled replacement bodies. */
   spoolDir?: string
   /** Recipients needing different milters in one message: defer them (4xx) or run the union. */
   mixedRecipients?: MixedRecipients
 }
+
+/** How a step ended: the milter's verdict, or a failure's error code. */
+export type StepResult = Verdict | { kind: 'failed'; code: string }
 
 /** Facts kept to replay CONNECT/HELO/MAIL/RCPT to milters that join late. */
 interface Replay {
@@ -102,6 +107,8 @@ export class MilterChain {
   /** Rule milters taking part in the current message (undefined until the first RCPT). */
   private messageSet: Set<Slot> | undefined
   private messageDiscarded = false
+  /** The wait just measured for a milter, until its verdict or failure takes it (onStep). */
+  private readonly lastWait = new Map<Slot, number>()
   private readonly open: (def: MilterDef) => Promise<MilterSession>
   private readonly reports = new MilterReports()
   /** The endpoint each milter's current session is on (a milter may list several). */
@@ -373,13 +380,23 @@ export class MilterChain {
     try {
       return await pending
     } finally {
-      this.reports.waited(slot.def, stage, performance.now() - started)
+      const ms = performance.now() - started
+      this.reports.waited(slot.def, stage, ms)
+      if (this.opts.onStep) this.lastWait.set(slot, ms)
     }
+  }
+
+  private step(slot: Slot, stage: string, result: StepResult): void {
+    if (!this.opts.onStep) return
+    const ms = this.lastWait.get(slot)
+    this.lastWait.delete(slot)
+    this.opts.onStep(slot.name, stage, result, ms)
   }
 
   /** The outcome of a verdict; a milter that answered the whole connection is done with it. */
   private verdict(slot: Slot, stage: string, v: Verdict): Outcome {
     this.opts.onVerdict?.(slot.name, stage, v)
+    this.step(slot, stage, v)
     this.reports.verdict(slot.def, stage, v)
     const o = outcomeOf(stage, v, slot.name)
     const connection = isConnectionStage(stage)
@@ -454,6 +471,7 @@ export class MilterChain {
       : e instanceof HeaderEditError || e instanceof EnvelopeEditError
         ? new MilterProtocolError(`${slot.name}: ${e.message}`, { cause: e })
         : new MilterStateError(`unexpected: ${String(e)}`, { cause: e })
+    this.step(slot, stage, { kind: 'failed', code: err.code })
     const action = slot.def.defaultAction
     // A milter marked down was logged once when it was; each session notes it quietly.
     const level = err instanceof MilterUnavailableError ? 'info' : slot.shadow ? 'warn' : 'error'

@@ -45,7 +45,7 @@ import { macroPairs, type MacroLookup } from './macros'
 import { offerFor, validateOptneg, type Negotiated, type Offer } from './negotiate'
 import { FrameReader } from './reader'
 import { isModification, modificationProblem, verdictOf } from './verdicts'
-import type { EomResult, MilterStream, SessionOptions, Verdict } from './types'
+import type { EomResult, MilterStream, SessionObserver, SessionOptions, Verdict } from './types'
 import { FROM, IN_MESSAGE, allowed, transition, type Event, type State, type Step } from './state'
 
 /** What a step sends: omitted by which NO* bit, unanswered under which NR_* bit. */
@@ -113,7 +113,7 @@ export class MilterSession {
       opts.name,
       opts.maxReplyBytes,
       (e) => this.fail(e),
-      opts.observer?.trace ? (f) => opts.observer?.trace?.('recv', f) : undefined,
+      (f) => this.opts.observer?.trace?.('recv', f),
     )
     stream.on('data', (chunk) => this.reader.push(chunk))
     stream.on('error', (err) =>
@@ -134,7 +134,7 @@ export class MilterSession {
   static async negotiate(stream: MilterStream, opts: SessionOptions): Promise<MilterSession> {
     const offer: Offer = offerFor(opts.version ?? 6, opts.actions)
     const placeholder: Negotiated = { ...offer, maxDataBytes: 65535, symlist: new Map(), offer }
-    const s = new MilterSession(stream, opts, placeholder)
+    const s = new MilterSession(stream, { ...opts }, placeholder) // own copy: observe() changes it
     try {
       s.send(encodeOptneg(offer.version, offer.actions, offer.protocol))
       s.flush()
@@ -164,6 +164,15 @@ export class MilterSession {
     }
     if (isMilterError(e)) return e
     return new MilterProtocolError(`${this.opts.name}: ${String(e)}`, { cause: e })
+  }
+
+  /**
+   * Who sees this session's packets and warnings from now on: a pooled
+   * session serves one SMTP connection after another, each with its own log.
+   */
+  observe(observer: SessionObserver | undefined): void {
+    if (observer) this.opts.observer = observer
+    else delete this.opts.observer
   }
 
   /** Current state, for logs and the caller's chain logic. */

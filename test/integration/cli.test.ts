@@ -350,7 +350,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     assert.deepEqual(stage('mail').fields, { args: ['<sender@example.org>'] })
     assert.deepEqual(stage('rcpt').fields, { args: ['<bob@example.net>'] })
     assert.deepEqual(stage('header').fields, { name: 'From', value: 'Alice <alice@example.com>' })
-    assert.deepEqual(stage('body').fields, { bytes: Buffer.byteLength(BODY) })
+    assert.deepEqual(stage('body').fields, { bytes: Buffer.byteLength(BODY), preview: BODY })
     // the macros sent with each command, as the filter received them
     const seen = one(m, 'connect').macros
     assert.deepEqual(stage('connect').macros, seen)
@@ -486,7 +486,12 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
       packets.join('\n'),
     )
     const body = Buffer.from('B' + BODY, 'latin1').toString('hex')
-    assert.ok(packets.includes(`>> SMFIC_BODY bytes=${Buffer.byteLength(BODY)} hex=${body}`))
+    assert.ok(
+      packets.includes(
+        `>> SMFIC_BODY bytes=${Buffer.byteLength(BODY)} preview=${JSON.stringify(BODY)} hex=${body}`,
+      ),
+      packets.join('\n'),
+    )
     assert.ok(packets.includes('>> SMFIC_BODYEOB hex=45'))
     assert.ok(packets.includes('<< SMFIR_PROGRESS hex=70'))
     assert.ok(

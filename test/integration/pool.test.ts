@@ -8,7 +8,8 @@ import type { MilterDef } from '../../lib/config'
 import { parseSocketSpec } from '../../lib/transport/spec'
 import { MilterPool } from '../../lib/pool'
 import { sendContent } from '../../lib/session/content'
-import type { MilterSession } from '../../lib/session/session'
+import { describePacket } from '../../lib/protocol/describe'
+import type { MilterSession, SessionObserver } from '../../lib/session/session'
 import {
   assertPymilterInstalled,
   startScriptedMilter,
@@ -72,6 +73,40 @@ describe('MilterPool with a real libmilter filter', function () {
     assert.equal(m.eventsOf('negotiate').length, 1)
     assert.equal(m.eventsOf('connect').length, 2)
     assert.equal(m.eventsOf('eom').length, 2)
+    await m.stop()
+  })
+
+  it('each acquire has its own observer: a reused session traces to the connection using it', async () => {
+    const m = await startScriptedMilter({})
+    const d = def(m)
+    const pool = new MilterPool({ reuse: true })
+    const seen = (): { names: string[]; observer: SessionObserver } => {
+      const names: string[] = []
+      return {
+        names,
+        observer: { trace: (dir, f) => names.push(`${dir} ${describePacket(dir, f).name}`) },
+      }
+    }
+    const a = seen()
+    const first = await pool.acquire(d, a.observer)
+    await oneMessage(first)
+    pool.release(d, first)
+    const quitNc = a.names.length
+    assert.deepEqual(a.names.slice(0, 3), [
+      'send SMFIC_OPTNEG',
+      'recv SMFIC_OPTNEG reply',
+      'send SMFIC_CONNECT',
+    ])
+    assert.equal(a.names[quitNc - 1], 'send SMFIC_QUIT_NC')
+    const b = seen()
+    const second = await pool.acquire(d, b.observer)
+    assert.equal(second, first)
+    await oneMessage(second)
+    pool.release(d, second)
+    pool.close()
+    assert.equal(a.names.length, quitNc, 'the first observer saw nothing of the second connection')
+    assert.equal(b.names[0], 'send SMFIC_CONNECT', 'no OPTNEG: the session was reused')
+    assert.ok(b.names.includes('recv SMFIR_CONTINUE'))
     await m.stop()
   })
 

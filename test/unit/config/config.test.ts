@@ -265,6 +265,21 @@ describe('config: parseMilterConfig', () => {
       }
     })
 
+    it('debug: 0 by default, [main] for every milter, [milter.NAME] overrides; 0 to 2 only', () => {
+      assert.equal(milter(parseMilterConfig(withA()), 'a').debug, 0)
+      const cfg = parseMilterConfig({
+        main: { milters: 'a b', debug: '1' },
+        'milter.a': { socket: 'inet:1@127.0.0.1' },
+        'milter.b': { socket: 'inet:2@127.0.0.1', debug: 2 },
+      })
+      assert.equal(milter(cfg, 'a').debug, 1)
+      assert.equal(milter(cfg, 'b').debug, 2)
+      for (const bad of ['3', '-1', 'yes', '1.5']) {
+        rejects(withA({ 'milter.a': { socket: '127.0.0.1:1', debug: bad } }), 'milter.a', 'debug')
+        rejects(withA({}, { debug: bad }), 'main', 'debug', /must be an integer from 0 to 2/)
+      }
+    })
+
     it('global options', () => {
       const cfg = parseMilterConfig({
         main: {

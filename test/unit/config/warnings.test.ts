@@ -91,13 +91,14 @@ describe('config: warnings', () => {
     ])
   })
 
-  it('keys being added by other options are known: failure_scope, eom_timeout, breaker_*', () => {
+  it('keys being added by other options are known: failure_scope, eom_timeout, breaker_*, debug', () => {
     const keys = {
       failure_scope: 'session',
       eom_timeout: '60',
       breaker_failures: '5',
       breaker_backoff: '10',
       breaker_backoff_max: '300',
+      debug: '2',
     }
     assert.deepEqual(warnings(withA({ 'milter.a': { socket: '127.0.0.1:1', ...keys } }, keys)), [])
   })

@@ -1,10 +1,11 @@
 /**
  * Milter packets as data for people and programs: the name and decoded
- * fields of every command and reply (for `haraka-milter check --trace`
- * and --json), and the exchange grouped by stage (each command with the
- * macros sent before it and the reply it got). Pure: takes frames.
+ * fields of every command and reply, and the exchange grouped by stage
+ * (each command with the macros sent before it and the reply it got).
+ * One wording for `haraka-milter check --trace` / --json and the plugin's
+ * `debug = 2` packet trace. Pure: takes frames.
  */
-import { decodeCommand, type Command } from '../protocol/commands'
+import { decodeCommand, type Command } from './commands'
 import {
   actionNames,
   cmdName,
@@ -15,10 +16,10 @@ import {
   protocolNames,
   Rep,
   repName,
-} from '../protocol/constants'
-import type { Frame } from '../protocol/frame'
-import { decodeReply, type Modification, type Reply } from '../protocol/replies'
-import { parseReplyCode, type SmtpReply } from '../protocol/replycode'
+} from './constants'
+import type { Frame } from './frame'
+import { decodeReply, type Modification, type Reply } from './replies'
+import { parseReplyCode, type SmtpReply } from './replycode'
 
 /** A decoded field value: text, a number, a list or a name -> value table. */
 export type FieldValue =
@@ -130,7 +131,7 @@ function commandFields(c: Command): Fields {
     case 'header':
       return { name: text(c.name), value: text(c.value) }
     case 'body':
-      return { bytes: c.chunk.length }
+      return bodyFields(c.chunk)
     case 'unknown':
       return { line: text(c.line) }
     case 'data':
@@ -141,6 +142,15 @@ function commandFields(c: Command): Fields {
     case 'quit_nc':
       return {}
   }
+}
+
+/** How much of a body chunk its fields show (`preview`); `bytes` is its whole size. */
+export const BODY_PREVIEW_BYTES = 64
+
+/** A body chunk (SMFIC_BODY, SMFIR_REPLBODY): its size and its first bytes as text. */
+function bodyFields(chunk: Buffer): Fields {
+  if (chunk.length === 0) return { bytes: 0 }
+  return { bytes: chunk.length, preview: text(chunk.subarray(0, BODY_PREVIEW_BYTES)) }
 }
 
 function macroTable(pairs: ReadonlyArray<readonly [Buffer, Buffer]>): Record<string, string> {
@@ -204,6 +214,8 @@ function replyFields(r: Reply): Fields {
     case 'shutdown':
     case 'conn_fail':
       return {}
+    case 'replbody':
+      return bodyFields(r.chunk)
     default: {
       const fields: Fields = { ...modificationReport(r) }
       delete fields['kind']
@@ -221,20 +233,20 @@ function replyName(code: number): string {
 }
 
 /** Name and fields of one packet; a packet that does not decode says why in `error`. */
-export function packetReport(dir: 'send' | 'recv', f: Frame): PacketReport {
-  const hexText = Buffer.concat([Buffer.of(f.code), f.data]).toString('hex')
+export function describePacket(dir: 'send' | 'recv', f: Frame): { name: string; fields: Fields } {
   const name = dir === 'send' ? cmdName(f.code) : replyName(f.code)
   try {
     const fields = dir === 'send' ? commandFields(decodeCommand(f)) : replyFields(decodeReply(f))
-    return { dir, name, fields, hex: hexText }
+    return { name, fields }
   } catch (e) {
-    return {
-      dir,
-      name,
-      fields: { error: e instanceof Error ? e.message : String(e) },
-      hex: hexText,
-    }
+    return { name, fields: { error: e instanceof Error ? e.message : String(e) } }
   }
+}
+
+/** Name and fields of one packet, with its hex. */
+export function packetReport(dir: 'send' | 'recv', f: Frame): PacketReport {
+  const hexText = Buffer.concat([Buffer.of(f.code), f.data]).toString('hex')
+  return { dir, ...describePacket(dir, f), hex: hexText }
 }
 
 /** A reply as a ReplyReport (SMFIR_REPLYCODE parsed as an SMTP reply). */
@@ -349,8 +361,13 @@ export function formatFields(fields: Fields): string {
     .join(' ')
 }
 
-/** One trace line: direction, name, fields, then the hex. */
-export function formatPacket(p: PacketReport): string {
+/** A packet as text: its name, then its fields (`SMFIC_HELO helo=mx`). */
+export function packetText(p: { name: string; fields: Fields }): string {
   const f = formatFields(p.fields)
-  return `${p.dir === 'send' ? '>>' : '<<'} ${p.name}${f ? ` ${f}` : ''} hex=${p.hex}`
+  return f ? `${p.name} ${f}` : p.name
+}
+
+/** One trace line of the CLI: direction, name, fields, then the hex. */
+export function formatPacket(p: PacketReport): string {
+  return `${p.dir === 'send' ? '>>' : '<<'} ${packetText(p)} hex=${p.hex}`
 }

@@ -6,13 +6,8 @@
 import assert from 'node:assert/strict'
 
 import {
-  formatFields,
-  formatPacket,
-  packetReport,
-  stagesFromPackets,
-} from '../../../lib/cli/packets'
-import {
   encodeBare,
+  encodeBody,
   encodeConnect,
   encodeHeader,
   encodeHelo,
@@ -22,6 +17,14 @@ import {
 } from '../../../lib/protocol/commands'
 import { Cmd, MacroStage } from '../../../lib/protocol/constants'
 import type { Frame } from '../../../lib/protocol/frame'
+import {
+  describePacket,
+  formatFields,
+  formatPacket,
+  packetReport,
+  packetText,
+  stagesFromPackets,
+} from '../../../lib/protocol/describe'
 import { encodeReply } from '../../../lib/protocol/replies'
 
 /** A whole packet (length, code, data) -> the frame the session observes. */
@@ -81,8 +84,11 @@ describe('packet-report', () => {
         name: 'Subject',
         value: '',
       })
-      const body = encodeReply({ kind: 'replbody', chunk: Buffer.alloc(10) })
-      assert.deepEqual(packetReport('recv', frame(body)).fields, { bytes: 10 })
+      const body = encodeReply({ kind: 'replbody', chunk: Buffer.from('new body\r\n') })
+      assert.deepEqual(packetReport('recv', frame(body)).fields, {
+        bytes: 10,
+        preview: 'new body\r\n',
+      })
       const y = encodeReply({ kind: 'replycode', text: Buffer.from('550 5.7.1 no') })
       assert.deepEqual(packetReport('recv', frame(y)), {
         dir: 'recv',
@@ -90,6 +96,20 @@ describe('packet-report', () => {
         fields: { text: '550 5.7.1 no' },
         hex: Buffer.from('y550 5.7.1 no\0').toString('hex'),
       })
+    })
+
+    it('a body chunk: its size and its first 64 bytes, not the rest', () => {
+      const chunk = Buffer.from('A'.repeat(60) + 'BCDE' + 'F'.repeat(1000))
+      const p = packetReport('send', frame(encodeBody(chunk)))
+      assert.deepEqual(p.fields, { bytes: 1064, preview: 'A'.repeat(60) + 'BCDE' })
+      // an empty REPLBODY (the milter empties the body): no preview
+      const empty = encodeReply({ kind: 'replbody', chunk: Buffer.alloc(0) })
+      assert.deepEqual(packetReport('recv', frame(empty)).fields, { bytes: 0 })
+      // the text escapes line ends and control bytes, so a body stays on one line
+      assert.equal(
+        packetText(describePacket('send', frame(encodeBody(Buffer.from('Hi\r\n\x00\tthere'))))),
+        'SMFIC_BODY bytes=11 preview="Hi\\r\\n\\u0000\\tthere"',
+      )
     })
 
     it('a packet that does not decode keeps its name and hex, and says why', () => {
@@ -194,6 +214,18 @@ describe('packet-report', () => {
       assert.equal(
         formatFields({ helo: 'mx.example', value: 'two words', port: 25, args: ['<a@b>'] }),
         'helo=mx.example value="two words" port=25 args=["<a@b>"]',
+      )
+    })
+    it('a packet without the hex: name and fields (the plugin debug trace)', () => {
+      assert.equal(
+        packetText(
+          describePacket('send', frame(encodeMacro(MacroStage.ENVFROM, [['{mail_addr}', 'a@b']]))),
+        ),
+        'SMFIC_MACRO stage=SMFIC_MAIL macros={"{mail_addr}":"a@b"}',
+      )
+      assert.equal(
+        packetText(describePacket('recv', frame(encodeReply({ kind: 'continue' })))),
+        'SMFIR_CONTINUE',
       )
     })
     it('one line: direction, name, fields, hex', () => {
