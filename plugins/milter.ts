@@ -190,19 +190,14 @@ export function hook_connect(this: MilterPlugin, next: Next, c: HarakaConnection
   const dbg = new ConnectionDebug(
     (m) => rt.cfg?.milters.get(m)?.debug ?? 0, // the level in force now: a reload applies at once
     { info: (t) => c.loginfo(this, t), warn: (t) => c.logwarn(this, t) },
-    (m) => defs.find((d) => d.name === m)?.socketText ?? '?',
   )
   const chain = new MilterChain({
     milters: defs,
     mixedRecipients: cfg.mixedRecipients,
-    onStep: (m, stage, r, ms) => dbg.step(m, stage, r, ms),
+    onStep: (s) => dbg.step(s),
     ...(pool
       ? {
-          open: async (d) => {
-            const s = await pool.acquire(d, dbg.observer(d.name))
-            dbg.opened(d.name, pool.endpointOf(s))
-            return s
-          },
+          open: (d) => pool.acquire(d, dbg.observer(d.name)),
           release: (d, s) => pool.release(d, s),
           endpointOf: (s) => pool.endpointOf(s),
         }

@@ -11,7 +11,7 @@
  * level nothing is built.
  */
 import type { DebugLevel } from '../config'
-import type { StepResult } from '../policy/chain'
+import type { Step, StepResult } from '../policy/chain'
 import { describePacket, packetText } from '../protocol/describe'
 import type { Frame } from '../protocol/frame'
 import { formatSmtpReply } from '../protocol/replycode'
@@ -36,15 +36,9 @@ function resultText(r: StepResult): string {
 }
 
 /** `milter debug NAME (ENDPOINT) STAGE: VERDICT N ms` (no time when nothing was waited for). */
-export function stepLine(
-  milter: string,
-  endpoint: string,
-  stage: string,
-  result: StepResult,
-  ms: number | undefined,
-): string {
-  const time = ms === undefined ? '' : ` ${ms.toFixed(1)} ms`
-  return `milter debug ${milter} (${endpoint}) ${stage}: ${resultText(result)}${time}`
+export function stepLine(s: Step): string {
+  const time = s.ms === undefined ? '' : ` ${s.ms.toFixed(1)} ms`
+  return `milter debug ${s.milter} (${s.endpoint}) ${s.stage}: ${resultText(s.result)}${time}`
 }
 
 /** `milter trace NAME > PACKET fields` (sent) or `< ...` (received). */
@@ -54,17 +48,10 @@ export function traceLine(milter: string, dir: 'send' | 'recv', frame: Frame): s
 
 /** The debug output of the milters of one SMTP connection. */
 export class ConnectionDebug {
-  /** The endpoint each milter's session is on, once open. */
-  private readonly endpoints = new Map<string, string>()
-
-  /**
-   * @param level the level in force for a milter now (read at every line)
-   * @param fallback the endpoint text of a milter with no session (its `socket`)
-   */
+  /** @param level the level in force for a milter now (read at every line) */
   constructor(
     private readonly level: (milter: string) => DebugLevel,
     private readonly log: DebugLog,
-    private readonly fallback: (milter: string) => string,
   ) {}
 
   /** What one milter's session reports to: packets (level 2) and warnings. */
@@ -77,15 +64,8 @@ export class ConnectionDebug {
     }
   }
 
-  /** The endpoint a milter's new session is on. */
-  opened(milter: string, endpoint: string | undefined): void {
-    if (endpoint !== undefined) this.endpoints.set(milter, endpoint)
-  }
-
   /** One step's line (level 1 and up). */
-  step(milter: string, stage: string, result: StepResult, ms: number | undefined): void {
-    if (this.level(milter) < 1) return
-    const endpoint = this.endpoints.get(milter) ?? this.fallback(milter)
-    this.log.info(stepLine(milter, endpoint, stage, result, ms))
+  step(s: Step): void {
+    if (this.level(s.milter) >= 1) this.log.info(stepLine(s))
   }
 }

@@ -79,8 +79,8 @@ export interface ChainOptions {
   onSkip?: (milter: string, stage: string, reason: string) => void
   /** Every verdict a milter gives, as it gives it (for the CLI and per-message logs). */
   onVerdict?: (milter: string, stage: string, verdict: Verdict) => void
-  /** Each step's verdict or failure code, and the ms waited for it when it was waited (debug). */
-  onStep?: (milter: string, stage: string, result: StepResult, ms: number | undefined) => void
+  /** Each step's verdict or failure code, the endpoint, and the ms waited for it when it was waited (debug). */
+  onStep?: (step: Step) => void
   /** Directory for spooled replacement bodies. */
   spoolDir?: string
   /** Recipients needing different milters in one message: defer them (4xx) or run the union. */
@@ -89,6 +89,17 @@ export interface ChainOptions {
 
 /** How a step ended: the milter's verdict, or a failure's error code. */
 export type StepResult = Verdict | { kind: 'failed'; code: string }
+
+/** One step of one milter, as it ended. */
+export interface Step {
+  milter: string
+  /** The endpoint its session is on (its configured socket(s) when it has none). */
+  endpoint: string
+  stage: string
+  result: StepResult
+  /** Milliseconds waited for it; undefined when nothing was waited for (it could not be opened). */
+  ms: number | undefined
+}
 
 /** Facts kept to replay CONNECT/HELO/MAIL/RCPT to milters that join late. */
 interface Replay {
@@ -390,7 +401,8 @@ export class MilterChain {
     if (!this.opts.onStep) return
     const ms = this.lastWait.get(slot)
     this.lastWait.delete(slot)
-    this.opts.onStep(slot.name, stage, result, ms)
+    const endpoint = this.endpointOf(slot.name) ?? slot.def.socketText
+    this.opts.onStep({ milter: slot.name, endpoint, stage, result, ms })
   }
 
   /** The outcome of a verdict; a milter that answered the whole connection is done with it. */

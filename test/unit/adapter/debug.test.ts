@@ -8,6 +8,7 @@ import assert from 'node:assert/strict'
 
 import { ConnectionDebug, stepLine, traceLine } from '../../../lib/adapter/debug'
 import type { DebugLevel } from '../../../lib/config'
+import type { Step, StepResult } from '../../../lib/policy/chain'
 import { encodeBody, encodeMacro, encodeMail } from '../../../lib/protocol/commands'
 import { MacroStage } from '../../../lib/protocol/constants'
 import type { Frame } from '../../../lib/protocol/frame'
@@ -21,25 +22,37 @@ function frame(packet: Buffer): Frame {
 describe('adapter: debug lines', () => {
   it('a step: milter, endpoint, stage, verdict, ms waited', () => {
     assert.equal(
-      stepLine('spam', 'inet:11332@127.0.0.1', 'mail', { kind: 'continue' }, 2.345),
+      stepLine({
+        milter: 'spam',
+        endpoint: 'inet:11332@127.0.0.1',
+        stage: 'mail',
+        result: { kind: 'continue' },
+        ms: 2.345,
+      }),
       'milter debug spam (inet:11332@127.0.0.1) mail: continue 2.3 ms',
     )
     assert.equal(
-      stepLine(
-        'spam',
-        'unix:/run/s.sock',
-        'eom',
-        {
+      stepLine({
+        milter: 'spam',
+        endpoint: 'unix:/run/s.sock',
+        stage: 'eom',
+        result: {
           kind: 'replycode',
           reply: { code: 550, enhanced: '5.7.1', lines: [{ enhanced: '5.7.1', text: 'spam' }] },
         },
-        40,
-      ),
+        ms: 40,
+      }),
       'milter debug spam (unix:/run/s.sock) eom: replycode 550 5.7.1 spam 40.0 ms',
     )
     // a failure names its code; a milter that could not be opened waited for nothing
     assert.equal(
-      stepLine('spam', 'inet:1@127.0.0.1', 'connect', { kind: 'failed', code: 'E_X' }, undefined),
+      stepLine({
+        milter: 'spam',
+        endpoint: 'inet:1@127.0.0.1',
+        stage: 'connect',
+        result: { kind: 'failed', code: 'E_X' },
+        ms: undefined,
+      }),
       'milter debug spam (inet:1@127.0.0.1) connect: failed E_X',
     )
   })
@@ -79,38 +92,47 @@ describe('adapter: debug lines', () => {
       let level = start
       const info: string[] = []
       const warn: string[] = []
-      const dbg = new ConnectionDebug(
-        () => level,
-        { info: (t) => info.push(t), warn: (t) => warn.push(t) },
-        () => 'inet:1@127.0.0.1, inet:2@127.0.0.1',
-      )
+      const dbg = new ConnectionDebug(() => level, {
+        info: (t) => info.push(t),
+        warn: (t) => warn.push(t),
+      })
       return { dbg, info, warn, set: (l: DebugLevel) => (level = l) }
     }
     const mail = frame(encodeMail(['<a@example.com>']))
+    const step = (
+      result: StepResult,
+      ms: number,
+      endpoint = 'inet:1@127.0.0.1, inet:2@127.0.0.1',
+    ): Step => ({
+      milter: 'spam',
+      endpoint,
+      stage: 'mail',
+      result,
+      ms,
+    })
 
     it('the level in force at each line: 0 nothing, 1 steps, 2 steps and packets', () => {
       const { dbg, info, set } = setup(0)
       const obs = dbg.observer('spam')
       obs.trace?.('send', mail)
-      dbg.step('spam', 'mail', { kind: 'continue' }, 1)
+      dbg.step(step({ kind: 'continue' }, 1))
       assert.deepEqual(info, [])
       set(1) // a reload, with the observer already attached
       obs.trace?.('send', mail)
-      dbg.step('spam', 'mail', { kind: 'continue' }, 1)
+      dbg.step(step({ kind: 'continue' }, 1))
       assert.deepEqual(info, [
         'milter debug spam (inet:1@127.0.0.1, inet:2@127.0.0.1) mail: continue 1.0 ms',
       ])
       set(2)
-      dbg.opened('spam', 'inet:2@127.0.0.1')
       obs.trace?.('send', mail)
-      dbg.step('spam', 'mail', { kind: 'reject' }, 3)
+      dbg.step(step({ kind: 'reject' }, 3, 'inet:2@127.0.0.1'))
       assert.deepEqual(info.slice(1), [
         'milter trace spam > SMFIC_MAIL args=["<a@example.com>"]',
         'milter debug spam (inet:2@127.0.0.1) mail: reject 3.0 ms',
       ])
       set(0)
       obs.trace?.('send', mail)
-      dbg.step('spam', 'mail', { kind: 'continue' }, 1)
+      dbg.step(step({ kind: 'continue' }, 1))
       assert.equal(info.length, 3)
     })
 

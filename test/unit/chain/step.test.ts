@@ -53,7 +53,7 @@ describe('chain: onStep (debug = 1)', function () {
         if (!f) return Promise.reject(new MilterConnectError(`${def.name}: ECONNREFUSED`))
         return f.open(def)
       },
-      onStep: (milter, stage, r, ms) =>
+      onStep: ({ milter, stage, result: r, ms }) =>
         steps.push([milter, stage, r.kind === 'failed' ? `failed ${r.code}` : r.kind, ms]),
     })
     await chain.connect('h', ADDR)
