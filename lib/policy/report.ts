@@ -20,6 +20,18 @@ export interface MilterReport {
   edits: Record<string, number>
   /** Milliseconds spent waiting for its answers. */
   waitMs: number
+  /** Each wait for an answer, in order (rcpt once per recipient): for latency figures. */
+  waits: Array<{ stage: string; ms: number }>
+  /** `verdict` as data: each answer other than continue, and each failure with its error code. */
+  outcomes: ReportOutcome[]
+}
+
+/** One decision in a report: a verdict (its kind; a reply code's code) or a failure (its error code). */
+export interface ReportOutcome {
+  stage: string
+  kind: Exclude<Verdict['kind'], 'continue'> | 'failed'
+  /** The SMTP code of a replycode verdict, or the error code of a failure. */
+  code?: string
 }
 
 /** Collects MilterReports until taken. */
@@ -36,6 +48,8 @@ export class MilterReports {
         verdict: 'continue',
         edits: {},
         waitMs: 0,
+        waits: [],
+        outcomes: [],
       }
       this.byMilter.set(def.name, r)
     }
@@ -51,6 +65,7 @@ export class MilterReports {
     const r = this.of(def)
     if (r.stages[r.stages.length - 1] !== stage) r.stages.push(stage)
     r.waitMs += ms
+    r.waits.push({ stage, ms })
   }
 
   private decide(r: MilterReport, what: string): void {
@@ -59,9 +74,12 @@ export class MilterReports {
 
   verdict(def: MilterDef, stage: string, v: Verdict): void {
     if (v.kind === 'continue') return
-    this.decide(
-      this.of(def),
-      `${v.kind === 'replycode' ? `replycode ${v.reply.code}` : v.kind}@${stage}`,
+    const r = this.of(def)
+    this.decide(r, `${v.kind === 'replycode' ? `replycode ${v.reply.code}` : v.kind}@${stage}`)
+    r.outcomes.push(
+      v.kind === 'replycode'
+        ? { stage, kind: v.kind, code: String(v.reply.code) }
+        : { stage, kind: v.kind },
     )
   }
 
@@ -69,6 +87,7 @@ export class MilterReports {
     const r = this.of(def)
     if (r.stages[r.stages.length - 1] !== stage) r.stages.push(stage)
     this.decide(r, `failed ${code}@${stage} (default_action=${action})`)
+    r.outcomes.push({ stage, kind: 'failed', code })
   }
 
   edits(def: MilterDef, e: MilterEdits): void {
