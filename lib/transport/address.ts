@@ -50,3 +50,8 @@ export function ipFamily(text: string): 4 | 6 | 0 {
   if (ipaddr.IPv6.isValid(text)) return 6
   return 0
 }
+
+/** True for a loopback address literal (127.0.0.0/8, ::1, and 127.x mapped in IPv6). */
+export function isLoopbackIp(text: string): boolean {
+  return parseIp(text)?.range() === 'loopback'
+}
