@@ -32,9 +32,10 @@ exports.hook_connect = function (next, connection) {
 }
 `
 
-function scrape(port: number): Promise<{ status: number; body: string }> {
+function scrape(port: number, agent?: http.Agent): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = http.get({ host: '127.0.0.1', port, path: '/metrics', timeout: 10000 }, (res) => {
+    const opts = { host: '127.0.0.1', port, path: '/metrics', timeout: 10000, agent }
+    const req = http.get(opts, (res) => {
       let body = ''
       res.setEncoding('utf8')
       res.on('data', (c: string) => (body += c))
@@ -141,7 +142,10 @@ describe('metrics end to end (real Haraka, real libmilter, Prometheus scrape)', 
   })
 
   /** Haraka with the milters, `nodes` workers (0: one process) and the metrics on a free port. */
-  async function haraka(nodes: number): Promise<{ h: RunningHaraka; metricsPort: number }> {
+  async function haraka(
+    nodes: number,
+    smtp: Record<string, string> = {},
+  ): Promise<{ h: RunningHaraka; metricsPort: number }> {
     const metricsPort = await freePort()
     const listen = await freePort()
     const h = await startHaraka({
@@ -152,7 +156,9 @@ describe('metrics end to end (real Haraka, real libmilter, Prometheus scrape)', 
       logLevel: 'info',
       config: {
         'milter.ini': milterIni(milterPort, downPort, metricsPort),
-        'smtp.ini': setIniKeys(`listen=127.0.0.1:${listen}\n`, { main: { nodes: String(nodes) } }),
+        'smtp.ini': setIniKeys(`listen=127.0.0.1:${listen}\n`, {
+          main: { nodes: String(nodes), ...smtp },
+        }),
       },
     })
     return { h, metricsPort }
@@ -302,4 +308,24 @@ describe('metrics end to end (real Haraka, real libmilter, Prometheus scrape)', 
     assert.equal(h.log().split('metrics: Prometheus endpoint at').length - 1, 1)
     assert.doesNotMatch(h.log(), /metrics: cannot listen/)
   })
+
+  for (const nodes of [0, 2]) {
+    it(`graceful shutdown (nodes=${nodes}) is not held by the endpoint, a kept-alive scrape or the timer`, async () => {
+      const { h, metricsPort } = await haraka(nodes, { graceful_shutdown: 'true' })
+      await h.waitForLog('milter summary (last')
+      const agent = new http.Agent({ keepAlive: true })
+      try {
+        assert.equal((await scrape(metricsPort, agent)).status, 200)
+        const started = Date.now()
+        process.kill(h.pid, 'SIGINT')
+        const exit = await h.exited
+        assert.deepEqual(exit, { code: 0, signal: null })
+        // Haraka's force_shutdown_timeout (30 s) did not have to end it
+        assert.ok(Date.now() - started < 4000, `exited after ${Date.now() - started} ms`)
+        assert.doesNotMatch(h.log(), /Failed to shutdown naturally/)
+      } finally {
+        agent.destroy()
+      }
+    })
+  }
 })
