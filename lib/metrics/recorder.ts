@@ -42,7 +42,10 @@ export const METRIC = {
   endpointUp: `${P}endpoint_up`,
 } as const
 
-/** Stages of a message (a report with none of them covered only the connection). */
+/**
+ * Stages of a message: a milter asked at none of them (it only saw the
+ * connection, or could not be reached) took part in no message.
+ */
 const MESSAGE_STAGES: ReadonlySet<string> = new Set(['mail', 'rcpt', 'data', 'eom'])
 
 /** The verdict label: a replycode counts as the reject or tempfail it is. */
@@ -63,7 +66,7 @@ export class MilterMetrics {
 
   private readonly messages = new Counter({
     name: METRIC.messages,
-    help: 'Messages (SMTP transactions) each milter took part in',
+    help: 'Messages (SMTP transactions) each milter was asked about (at MAIL or later)',
     labelNames: ['milter', 'endpoint', 'mode'] as const,
     registers: [this.registry],
   })
@@ -162,7 +165,8 @@ export class MilterMetrics {
     for (const r of reports) {
       const { milter, endpoint } = r
       const mode = modeOf(r)
-      if (r.stages.some((s) => MESSAGE_STAGES.has(s))) this.messages.inc({ milter, endpoint, mode })
+      if (r.waits.some((w) => MESSAGE_STAGES.has(w.stage)))
+        this.messages.inc({ milter, endpoint, mode })
       for (const o of r.outcomes) {
         if (o.kind === 'failed')
           this.failures.inc({ milter, stage: o.stage, code: o.code ?? 'unknown', mode })

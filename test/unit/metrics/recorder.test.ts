@@ -76,13 +76,19 @@ describe('metrics: recording from reports', () => {
     const r2 = new MilterReports()
     r2.waited(A, 'connect', 1)
     r2.verdict(A, 'connect', { kind: 'reject' })
-    m.record(r2.take([A]))
+    // b could not be reached again at MAIL (failure_scope = message): no answer, no message
+    r2.failure(B, 'mail', 'MILTER_ERR_UNAVAILABLE', 'accept')
+    m.record(r2.take([A, B]))
 
     const json = await m.registry.getMetricsAsJSON()
     const ep = 'inet:8891@127.0.0.1'
     assert.equal(value(json, METRIC.messages, { milter: 'a', endpoint: ep, mode: 'enforce' }), 3)
-    // b failed at CONNECT: no message stage, so no message, but its failure counts
+    // b was never reached: no message, but its failures count
     assert.equal(value(json, METRIC.messages, { milter: 'b' }), 0)
+    assert.equal(
+      value(json, METRIC.failures, { milter: 'b', stage: 'mail', code: 'MILTER_ERR_UNAVAILABLE' }),
+      1,
+    )
     assert.equal(
       value(json, METRIC.failures, { milter: 'b', stage: 'connect', code: 'MILTER_ERR_CONNECT' }),
       2,
