@@ -13,13 +13,14 @@
 import * as fs from 'node:fs'
 
 import { lintMilterIni } from './config-lint'
+import { isLoopbackIp } from './transport/address'
 import { MilterConfigError } from './errors'
 import type { HeaderFolds } from './message/headers'
 import { MacroStage } from './protocol/constants'
 import { canonicalMacroName, DEFAULT_MACROS, type MacroLists } from './session/macros'
 
 import type { Timeouts } from './session/types'
-import { ipFamily, isLoopbackIp } from './transport/address'
+import { ipFamily } from './transport/address'
 import { parseSocketList, type Endpoint, type SocketSpec, type TlsSettings } from './transport/spec'
 
 /** What to do when a milter cannot be used (unreachable, timeout, protocol error). */

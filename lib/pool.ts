@@ -171,11 +171,6 @@ export class MilterPool {
     return b
   }
 
-  /** An endpoint's breaker state, without creating one (an endpoint never dialled is closed). */
-  breakerState(milter: string, endpoint: string): BreakerState {
-    return this.breakers.get(`${milter}|${endpoint}`)?.state ?? 'closed'
-  }
-
   /** A ready session: an idle reusable one, or a new one (unless the endpoint is marked down). */
   async acquire(def: MilterDef): Promise<MilterSession> {
     const list = this.idle.get(this.key(def))
@@ -260,6 +255,11 @@ export class MilterPool {
     let n = 0
     for (const l of this.idle.values()) n += l.length
     return n
+  }
+
+  /** An endpoint's breaker state, without creating one (an endpoint never dialled is closed). */
+  breakerState(milter: string, endpoint: string): BreakerState {
+    return this.breakers.get(`${milter}|${endpoint}`)?.state ?? 'closed'
   }
 
   /** Idle sessions kept per milter (for the metrics). */
