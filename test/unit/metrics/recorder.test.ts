@@ -129,7 +129,8 @@ describe('metrics: recording from reports', () => {
   it('labels a shadow report with its mode', async () => {
     const m = new MilterMetrics()
     const [r] = message()
-    m.record([{ ...r!, mode: 'shadow' } as MilterReport])
+    const shadow: MilterReport = Object.assign({}, r!, { mode: 'shadow' })
+    m.record([shadow])
     const json = await m.registry.getMetricsAsJSON()
     assert.equal(value(json, METRIC.messages, { milter: 'a', mode: 'shadow' }), 1)
     assert.equal(value(json, METRIC.messages, { milter: 'a', mode: 'enforce' }), 0)
@@ -147,6 +148,7 @@ describe('metrics: recording from reports', () => {
           return state
         },
         error: undefined,
+        observe: () => undefined,
         quitNc: () => true,
         quit: () => {
           state = 'closed'

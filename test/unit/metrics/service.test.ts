@@ -10,6 +10,7 @@ import * as net from 'node:net'
 
 import { MetricsService } from '../../../lib/metrics/service'
 import { freePort } from '../../helpers/paths'
+import { report } from './reports'
 
 function get(
   port: number,
@@ -56,16 +57,7 @@ function logger() {
   }
 }
 
-const REPORT = {
-  milter: 'one',
-  endpoint: 'inet:1@127.0.0.1',
-  stages: ['connect', 'helo', 'mail', 'rcpt', 'data', 'eom'],
-  verdict: 'continue',
-  edits: {},
-  waitMs: 2,
-  waits: [{ stage: 'eom', ms: 2 }],
-  outcomes: [],
-}
+const REPORT = report('one', 2)
 
 describe('metrics: the service of one process', function () {
   this.timeout(20000)

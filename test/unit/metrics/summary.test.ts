@@ -7,20 +7,7 @@ import assert from 'node:assert/strict'
 
 import { MilterMetrics } from '../../../lib/metrics/recorder'
 import { addFigures, figuresOf, quantile, since, summaryLine } from '../../../lib/metrics/summary'
-import type { MilterReport } from '../../../lib/policy/report'
-
-function report(milter: string, waitMs: number, outcomes: MilterReport['outcomes'] = []) {
-  return {
-    milter,
-    endpoint: 'inet:1@127.0.0.1',
-    stages: ['connect', 'mail', 'eom'],
-    verdict: 'continue',
-    edits: {},
-    waitMs,
-    waits: [{ stage: 'eom', ms: waitMs }],
-    outcomes,
-  }
-}
+import { report } from './reports'
 
 describe('metrics: the summary line', () => {
   it('estimates percentiles from cumulative buckets as histogram_quantile does', () => {
@@ -61,8 +48,8 @@ describe('metrics: the summary line', () => {
     m.record([report('one', 2), report('two', 20)])
     const first = figuresOf(await m.registry.getMetricsAsJSON())
     for (let i = 0; i < 9; i++) m.record([report('one', 3)])
-    m.record([report('one', 3, [{ stage: 'eom', kind: 'reject' }])])
-    m.record([report('two', 1, [{ stage: 'connect', kind: 'failed', code: 'MILTER_ERR_CONNECT' }])])
+    m.record([report('one', 3, { verdict: { kind: 'reject' } })])
+    m.record([report('two', 1, { failure: { stage: 'connect', code: 'MILTER_ERR_CONNECT' } })])
     const now = figuresOf(await m.registry.getMetricsAsJSON())
     const line = summaryLine(since(now, first), 300, ['one', 'two', 'three'])
     assert.equal(
