@@ -134,6 +134,7 @@ function ms(seconds: number): string {
 function describe(name: string, f: MilterFigures): string {
   const verdicts = [...f.verdicts]
     .filter(([, n]) => n > 0)
+    .sort(([a], [b]) => (a < b ? -1 : 1))
     .map(([k, n]) => `${k} ${n}`)
     .join(', ')
   const p50 = quantile(f.wait, 0.5)

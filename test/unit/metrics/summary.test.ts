@@ -43,18 +43,18 @@ describe('metrics: the summary line', () => {
     )
   })
 
-  it('reports an interval: only what happened since the last snapshot, milters in order', async () => {
+  it('reports an interval: only what happened since the last snapshot, milters in order, verdicts sorted', async () => {
     const m = new MilterMetrics()
     m.record([report('one', 2), report('two', 20)])
     const first = figuresOf(await m.registry.getMetricsAsJSON())
-    for (let i = 0; i < 9; i++) m.record([report('one', 3)])
     m.record([report('one', 3, { verdict: { kind: 'reject' } })])
+    for (let i = 0; i < 9; i++) m.record([report('one', 3, { verdict: { kind: 'accept' } })])
     m.record([report('two', 1, { failure: { stage: 'connect', code: 'MILTER_ERR_CONNECT' } })])
     const now = figuresOf(await m.registry.getMetricsAsJSON())
     const line = summaryLine(since(now, first), 300, ['one', 'two', 'three'])
     assert.equal(
       line,
-      'milter summary (last 300 s): one: 10 msgs (reject 1), 0 failures, wait p50 3.8 ms p99 5.0 ms; ' +
+      'milter summary (last 300 s): one: 10 msgs (accept 9, reject 1), 0 failures, wait p50 3.8 ms p99 5.0 ms; ' +
         'two: 1 msgs, 1 failures, wait p50 0.8 ms p99 1.0 ms; three: 0 msgs, 0 failures',
     )
   })
