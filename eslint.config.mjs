@@ -2,7 +2,7 @@ import js from '@eslint/js'
 import tseslint from 'typescript-eslint'
 
 /** Imports a module of a lower layer may not make (relative to lib/<layer>/). */
-const ABOVE_POLICY = ['../adapter/*', '../cli/*', '../../plugins/*']
+const ABOVE_POLICY = ['../adapter/*', '../cli/*', '../metrics/*', '../../plugins/*']
 
 /** One layer's rule: files, why, and the import patterns it may not use. */
 function layer(files, why, patterns) {
@@ -73,6 +73,7 @@ export default tseslint.config(
     './policy/*',
     './adapter/*',
     './cli/*',
+    './metrics/*',
   ]),
   ...layer(['lib/config.ts', 'lib/config-lint.ts'], 'configuration parsing opens no sockets', [
     'node:net',
@@ -84,6 +85,7 @@ export default tseslint.config(
     './policy/*',
     './adapter/*',
     './cli/*',
+    './metrics/*',
   ]),
   ...layer(
     'lib/quarantine/**/*.ts',
@@ -98,6 +100,11 @@ export default tseslint.config(
     'haraka*',
     '../adapter/*',
   ]),
+  ...layer(
+    'lib/metrics/**/*.ts',
+    'metrics count policy reports and read the pool; the plugin wires them to Haraka',
+    ['haraka*', 'Haraka', '@haraka/*', '../adapter/*', '../cli/*', '../../plugins/*'],
+  ),
   ...layer('lib/adapter/**/*.ts', 'the adapter serves the plugin', ['../cli/*']),
   {
     files: ['test/**/*.ts', 'bench/**/*.ts'],

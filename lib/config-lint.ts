@@ -71,6 +71,7 @@ export const KNOWN_KEYS: Readonly<Record<string, readonly string[]>> = {
   main: [...MAIN_ONLY_KEYS, ...MILTER_KEYS.filter((k) => !NOT_IN_MAIN.includes(k))],
   macros: MACRO_STAGE_KEYS,
   quarantine: ['action', 'dir', 'tag_header'],
+  metrics: ['listen', 'summary_interval'],
   destination_channel: ['local', 'relay'],
   optin: ['default'],
   'milter.NAME': MILTER_KEYS,

@@ -19,7 +19,7 @@ import { MacroStage } from './protocol/constants'
 import { canonicalMacroName, DEFAULT_MACROS, type MacroLists } from './session/macros'
 
 import type { Timeouts } from './session/types'
-import { ipFamily, parseNetwork, type Network } from './transport/address'
+import { ipFamily, isLoopbackIp, parseNetwork, type Network } from './transport/address'
 import { parseSocketList, type Endpoint, type SocketSpec, type TlsSettings } from './transport/spec'
 
 /** What to do when a milter cannot be used (unreachable, timeout, protocol error). */
@@ -133,8 +133,16 @@ export interface MilterConfig {
     addresses: ReadonlyMap<string, string>
     domains: ReadonlyMap<string, string>
   }
+  /** [metrics]: the Prometheus endpoint (none when absent) and the summary line's period (0: off). */
+  metrics: MetricsSettings
   /** Mistakes that are not errors (unknown keys or sections, unlisted milters), one line each. */
   warnings: string[]
+}
+
+/** [metrics] of milter.ini. */
+export interface MetricsSettings {
+  listen?: { host: string; port: number; text: string }
+  summaryIntervalMs: number
 }
 
 /** A parsed ini file: sections of key -> value. */
@@ -482,6 +490,24 @@ function parseMap(
   return out
 }
 
+/** [metrics]; a listen address that is not loopback is allowed, with a warning. */
+function metricsOf(file: string, ini: Ini, warnings: string[]): MetricsSettings {
+  const r = new Reader(file, 'metrics', section(ini, 'metrics'))
+  const summaryIntervalMs = r.int('summary_interval', 0, 0, 86400) * 1000
+  const text = r.str('listen', '')
+  if (text === '') return { summaryIntervalMs }
+  const [one, ...more] = parseListen(r, 'listen', text)
+  if (!one || more.length > 0) throw r.err('listen', 'takes one address (e.g. 127.0.0.1:9145)')
+  const host = one.ip ?? '0.0.0.0'
+  if (host !== 'localhost' && ipFamily(host) === 0)
+    throw r.err('listen', `"${host}" is not an IP address`)
+  if (host !== 'localhost' && !isLoopbackIp(host))
+    warnings.push(
+      `${file} [metrics] listen: ${text} is not a loopback address: anyone who can reach it reads the metrics`,
+    )
+  return { listen: { host, port: one.port, text }, summaryIntervalMs }
+}
+
 /** Validates milter.ini; throws MilterConfigError naming file, section and key. */
 export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
   const main = new Reader(file, 'main', section(ini, 'main'))
@@ -497,6 +523,8 @@ export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
   const dc = new Reader(file, 'destination_channel', section(ini, 'destination_channel'))
   const opt = new Reader(file, 'optin', section(ini, 'optin'))
   const optinEntries = parseMap(file, ini, 'optin', ['default'])
+  const warnings = lintMilterIni(ini, file, names)
+  const metrics = metricsOf(file, ini, warnings)
   const defaultMilters = main.list('default_milters', names)
   for (const m of defaultMilters) {
     if (!milters.has(m))
@@ -527,7 +555,8 @@ export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
       addresses: new Map([...optinEntries].filter(([k]) => k.includes('@'))),
       domains: new Map([...optinEntries].filter(([k]) => !k.includes('@'))),
     },
-    warnings: lintMilterIni(ini, file, names),
+    metrics,
+    warnings,
   }
 }
 

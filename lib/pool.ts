@@ -11,7 +11,7 @@
  * dial or negotiation fails (each attempt bounded by connect_timeout). When
  * no endpoint may be dialled, MilterUnavailableError at once.
  */
-import { Breaker, type BreakerChange } from './breaker'
+import { Breaker, type BreakerChange, type BreakerState } from './breaker'
 import type { MilterDef } from './config'
 import { MilterConnectError, MilterUnavailableError } from './errors'
 import { openSession } from './session/open'
@@ -65,8 +65,54 @@ export interface EndpointUse {
 }
 
 interface Idle {
+  milter: string
   session: MilterSession
   timer: NodeJS.Timeout
+}
+
+/**
+ * Sessions opened and not yet closed, per milter and endpoint, for the
+ * metrics. A session has no close event, so closed ones are swept lazily:
+ * when a milter's set has doubled since the last sweep, and when counted.
+ * Kept across configuration reloads (sessions outlive their pool).
+ */
+export class LiveSessions {
+  private readonly byMilter = new Map<
+    string,
+    { sessions: Map<MilterSession, string>; sweepAt: number }
+  >()
+
+  add(milter: string, endpoint: string, session: MilterSession): void {
+    let e = this.byMilter.get(milter)
+    if (!e) {
+      e = { sessions: new Map(), sweepAt: 64 }
+      this.byMilter.set(milter, e)
+    }
+    e.sessions.set(session, endpoint)
+    if (e.sessions.size >= e.sweepAt) {
+      sweep(e.sessions)
+      e.sweepAt = Math.max(64, e.sessions.size * 2)
+    }
+  }
+
+  /** Open sessions (in use or idle in the pool) per milter and endpoint. */
+  counts(): Array<{ milter: string; endpoint: string; open: number }> {
+    const out: Array<{ milter: string; endpoint: string; open: number }> = []
+    for (const [milter, e] of this.byMilter) {
+      sweep(e.sessions)
+      const per = new Map<string, number>()
+      for (const ep of e.sessions.values()) per.set(ep, (per.get(ep) ?? 0) + 1)
+      for (const [endpoint, open] of per) out.push({ milter, endpoint, open })
+    }
+    return out
+  }
+}
+
+function sweep(sessions: Map<MilterSession, string>): void {
+  for (const s of sessions.keys()) {
+    const st = s.currentState
+    if (st === 'closed' || st === 'failed') sessions.delete(s)
+  }
 }
 
 /** Pool options. */
@@ -80,6 +126,8 @@ export interface PoolOptions {
   onEndpoint?: (milter: string, use: EndpointUse) => void
   /** Breakers to carry over from a previous pool (configuration reload). */
   breakers?: Map<string, Breaker>
+  /** Open sessions to carry over from a previous pool (configuration reload). */
+  live?: LiveSessions
 }
 
 /** Opens, reuses and retires milter sessions; fails fast for endpoints marked down. */
@@ -91,12 +139,15 @@ export class MilterPool {
   private readonly turn = new Map<string, number>()
   /** The endpoint each session opened here is on. */
   private readonly used = new WeakMap<MilterSession, string>()
+  /** Sessions not yet closed, for the metrics. */
+  readonly live: LiveSessions
 
   constructor(
     private readonly opts: PoolOptions = { reuse: false },
     private readonly opener: Opener = openMilter,
   ) {
     this.breakers = opts.breakers ?? new Map<string, Breaker>()
+    this.live = opts.live ?? new LiveSessions()
   }
 
   /** The endpoint a session from this pool is on (its text as configured). */
@@ -165,6 +216,7 @@ export class MilterPool {
         const session = await this.opener(def, ep, observer)
         breaker.success(admitted.probe)
         this.used.set(session, ep.text)
+        this.live.add(def.name, ep.text, session)
         this.opts.onEndpoint?.(def.name, { endpoint: ep.text, failed, skipped })
         return session
       } catch (e) {
@@ -205,6 +257,7 @@ export class MilterPool {
     }
     session.observe(undefined) // idle: no longer any connection's
     const item: Idle = {
+      milter: def.name,
       session,
       timer: setTimeout(() => {
         const l = this.idle.get(key)
@@ -223,6 +276,19 @@ export class MilterPool {
     let n = 0
     for (const l of this.idle.values()) n += l.length
     return n
+  }
+
+  /** An endpoint's breaker state, without creating one (an endpoint never dialled is closed). */
+  breakerState(milter: string, endpoint: string): BreakerState {
+    return this.breakers.get(`${milter}|${endpoint}`)?.state ?? 'closed'
+  }
+
+  /** Idle sessions kept per milter (for the metrics). */
+  idleByMilter(): Map<string, number> {
+    const out = new Map<string, number>()
+    for (const l of this.idle.values())
+      for (const item of l) out.set(item.milter, (out.get(item.milter) ?? 0) + 1)
+    return out
   }
 
   /** QUITs every idle session. */

@@ -162,6 +162,20 @@ export function register(this: MilterPlugin): void {
   this.register_hook('unrecognized_command', 'milter_unknown', 100)
 }
 
+/**
+ * Runs in Haraka's master process (or the only one, nodes=0): the process
+ * that serves the metrics and logs the summary. In cluster mode Haraka has
+ * set `server.cluster` by then, and the figures are its workers' sum.
+ */
+export function hook_init_master(
+  this: MilterPlugin,
+  next: Next,
+  server: { cluster?: unknown },
+): void {
+  this.milter?.serve(server.cluster ? 'master' : 'single')
+  next()
+}
+
 function listenerMilters(
   cfg: MilterConfig,
   c: HarakaConnection,
@@ -340,7 +354,9 @@ export function milter_queue(this: MilterPlugin, next: Next, c: HarakaConnection
 
 /** One line per milter for what it did since the last report, with the refusal if any. */
 function logReports(this: MilterPlugin, c: HarakaConnection, st: Ready): void {
-  reportMessage(this, c, st.chain.takeReports(), st.refusal)
+  const reports = st.chain.takeReports()
+  reportMessage(this, c, reports, st.refusal)
+  this.milter?.metrics?.record(reports)
   delete st.refusal
 }
 

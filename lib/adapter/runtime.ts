@@ -4,6 +4,9 @@
  * the milter pool (with its breakers, kept across reloads).
  */
 import { parseMilterConfig, type Ini, type MilterConfig, type MilterDef } from '../config'
+import { poolFigures } from '../metrics/figures'
+import type { MilterMetrics } from '../metrics/recorder'
+import { metricsWanted, MetricsService, type Role } from '../metrics/service'
 import { endpointsOf, MilterPool, type EndpointUse } from '../pool'
 import { breakerText } from './report'
 
@@ -61,6 +64,10 @@ export class Runtime {
   /** Why there is no configuration (only when none was ever loaded). */
   error: string | undefined
   pool: MilterPool | undefined
+  /** Where each message's reports are counted; undefined when [metrics] asks for nothing. */
+  metrics: MilterMetrics | undefined
+  private service: MetricsService | undefined
+  private role: Exclude<Role, 'worker'> | undefined
 
   constructor(private readonly log: RuntimeLog) {}
 
@@ -84,7 +91,7 @@ export class Runtime {
     old?.close()
     this.pool = new MilterPool({
       reuse: cfg.reuseConnections,
-      ...(old ? { breakers: old.breakers } : {}),
+      ...(old ? { breakers: old.breakers, live: old.live } : {}),
       onBreakerChange: (milter, ch, endpoints) => {
         const { level, text } = breakerText(milter, ch, endpoints)
         if (level === 'error') this.log.logerror(text)
@@ -97,11 +104,40 @@ export class Runtime {
       },
     })
     this.log.loginfo(`milters: ${[...cfg.milters.values()].map(describe).join('; ') || '(none)'}`)
+    this.loadMetrics(cfg)
     return hookTimeoutSeconds(cfg)
   }
 
-  /** Graceful shutdown: close idle reusable sessions. */
+  /** [metrics]: the service is made the first time it is asked for, then kept (its counters too). */
+  private loadMetrics(cfg: MilterConfig): void {
+    const wanted = metricsWanted(cfg.metrics)
+    if (!this.service && !wanted) return
+    if (!this.service) {
+      const s = new MetricsService({
+        info: (t) => this.log.loginfo(t),
+        warn: (t) => this.log.logwarn(t),
+        error: (t) => this.log.logerror(t),
+      })
+      s.recorder.gauges(() => poolFigures(this.cfg, this.pool))
+      if (this.role) s.start(this.role)
+      this.service = s
+    }
+    this.service.configure(cfg.metrics, [...cfg.milters.keys()])
+    this.metrics = wanted ? this.service.recorder : undefined
+  }
+
+  /**
+   * Haraka's init_master: this process serves the metrics, of its own
+   * (`single`, nodes=0) or summed over the cluster's workers (`master`).
+   */
+  serve(role: Exclude<Role, 'worker'>): void {
+    this.role = role
+    this.service?.start(role)
+  }
+
+  /** Graceful shutdown: close idle reusable sessions, the metrics endpoint and timer. */
   close(): void {
     this.pool?.close()
+    void this.service?.close()
   }
 }

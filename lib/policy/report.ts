@@ -22,6 +22,18 @@ export interface MilterReport {
   edits: Record<string, number>
   /** Milliseconds spent waiting for its answers. */
   waitMs: number
+  /** Each wait for an answer, in order (rcpt once per recipient): for latency figures. */
+  waits: Array<{ stage: string; ms: number }>
+  /** `verdict` as data: each answer other than continue, and each failure with its error code. */
+  outcomes: ReportOutcome[]
+}
+
+/** One decision in a report: a verdict (its kind; a reply code's code) or a failure (its error code). */
+export interface ReportOutcome {
+  stage: string
+  kind: Exclude<Verdict['kind'], 'continue'> | 'failed' | 'skipped'
+  /** The SMTP code of a replycode verdict, or the error code of a failure. */
+  code?: string
 }
 
 /** Collects MilterReports until taken. */
@@ -39,6 +51,8 @@ export class MilterReports {
         verdict: 'continue',
         edits: {},
         waitMs: 0,
+        waits: [],
+        outcomes: [],
       }
       this.byMilter.set(def.name, r)
     }
@@ -54,6 +68,7 @@ export class MilterReports {
     const r = this.of(def)
     if (r.stages[r.stages.length - 1] !== stage) r.stages.push(stage)
     r.waitMs += ms
+    r.waits.push({ stage, ms })
   }
 
   private decide(r: MilterReport, what: string): void {
@@ -62,9 +77,12 @@ export class MilterReports {
 
   verdict(def: MilterDef, stage: string, v: Verdict): void {
     if (v.kind === 'continue') return
-    this.decide(
-      this.of(def),
-      `${v.kind === 'replycode' ? `replycode ${v.reply.code}` : v.kind}@${stage}`,
+    const r = this.of(def)
+    this.decide(r, `${v.kind === 'replycode' ? `replycode ${v.reply.code}` : v.kind}@${stage}`)
+    r.outcomes.push(
+      v.kind === 'replycode'
+        ? { stage, kind: v.kind, code: String(v.reply.code) }
+        : { stage, kind: v.kind },
     )
   }
 
@@ -72,11 +90,14 @@ export class MilterReports {
     const r = this.of(def)
     if (r.stages[r.stages.length - 1] !== stage) r.stages.push(stage)
     this.decide(r, `failed ${code}@${stage} (default_action=${action})`)
+    r.outcomes.push({ stage, kind: 'failed', code })
   }
 
   /** Left out by a skip_* condition (the stage where it was decided, and why). */
   skipped(def: MilterDef, stage: string, reason: string): void {
-    this.decide(this.of(def), `skipped (${reason})@${stage}`)
+    const r = this.of(def)
+    this.decide(r, `skipped (${reason})@${stage}`)
+    r.outcomes.push({ stage, kind: 'skipped' })
   }
 
   edits(def: MilterDef, e: MilterEdits): void {

@@ -23,6 +23,11 @@ export function isIpLiteral(text: string): boolean {
   return parseIp(text) !== undefined
 }
 
+/** True for a loopback address literal (127.0.0.0/8, ::1, and 127.x mapped in IPv6). */
+export function isLoopbackIp(text: string): boolean {
+  return parseIp(text)?.range() === 'loopback'
+}
+
 /**
  * An address in its canonical text: IPv4-mapped IPv6 as IPv4, IPv6
  * compressed and lower-case. Text that is no IP address comes back as is.

@@ -715,3 +715,57 @@ describe('config: the shipped config/milter.ini', () => {
     ])
   })
 })
+
+describe('config: [metrics]', () => {
+  it('absent: no endpoint, no summary', () => {
+    assert.deepEqual(parseMilterConfig(withA()).metrics, { summaryIntervalMs: 0 })
+  })
+
+  it('a loopback endpoint and a summary period, without warnings', () => {
+    const cfg = parseMilterConfig(
+      withA({ metrics: { listen: '127.0.0.1:9145', summary_interval: '300' } }),
+    )
+    assert.deepEqual(cfg.metrics, {
+      listen: { host: '127.0.0.1', port: 9145, text: '127.0.0.1:9145' },
+      summaryIntervalMs: 300_000,
+    })
+    assert.deepEqual(cfg.warnings, [])
+    const v6 = parseMilterConfig(withA({ metrics: { listen: '[::1]:9145' } }))
+    assert.equal(v6.metrics.listen?.host, '::1')
+    assert.deepEqual(v6.warnings, [])
+  })
+
+  it('a public address is allowed, with a warning; :PORT is every address', () => {
+    for (const listen of ['0.0.0.0:9145', ':9145', '192.0.2.1:9145']) {
+      const cfg = parseMilterConfig(withA({ metrics: { listen } }), FILE)
+      assert.equal(cfg.metrics.listen?.port, 9145)
+      assert.equal(cfg.warnings.length, 1)
+      assert.match(cfg.warnings[0]!, /\[metrics\] listen: .* is not a loopback address/)
+    }
+  })
+
+  it('mistakes name the file, section and key', () => {
+    rejects(withA({ metrics: { listen: '127.0.0.1' } }), 'metrics', 'listen', /IP:PORT/)
+    rejects(
+      withA({ metrics: { listen: 'metrics.example:9145' } }),
+      'metrics',
+      'listen',
+      /not an IP/,
+    )
+    rejects(
+      withA({ metrics: { listen: '127.0.0.1:9145, 127.0.0.1:9146' } }),
+      'metrics',
+      'listen',
+      /one address/,
+    )
+    rejects(withA({ metrics: { summary_interval: '-1' } }), 'metrics', 'summary_interval')
+    rejects(withA({ metrics: { summary_interval: 'often' } }), 'metrics', 'summary_interval')
+  })
+
+  it('a misspelled key is a warning', () => {
+    const cfg = parseMilterConfig(withA({ metrics: { summary_intervall: '5' } }), FILE)
+    assert.deepEqual(cfg.warnings, [
+      `${FILE} [metrics] summary_intervall: unknown key, ignored (did you mean summary_interval?)`,
+    ])
+  })
+})

@@ -46,6 +46,16 @@ describe('policy: per-message milter reports', () => {
       verdict: 'reject@rcpt, accept@eom',
       edits: { addheader: 2, delrcpt: 1, replbody: 1 },
       waitMs: 9.4,
+      waits: [
+        { stage: 'mail', ms: 2 },
+        { stage: 'rcpt', ms: 1 },
+        { stage: 'rcpt', ms: 1 },
+        { stage: 'eom', ms: 5.4 },
+      ],
+      outcomes: [
+        { stage: 'rcpt', kind: 'reject' },
+        { stage: 'eom', kind: 'accept' },
+      ],
     })
     assert.equal(
       formatMilterReport(a),
@@ -53,6 +63,7 @@ describe('policy: per-message milter reports', () => {
     )
     assert.equal(b?.verdict, 'failed MILTER_ERR_TIMEOUT@rcpt (default_action=tempfail)')
     assert.deepEqual(b?.stages, ['mail', 'rcpt'])
+    assert.deepEqual(b?.outcomes, [{ stage: 'rcpt', kind: 'failed', code: 'MILTER_ERR_TIMEOUT' }])
     assert.deepEqual(r.take([A, B]), [])
   })
 
