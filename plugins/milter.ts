@@ -74,7 +74,8 @@ function answer(
   reportOutcome(this, c, stage, decided, answered, endpoint)
   if (st?.kind === 'milters' && answered.action !== 'continue' && answered.action !== 'discard') {
     const r = answered.reply
-    st.refusal = `${r.code} ${r.lines.map((l) => [l.enhanced, l.text].filter(Boolean).join(' ')).join(' / ')}`
+    const text = r.lines.map((l) => [l.enhanced, l.text].filter(Boolean).join(' ')).join(' / ')
+    st.refusal = { milter: answered.milter, reply: `${r.code} ${text}` }
   }
   const r = toHookResult(answered)
   if (r.kind === 'cont') next()

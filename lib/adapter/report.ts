@@ -92,9 +92,13 @@ export function reportMessage(
   plugin: Reporter,
   c: HarakaConnection,
   reports: readonly MilterReport[],
-  reply: string | undefined,
+  refusal: { milter: string; reply: string } | undefined,
 ): void {
+  // the reply goes on the line of the milter that decided it; one the plugin decided (recipient
+  // rules, configuration) concerns every milter of the message
+  const decider = reports.some((r) => r.milter === refusal?.milter) ? refusal?.milter : undefined
   for (const r of reports) {
+    const reply = refusal && (decider === undefined || r.milter === decider) ? refusal.reply : ''
     c.loginfo(plugin, `${formatMilterReport(r)}${reply ? `; reply ${reply}` : ''}`)
   }
 }

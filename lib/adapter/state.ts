@@ -24,8 +24,8 @@ export type ConnectionState =
       chain: MilterChain
       sourceChannel: string
       isLocal: LocalDomain
-      /** The refusal given in the current transaction, for its report line. */
-      refusal?: string
+      /** The refusal given in the current transaction and who decided it, for the report lines. */
+      refusal?: { milter: string; reply: string }
     }
   /** The configuration was broken when the connection came: every MAIL is refused. */
   | { kind: 'broken'; reason: string }

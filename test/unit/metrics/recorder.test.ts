@@ -136,6 +136,19 @@ describe('metrics: recording from reports', () => {
     assert.equal(value(json, METRIC.messages, { milter: 'a', mode: 'enforce' }), 0)
   })
 
+  it('counts a skip_* condition as a skipped verdict at the stage it was decided', async () => {
+    const m = new MilterMetrics()
+    const r = new MilterReports()
+    r.skipped(A, 'mail', 'authenticated')
+    m.record(r.take([A]))
+    const json = await m.registry.getMetricsAsJSON()
+    assert.equal(
+      value(json, METRIC.verdicts, { milter: 'a', stage: 'mail', verdict: 'skipped' }),
+      1,
+    )
+    assert.equal(value(json, METRIC.messages, { milter: 'a' }), 0, 'not asked about the message')
+  })
+
   it('reads open and pooled sessions and endpoint health from the pool when scraped', async () => {
     let dials = 0
     const sessions: MilterSession[] = []
