@@ -126,7 +126,7 @@ export class MilterPool {
     while (list && list.length > 0) {
       const item = list.pop() as Idle
       clearTimeout(item.timer)
-      if (item.session.currentState === 'negotiated' && !item.session.error) return item.session
+      if (item.session.idleClean) return item.session
       item.session.destroy()
     }
     const failed: EndpointUse['failed'] = []

@@ -187,6 +187,18 @@ export class MilterSession {
     return this.failure
   }
 
+  /**
+   * True for a session kept after QUIT_NC that may serve a new SMTP session:
+   * still open, and the milter sent nothing since (a milter that answers
+   * QUIT_NC, as some implementations do, would have that answer read as the
+   * reply to the next CONNECT).
+   */
+  get idleClean(): boolean {
+    return (
+      this.state === 'negotiated' && !this.failure && !this.closedByPeer && this.reader.queued === 0
+    )
+  }
+
   /** True when QUIT_NC may be sent (directly after a completed EOB, milter-protocol.md §5.6). */
   get reusable(): boolean {
     return this.afterEob && this.state === 'ready' && !this.failure && this.negotiated.version >= 6
