@@ -88,6 +88,8 @@ export class MilterSession {
   private afterEob = false
   private skipping: Step | undefined
   private closedByPeer = false
+  /** Kept after QUIT_NC and no reply read since: nothing yet shows the milter handled QUIT_NC. */
+  private unprovenReuse = false
   private ending = false
   /** Packets not yet written (see flush()). */
   private outgoing: Buffer[] = []
@@ -197,6 +199,14 @@ export class MilterSession {
     return (
       this.state === 'negotiated' && !this.failure && !this.closedByPeer && this.reader.queued === 0
     )
+  }
+
+  /**
+   * True from QUIT_NC until the milter's first reply after it: a failure
+   * in between suggests the milter does not handle QUIT_NC (see pool.ts).
+   */
+  get reuseUnproven(): boolean {
+    return this.unprovenReuse
   }
 
   /** True when QUIT_NC may be sent (directly after a completed EOB, milter-protocol.md §5.6). */
@@ -464,6 +474,7 @@ export class MilterSession {
     this.flush()
     this.go({ kind: 'quitNc' })
     this.afterEob = false
+    this.unprovenReuse = true
     return true
   }
 
@@ -668,6 +679,7 @@ export class MilterSession {
       } catch (e) {
         throw this.fail(isMilterError(e) ? e : new MilterProtocolError(String(e)))
       }
+      this.unprovenReuse = false
       if (reply.kind === 'progress') continue
       return reply
     }
