@@ -31,12 +31,13 @@ export class BodySpool {
   private disposed = false
   bytes = 0
 
-  constructor(private readonly parentDir: string = os.tmpdir()) {}
+  /** `parentDir`: where the temporary directory goes (default os.tmpdir(), looked up when first written). */
+  constructor(private readonly parentDir?: string) {}
 
   private async open(): Promise<WriteStream> {
     if (this.stream) return this.stream
     this.opening ??= (async () => {
-      const dir = await mkdtemp(path.join(this.parentDir, 'milter-body-'))
+      const dir = await mkdtemp(path.join(this.parentDir ?? os.tmpdir(), 'milter-body-'))
       this.dir = dir
       if (this.disposed) {
         await rm(dir, { recursive: true, force: true })

@@ -68,6 +68,8 @@ interface Idle {
   milter: string
   session: MilterSession
   timer: NodeJS.Timeout
+  /** When it was kept (ms, Date.now()). */
+  since: number
 }
 
 /**
@@ -115,11 +117,25 @@ function sweep(sessions: Map<MilterSession, string>): void {
   }
 }
 
+/**
+ * Whether a milter handles QUIT_NC. Postfix and Sendmail never send it, and
+ * implementations differ (some close, one answers it), so a milter is on
+ * probation until a reused session got a reply; a reused session that
+ * failed before its first reply, or a milter that closed or wrote to a kept
+ * session while on probation, turns reuse off for that milter.
+ */
+type ReuseTrust = 'probation' | 'proven' | 'off'
+
+/** On probation, a kept session serves again only after this long idle (a close or stray reply shows first). */
+export const PROBATION_IDLE_MS = 100
+
 /** Pool options. */
 export interface PoolOptions {
   reuse: boolean
   maxIdlePerMilter?: number
   idleMs?: number
+  /** Reuse turned off for a milter that does not seem to handle QUIT_NC (once per milter). */
+  onReuseOff?: (milter: string, reason: string) => void
   /** Circuit breaker state changes, once each (for the log); `endpoints`: how many the milter has. */
   onBreakerChange?: (milter: string, change: BreakerChange, endpoints: number) => void
   /** Each new session: the endpoint it is on, and the ones that failed or were skipped first. */
@@ -141,6 +157,10 @@ export class MilterPool {
   private readonly used = new WeakMap<MilterSession, string>()
   /** Sessions not yet closed, for the metrics. */
   readonly live: LiveSessions
+  /** Per pool key: is QUIT_NC known to work (see ReuseTrust)? */
+  private readonly trust = new Map<string, ReuseTrust>()
+  /** Reused sessions handed out while their milter is on probation. */
+  private readonly onTrial = new Map<string, Set<MilterSession>>()
 
   constructor(
     private readonly opts: PoolOptions = { reuse: false },
@@ -190,15 +210,10 @@ export class MilterPool {
    * is marked down); `observer` sees its packets and warnings until release.
    */
   async acquire(def: MilterDef, observer?: SessionObserver): Promise<MilterSession> {
-    const list = this.idle.get(this.key(def))
-    while (list && list.length > 0) {
-      const item = list.pop() as Idle
-      clearTimeout(item.timer)
-      if (item.session.currentState === 'negotiated' && !item.session.error) {
-        item.session.observe(observer)
-        return item.session
-      }
-      item.session.destroy()
+    const kept = this.reused(this.key(def), def.name)
+    if (kept) {
+      kept.observe(observer)
+      return kept
     }
     const failed: EndpointUse['failed'] = []
     const skipped: string[] = []
@@ -247,17 +262,89 @@ export class MilterPool {
     })
   }
 
+  /**
+   * A kept session for a new SMTP session, the longest idle first; one that
+   * closed or received anything while idle is dropped (on probation, that
+   * turns reuse off for the milter).
+   */
+  private reused(key: string, milter: string): MilterSession | undefined {
+    this.review(key, milter)
+    const list = this.idle.get(key)
+    while (list && list.length > 0 && this.trust.get(key) !== 'off') {
+      const item = list[0] as Idle
+      const trust = this.trust.get(key) ?? 'probation'
+      if (item.session.idleClean) {
+        if (trust === 'probation') {
+          if (Date.now() - item.since < PROBATION_IDLE_MS) return undefined
+          const trial = this.onTrial.get(key) ?? new Set<MilterSession>()
+          trial.add(item.session)
+          this.onTrial.set(key, trial)
+        }
+        list.shift()
+        clearTimeout(item.timer)
+        return item.session
+      }
+      list.shift()
+      clearTimeout(item.timer)
+      item.session.destroy()
+      if (trust === 'probation') {
+        this.reuseOff(key, milter, 'the milter closed or wrote to a connection kept after QUIT_NC')
+      }
+    }
+    return undefined
+  }
+
+  /** Reused sessions on trial: a reply proves QUIT_NC works, a failure before it turns reuse off. */
+  private review(key: string, milter: string): void {
+    const trial = this.onTrial.get(key)
+    if (!trial) return
+    for (const s of trial) {
+      if (!s.reuseUnproven) {
+        trial.delete(s)
+        if (!s.error && this.trust.get(key) !== 'off') this.trust.set(key, 'proven')
+      } else if (s.error) {
+        trial.delete(s)
+        this.reuseOff(
+          key,
+          milter,
+          `a reused connection failed before its first reply: ${s.error.message}`,
+        )
+      } else if (s.currentState === 'closed') {
+        trial.delete(s)
+      }
+    }
+    if (trial.size === 0 || this.trust.get(key) !== 'probation') this.onTrial.delete(key)
+  }
+
+  private reuseOff(key: string, milter: string, reason: string): void {
+    if (this.trust.get(key) === 'off') return
+    this.trust.set(key, 'off')
+    for (const item of this.idle.get(key) ?? []) {
+      clearTimeout(item.timer)
+      item.session.quit()
+    }
+    this.idle.delete(key)
+    this.opts.onReuseOff?.(milter, reason)
+  }
+
   /** Ends a connection's use of a session: QUIT_NC and keep it, or QUIT. */
   release(def: MilterDef, session: MilterSession): void {
     const key = this.key(def)
+    this.review(key, def.name)
     const list = this.idle.get(key) ?? []
-    if (!this.opts.reuse || list.length >= (this.opts.maxIdlePerMilter ?? 8) || !session.quitNc()) {
+    if (
+      !this.opts.reuse ||
+      this.trust.get(key) === 'off' ||
+      list.length >= (this.opts.maxIdlePerMilter ?? 8) ||
+      !session.quitNc()
+    ) {
       session.quit()
       return
     }
     session.observe(undefined) // idle: no longer any connection's
     const item: Idle = {
       milter: def.name,
+      since: Date.now(),
       session,
       timer: setTimeout(() => {
         const l = this.idle.get(key)

@@ -4,7 +4,7 @@
  * a replaced body (a new message stream). What delivers the message
  * (smtp_forward, outbound, lmtp) reads these, so it sees every edit.
  */
-import { PassThrough } from 'node:stream'
+import type { Transform } from 'node:stream'
 import type { BodySpool } from '../body-spool'
 import { addressKey, type Envelope } from '../message/envelope'
 import type { HeaderField } from '../message/headers'
@@ -15,7 +15,11 @@ import type {
   HarakaMessageStream,
   HarakaTransaction,
 } from './haraka'
+import { Coalescer } from '../util/coalesce'
 import { transactionState } from './state'
+
+/** The message is read in pieces of at least this size (the largest BODY packet is 65535 bytes). */
+const READ_PIECE = 64 * 1024
 
 /** Haraka's own Received header at the top carries `id <transaction uuid>`. */
 function isOwnReceived(entry: string, uuid: string): boolean {
@@ -191,9 +195,9 @@ export async function writeQuarantine(
  * first. An error of the message stream ends the read with that error
  * (the stream's own pipe would leave the reader waiting for ever).
  */
-export function readMessage(t: HarakaTransaction, options?: Record<string, unknown>): PassThrough {
+export function readMessage(t: HarakaTransaction, options?: Record<string, unknown>): Transform {
   const ms = t.message_stream
-  const out = new PassThrough()
+  const out = new Coalescer(READ_PIECE)
   const onError = (e: Error): void => {
     out.destroy(e)
   }

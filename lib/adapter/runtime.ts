@@ -97,6 +97,8 @@ export class Runtime {
         if (level === 'error') this.log.logerror(text)
         else this.log.loginfo(text)
       },
+      onReuseOff: (milter, reason) =>
+        this.log.logwarn(`${milter}: connections no longer reused (SMFIC_QUIT_NC): ${reason}`),
       onEndpoint: (milter, use) => {
         const { level, text } = endpointText(milter, use)
         if (level === 'info') this.log.loginfo(text)

@@ -4,7 +4,7 @@
  */
 import { MilterProtocolError } from '../errors'
 import { Reader, Writer } from './bytes'
-import { Cmd, Family, MACRO_STAGE_CMD, type MacroStage } from './constants'
+import { Cmd, Family, LEN_BYTES, MACRO_STAGE_CMD, type MacroStage } from './constants'
 import { encodeFrame, type Frame } from './frame'
 
 /** A string field: text (sent as UTF-8) or raw bytes. */
@@ -23,9 +23,32 @@ export function encodeOptneg(version: number, actions: number, protocol: number)
 
 /** SMFIC_MACRO for one stage: name/value pairs, in order. */
 export function encodeMacro(stage: MacroStage, pairs: ReadonlyArray<readonly [Bytes, Bytes]>) {
+  const text = macroText(pairs)
+  if (text !== undefined) {
+    // the usual case, text only: one string written straight into the packet
+    const n = Buffer.byteLength(text)
+    const out = Buffer.allocUnsafe(LEN_BYTES + 2 + n)
+    out.writeUInt32BE(n + 2, 0)
+    out[LEN_BYTES] = Cmd.MACRO
+    out[LEN_BYTES + 1] = MACRO_STAGE_CMD[stage]
+    out.write(text, LEN_BYTES + 2, 'utf8')
+    return out
+  }
   const w = new Writer().u8(MACRO_STAGE_CMD[stage])
   for (const [name, value] of pairs) w.cstring(name).cstring(value)
   return encodeFrame(Cmd.MACRO, w.toBuffer())
+}
+
+/** `name\0value\0...` when every name and value is a string; undefined otherwise. */
+function macroText(pairs: ReadonlyArray<readonly [Bytes, Bytes]>): string | undefined {
+  let text = ''
+  for (const [name, value] of pairs) {
+    if (typeof name !== 'string' || typeof value !== 'string') return undefined
+    if (name.includes('\0') || value.includes('\0'))
+      throw new RangeError('a milter string field cannot contain NUL')
+    text += `${name}\0${value}\0`
+  }
+  return text
 }
 
 /** SMFIC_CONNECT: hostname, family, and port and address unless the family is unknown. */

@@ -42,24 +42,34 @@ export const POSTFIX_DEFAULT_MACROS: MacroLists = new Map<MacroStage, readonly s
   [MacroStage.EOM, ['i']],
 ])
 
+/** Each list's names in canonical form without duplicates, worked out once per list. */
+const CANONICAL = new WeakMap<readonly string[], readonly string[]>()
+
+function canonicalList(names: readonly string[]): readonly string[] {
+  let list = CANONICAL.get(names)
+  if (!list) {
+    list = [...new Set(names.map(canonicalMacroName))]
+    CANONICAL.set(names, list)
+  }
+  return list
+}
+
 /** The pairs to send: names with a defined value, in list order, without duplicates. */
 export function macroPairs(
   names: readonly string[],
   lookup: MacroLookup | undefined,
 ): Array<[string, string | Buffer]> {
   if (!lookup) return []
-  const seen = new Set<string>()
   const out: Array<[string, string | Buffer]> = []
-  for (const raw of names) {
-    const name = canonicalMacroName(raw)
-    if (seen.has(name)) continue
-    seen.add(name)
+  for (const name of canonicalList(names)) {
     const value = lookup(name)
     if (value === undefined) continue
     out.push([
       name,
       typeof value === 'string'
-        ? value.replace(/\0/g, '')
+        ? value.includes('\0')
+          ? value.replace(/\0/g, '')
+          : value
         : Buffer.from(value.filter((b) => b !== 0)),
     ])
   }

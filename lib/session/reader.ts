@@ -33,7 +33,9 @@ export class FrameReader {
   private waiter: { resolve: (f: Frame) => void; reject: (e: MilterError) => void } | undefined
   private timer: NodeJS.Timeout | undefined
   private paused = false
-  private stopped: MilterError | undefined
+  private stopped = false
+  /** Why it stopped; undefined after a plain close until someone asks (an Error's stack is not free). */
+  private stopError: MilterError | undefined
 
   /**
    * @param onError called once with a decoding error or a timeout; the
@@ -89,7 +91,7 @@ export class FrameReader {
       this.stream.resume?.()
     }
     if (f) return Promise.resolve(f)
-    if (this.stopped) return Promise.reject(this.stopped)
+    if (this.stopped) return Promise.reject(this.reason())
     return new Promise<Frame>((resolve, reject) => {
       this.waiter = { resolve, reject }
       this.timer = setTimeout(() => {
@@ -100,11 +102,16 @@ export class FrameReader {
 
   /** No more frames: a waiting reader gets `err` (default: closed), later ones too. */
   stop(err?: MilterError): void {
-    this.stopped ??= err ?? new MilterClosedError(`${this.name}: session is closed`)
+    if (!this.stopped) this.stopError = err
+    this.stopped = true
     this.clearTimer()
     const w = this.waiter
     this.waiter = undefined
-    w?.reject(err ?? this.stopped)
+    w?.reject(err ?? this.reason())
+  }
+
+  private reason(): MilterError {
+    return (this.stopError ??= new MilterClosedError(`${this.name}: session is closed`))
   }
 
   private clearTimer(): void {

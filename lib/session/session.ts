@@ -88,6 +88,8 @@ export class MilterSession {
   private afterEob = false
   private skipping: Step | undefined
   private closedByPeer = false
+  /** Kept after QUIT_NC and no reply read since: nothing yet shows the milter handled QUIT_NC. */
+  private unprovenReuse = false
   private ending = false
   /** Packets not yet written (see flush()). */
   private outgoing: Buffer[] = []
@@ -194,6 +196,26 @@ export class MilterSession {
   /** The sticky error, once the session failed. */
   get error(): MilterError | undefined {
     return this.failure
+  }
+
+  /**
+   * True for a session kept after QUIT_NC that may serve a new SMTP session:
+   * still open, and the milter sent nothing since (a milter that answers
+   * QUIT_NC, as some implementations do, would have that answer read as the
+   * reply to the next CONNECT).
+   */
+  get idleClean(): boolean {
+    return (
+      this.state === 'negotiated' && !this.failure && !this.closedByPeer && this.reader.queued === 0
+    )
+  }
+
+  /**
+   * True from QUIT_NC until the milter's first reply after it: a failure
+   * in between suggests the milter does not handle QUIT_NC (see pool.ts).
+   */
+  get reuseUnproven(): boolean {
+    return this.unprovenReuse
   }
 
   /** True when QUIT_NC may be sent (directly after a completed EOB, milter-protocol.md §5.6). */
@@ -461,6 +483,7 @@ export class MilterSession {
     this.flush()
     this.go({ kind: 'quitNc' })
     this.afterEob = false
+    this.unprovenReuse = true
     return true
   }
 
@@ -665,6 +688,7 @@ export class MilterSession {
       } catch (e) {
         throw this.fail(isMilterError(e) ? e : new MilterProtocolError(String(e)))
       }
+      this.unprovenReuse = false
       if (reply.kind === 'progress') continue
       return reply
     }

@@ -5,6 +5,9 @@
 import ipaddr from 'ipaddr.js'
 import type { ConnectAddress } from '../protocol/commands'
 
+/** Text that may be an IP literal: IPv6 has a colon, dotted-quad IPv4 only digits and dots. */
+const LITERAL_CHARS = /:|^[\d.]+$/
+
 /**
  * An IP address in the forms SMTP servers report (dotted-quad IPv4 or IPv6
  * text), parsed with ipaddr.js; an IPv4-mapped IPv6 address becomes the IPv4
@@ -13,6 +16,9 @@ import type { ConnectAddress } from '../protocol/commands'
  * inet_aton would take.
  */
 function parseIp(text: string): ipaddr.IPv4 | ipaddr.IPv6 | undefined {
+  // ipaddr.js rejects a host name by throwing inside isValid (costly per connection), so names
+  // (no colon, not only digits and dots) are told apart first
+  if (!LITERAL_CHARS.test(text)) return undefined
   if (ipaddr.IPv4.isValidFourPartDecimal(text)) return ipaddr.IPv4.parse(text)
   if (ipaddr.IPv6.isValid(text)) return ipaddr.process(text)
   return undefined
@@ -51,6 +57,7 @@ export function connectAddressFor(ip: string | undefined, port: number): Connect
 
 /** 4 or 6 for an IP literal, 0 for anything else (a host name). */
 export function ipFamily(text: string): 4 | 6 | 0 {
+  if (!LITERAL_CHARS.test(text)) return 0
   if (ipaddr.IPv4.isValidFourPartDecimal(text)) return 4
   if (ipaddr.IPv6.isValid(text)) return 6
   return 0

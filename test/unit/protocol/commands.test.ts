@@ -120,6 +120,26 @@ describe('command encoders (golden vectors)', () => {
     )
     const latin1 = Buffer.from([0x6d, 0xfc, 0x6e])
     assert.equal(toHex(encodeHelo(latin1)), toHex(frame('H', cstr(latin1))))
+    // MACRO with text only (written as one string) and with a Buffer value: the same bytes
+    const utf8 = Buffer.from('münchen.example', 'utf8')
+    assert.equal(
+      toHex(
+        encodeMacro(MacroStage.CONNECT, [
+          ['j', 'münchen.example'],
+          ['v', 'Haraka'],
+        ]),
+      ),
+      toHex(frame('D', u8(ch('C')), cstr('j'), cstr(utf8), cstr('v'), cstr('Haraka'))),
+    )
+    assert.equal(
+      toHex(
+        encodeMacro(MacroStage.CONNECT, [
+          ['j', utf8],
+          ['v', 'Haraka'],
+        ]),
+      ),
+      toHex(frame('D', u8(ch('C')), cstr('j'), cstr(utf8), cstr('v'), cstr('Haraka'))),
+    )
   })
 
   it('writes the CONNECT port in network order', () => {
@@ -140,6 +160,7 @@ describe('command encoders (golden vectors)', () => {
     assert.throws(() => encodeHelo('a\0b'), RangeError)
     assert.throws(() => encodeHeader('X', Buffer.from([0x61, 0x00])), RangeError)
     assert.throws(() => encodeMail(['<a@b>', 'X=\0']), RangeError)
+    assert.throws(() => encodeMacro(MacroStage.HELO, [['{cipher}', 'a\0b']]), RangeError)
   })
 })
 

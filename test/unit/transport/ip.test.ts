@@ -10,7 +10,16 @@ describe('transport: IP addresses', () => {
     for (const t of ['192.0.2.1', '::1', '2001:db8::7', '::ffff:192.0.2.1', 'fe80::1%eth0'])
       it(`"${t}" is an address`, () => assert.equal(isIpLiteral(t), true))
     // inet_aton's short, octal and hex forms are host names here, as in rDNS results
-    for (const t of ['mx.example.com', '1', '01.2.3.4', '0x7f.0.0.1', '1.2.3', '', 'NXDOMAIN'])
+    for (const t of [
+      'mx.example.com',
+      'localhost',
+      '1',
+      '01.2.3.4',
+      '0x7f.0.0.1',
+      '1.2.3',
+      '',
+      'NXDOMAIN',
+    ])
       it(`"${t}" is not`, () => assert.equal(isIpLiteral(t), false))
   })
 
