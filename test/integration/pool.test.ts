@@ -101,6 +101,7 @@ describe('MilterPool with a real libmilter filter', function () {
       'send SMFIC_CONNECT',
     ])
     assert.equal(a.names[quitNc - 1], 'send SMFIC_QUIT_NC')
+    await sleep(PROBATION_IDLE_MS + 20) // a milter on probation: kept sessions rest first
     const b = seen()
     const second = await pool.acquire(d, b.observer)
     assert.equal(second, first)
