@@ -5,11 +5,13 @@
  * summary timer, and close().
  */
 import assert from 'node:assert/strict'
+import cluster, { type Worker } from 'node:cluster'
 import * as http from 'node:http'
 import * as net from 'node:net'
 
 import { MetricsService } from '../../../lib/metrics/service'
 import { freePort } from '../../helpers/paths'
+import * as path from 'node:path'
 import { report } from './reports'
 
 function get(
@@ -172,5 +174,63 @@ describe('metrics: the service of one process', function () {
     const n = lines.length
     await new Promise((r) => setTimeout(r, 500))
     assert.equal(lines.length, n)
+  })
+})
+
+describe('metrics: the cluster primary sums its workers', function () {
+  this.timeout(30000)
+  const workers: Worker[] = []
+  let s: MetricsService | undefined
+
+  afterEach(async () => {
+    await s?.close()
+    s = undefined
+    for (const w of workers.splice(0)) w.process.kill()
+  })
+
+  /** A worker running test/helpers/metrics-worker.js in `mode`, once it said ready. */
+  function fork(mode: 'answer' | 'silent'): Promise<Worker> {
+    cluster.setupPrimary({
+      exec: path.join(__dirname, '..', '..', 'helpers', 'metrics-worker.js'),
+      args: [mode],
+      silent: true,
+    })
+    const w = cluster.fork()
+    workers.push(w)
+    return new Promise((resolve, reject) => {
+      w.once('message', (m: unknown) => (m === 'ready' ? resolve(w) : reject(new Error(String(m)))))
+      w.once('exit', (code) => reject(new Error(`worker exited with ${code}`)))
+    })
+  }
+
+  it('a worker that does not answer in time makes the scrape a 503, not a short sum', async () => {
+    await fork('answer')
+    const silent = await fork('silent')
+    const { log, lines } = logger()
+    const port = await freePort()
+    s = new MetricsService(log)
+    s.start('master')
+    s.configure(
+      { listen: { host: '127.0.0.1', port, text: `127.0.0.1:${port}` }, summaryIntervalMs: 0 },
+      ['one'],
+    )
+    // listening (a probe by GET would itself wait for the workers)
+    await until(() => lines.some(([, t]) => t.startsWith('metrics: Prometheus endpoint at')))
+    const started = Date.now()
+    const r = await get(port)
+    assert.equal(r.status, 503)
+    assert.equal(r.body, 'metrics unavailable: 1 of 2 Haraka workers answered in time\n')
+    assert.ok(Date.now() - started < 6000, 'bounded by the 4 s wait')
+    // the stuck worker gone: the sum of the ones left
+    await new Promise((resolve) => {
+      silent.once('exit', resolve)
+      silent.process.kill()
+    })
+    const ok = await get(port)
+    assert.equal(ok.status, 200)
+    assert.match(
+      ok.body,
+      /^haraka_milter_messages_total\{milter="one",endpoint="inet:1@127\.0\.0\.1",mode="enforce"\} 2$/m,
+    )
   })
 })
