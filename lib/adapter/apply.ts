@@ -15,11 +15,12 @@ import type {
   HarakaMessageStream,
   HarakaTransaction,
 } from './haraka'
+import { CHUNK_SIZE } from '../protocol/constants'
 import { Coalescer } from '../util/coalesce'
 import { transactionState } from './state'
 
-/** The message is read in pieces of at least this size (the largest BODY packet is 65535 bytes). */
-const READ_PIECE = 64 * 1024
+/** The message is read in pieces of the largest BODY packet: each goes out without another copy. */
+const READ_PIECE = CHUNK_SIZE
 
 /** Haraka's own Received header at the top carries `id <transaction uuid>`. */
 function isOwnReceived(entry: string, uuid: string): boolean {
