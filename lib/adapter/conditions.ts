@@ -6,7 +6,7 @@
 import { is_private_ip } from 'haraka-net-utils'
 
 import type { ClientFacts, MessageFacts } from '../policy/conditions'
-import { clientIp } from './facts'
+import { authUser, clientIp } from './facts'
 import type { HarakaAddress, HarakaConnection } from './haraka'
 
 /** The client at CONNECT: its address (IPv4-mapped IPv6 as IPv4) and whether it is private. */
@@ -30,9 +30,8 @@ export function messageFacts(
   from: HarakaAddress,
   esmtp: Record<string, string | null> | undefined,
 ): MessageFacts {
-  const user = c.notes['auth_user']
   return {
-    authenticated: typeof user === 'string' && user !== '',
+    authenticated: Boolean(authUser(c)),
     relaying: c.relaying,
     senderDomain: from.isNull() ? '' : (from.host ?? '').toLowerCase(),
     declaredSize: declaredSize(esmtp),

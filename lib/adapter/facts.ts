@@ -192,7 +192,8 @@ function stageMacro(
   }
 }
 
-function authUser(c: HarakaConnection): string | undefined {
+/** The user an AUTH plugin authenticated (connection.notes.auth_user), if any. */
+export function authUser(c: HarakaConnection): string | undefined {
   return (c.notes['auth_user'] as string | undefined) ?? undefined
 }
 
