@@ -70,6 +70,12 @@ export class Reader {
   }
 }
 
+/** A `str\0` field's value may not hold NUL itself (the caller strips or refuses it). */
+export function assertNoNul(v: string | Buffer): void {
+  if (typeof v === 'string' ? v.includes('\0') : v.includes(0))
+    throw new RangeError('a milter string field cannot contain NUL')
+}
+
 /** Builds one payload from big-endian integers, strings and raw bytes. */
 export class Writer {
   private readonly parts: Buffer[] = []
@@ -94,7 +100,7 @@ export class Writer {
   /** A `str\0` field. The value must not contain NUL itself. */
   cstring(v: string | Buffer): this {
     const b = typeof v === 'string' ? Buffer.from(v, 'utf8') : v
-    if (b.includes(0)) throw new RangeError('a milter string field cannot contain NUL')
+    assertNoNul(b)
     this.push(b)
     return this.push(Buffer.of(0))
   }

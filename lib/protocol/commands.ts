@@ -3,7 +3,7 @@
  * decoder the other way, used for packet traces and by test servers.
  */
 import { MilterProtocolError } from '../errors'
-import { Reader, Writer } from './bytes'
+import { assertNoNul, Reader, Writer } from './bytes'
 import { Cmd, Family, LEN_BYTES, MACRO_STAGE_CMD, type MacroStage } from './constants'
 import { encodeFrame, type Frame } from './frame'
 
@@ -44,8 +44,8 @@ function macroText(pairs: ReadonlyArray<readonly [Bytes, Bytes]>): string | unde
   let text = ''
   for (const [name, value] of pairs) {
     if (typeof name !== 'string' || typeof value !== 'string') return undefined
-    if (name.includes('\0') || value.includes('\0'))
-      throw new RangeError('a milter string field cannot contain NUL')
+    assertNoNul(name)
+    assertNoNul(value)
     text += `${name}\0${value}\0`
   }
   return text
