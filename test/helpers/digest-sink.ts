@@ -5,10 +5,9 @@
  * to a few MB, where test/helpers/sink.ts (which keeps every message whole) would hold gigabytes.
  */
 import { createHash } from 'node:crypto'
-import { SMTPServer } from 'smtp-server'
 import type { SMTPServerDataStream, SMTPServerSession } from 'smtp-server'
 
-import { parseMessage } from './sink'
+import { listenSmtp, parseMessage } from './sink'
 
 /** What is kept of one delivered message. */
 export interface Delivery {
@@ -97,35 +96,11 @@ export async function startDigestSink(): Promise<DigestSink> {
     })
   }
 
-  const server = new SMTPServer({
-    name: 'digest-sink.test',
-    logger: false,
-    secure: false,
-    disabledCommands: ['STARTTLS', 'AUTH'],
-    hideSTARTTLS: true,
-    authOptional: true,
-    disableReverseLookup: true,
-    size: 0,
-    closeTimeout: 100,
-    onData,
-  })
-  server.on('error', () => {
-    // a client going away is not a test failure
-  })
-  await new Promise<void>((resolve, reject) => {
-    server.server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      server.server.off('error', reject)
-      resolve()
-    })
-  })
-  const address = server.server.address()
-  if (address === null || typeof address === 'string')
-    throw new Error(`digest sink: unexpected listen address ${String(address)}`)
+  const { server, port } = await listenSmtp('digest-sink.test', onData)
   let stopped = false
 
   return {
-    port: address.port,
+    port,
     deliveries,
     byMsgId: (id) => index.get(id) ?? [],
     async waitUntil(pred, maxMs) {

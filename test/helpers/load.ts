@@ -243,6 +243,27 @@ interface Planned {
   seed: string
 }
 
+/** A planned message's record before anything of it was sent (conn -1: never started). */
+function unsent(p: Planned, session: number, conn: number, indexInConn: number): MessageOutcome {
+  return {
+    id: p.id,
+    key: p.key,
+    rcpts: p.rcpts,
+    acceptedRcpts: [],
+    size: p.size,
+    bodySha256: '',
+    session,
+    conn,
+    indexInConn,
+    steps: [],
+    final: 'unsent',
+    code: null,
+    enhanced: null,
+    at: null,
+    forbidden: [],
+  }
+}
+
 /** Builds a message: headers and a body of about `size` bytes, some lines starting with a dot. */
 export function buildMessage(p: {
   id: string
@@ -326,23 +347,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
     const srnd = prng(`${seed}|${opts.label}|s${session}`)
     let i = 0
     const newOutcome = (p: Planned, conn: number, indexInConn: number): MessageOutcome => {
-      const o: MessageOutcome = {
-        id: p.id,
-        key: p.key,
-        rcpts: p.rcpts,
-        acceptedRcpts: [],
-        size: p.size,
-        bodySha256: '',
-        session,
-        conn,
-        indexInConn,
-        steps: [],
-        final: 'unsent',
-        code: null,
-        enhanced: null,
-        at: null,
-        forbidden: [],
-      }
+      const o = unsent(p, session, conn, indexInConn)
       outcomes.push(o)
       return o
     }
@@ -498,23 +503,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
   for (const [s, list] of plans.entries()) {
     for (const p of list) {
       if (startedIds.has(p.id)) continue
-      outcomes.push({
-        id: p.id,
-        key: p.key,
-        rcpts: p.rcpts,
-        acceptedRcpts: [],
-        size: p.size,
-        bodySha256: '',
-        session: s,
-        conn: -1,
-        indexInConn: -1,
-        steps: [],
-        final: 'unsent',
-        code: null,
-        enhanced: null,
-        at: null,
-        forbidden: [],
-      })
+      outcomes.push(unsent(p, s, -1, -1))
     }
   }
   return { label: opts.label, outcomes, connections, ms: Date.now() - started }

@@ -1,5 +1,10 @@
 import { SMTPServer } from 'smtp-server'
-import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from 'smtp-server'
+import type {
+  SMTPServerAddress,
+  SMTPServerDataStream,
+  SMTPServerOptions,
+  SMTPServerSession,
+} from 'smtp-server'
 
 /** One header field: name as written, value after the colon (see {@link parseMessage}). */
 export type HeaderField = [name: string, value: string]
@@ -103,6 +108,45 @@ export function headerValues(message: Pick<SinkMessage, 'headers'>, name: string
 }
 
 /**
+ * An SMTP server on 127.0.0.1 (a free port) for the test sinks: no TLS or
+ * AUTH, no size limit, client errors ignored, and a stop() that does not
+ * wait for Haraka's pooled forwarding connections.
+ */
+export async function listenSmtp(
+  name: string,
+  onData: NonNullable<SMTPServerOptions['onData']>,
+  extra: Partial<SMTPServerOptions> = {},
+): Promise<{ server: SMTPServer; port: number }> {
+  const server = new SMTPServer({
+    name,
+    logger: false,
+    secure: false,
+    disabledCommands: ['STARTTLS', 'AUTH'],
+    hideSTARTTLS: true,
+    authOptional: true,
+    disableReverseLookup: true,
+    size: 0,
+    closeTimeout: 100,
+    ...extra,
+    onData,
+  })
+  server.on('error', () => {
+    // connection-level errors (a client that went away) are not test failures
+  })
+  await new Promise<void>((resolve, reject) => {
+    server.server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      server.server.off('error', reject)
+      resolve()
+    })
+  })
+  const address = server.server.address()
+  if (address === null || typeof address === 'string')
+    throw new Error(`${name}: unexpected listen address ${String(address)}`)
+  return { server, port: address.port }
+}
+
+/**
  * Start an SMTP sink on 127.0.0.1 (free port): no AUTH, no STARTTLS, no size limit, offers
  * PIPELINING, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES. Every message is accepted with
  * `250 2.0.0 sink queued <seq>` and recorded.
@@ -145,39 +189,12 @@ export async function startSink(): Promise<Sink> {
     })
   }
 
-  const server = new SMTPServer({
-    name: 'sink.test',
-    logger: false,
-    secure: false,
-    disabledCommands: ['STARTTLS', 'AUTH'],
-    hideSTARTTLS: true,
-    authOptional: true,
-    disableReverseLookup: true,
+  const { server, port } = await listenSmtp('sink.test', onData, {
     hide8BITMIME: false,
     hideSMTPUTF8: false,
     hidePIPELINING: false,
     hideENHANCEDSTATUSCODES: false,
-    size: 0,
-    // stop() must not wait 30 s for Haraka's pooled forwarding connections
-    closeTimeout: 100,
-    onData,
   })
-  server.on('error', () => {
-    // connection-level errors (client went away) are not test failures
-  })
-
-  await new Promise<void>((resolve, reject) => {
-    server.server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      server.server.off('error', reject)
-      resolve()
-    })
-  })
-  const address = server.server.address()
-  if (address === null || typeof address === 'string') {
-    throw new Error(`sink: unexpected listen address ${String(address)}`)
-  }
-  const port = address.port
   let stopped = false
 
   return {
