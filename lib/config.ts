@@ -111,7 +111,10 @@ export interface BreakerSettings {
 export interface ListenerDef {
   name: string
   listen: Array<{ ip: string | undefined; port: number }>
+  /** The milters that run, in order: the section's `milters`, else `[main]`'s default_milters. */
   milters: string[]
+  /** Where `milters` came from: the section's own key, or inherited from [main]. */
+  miltersFrom: 'listener' | 'main'
   sourceChannel: string
 }
 
@@ -451,29 +454,54 @@ function breakerOf(r: Reader, main: Reader): BreakerSettings {
   return { failures, backoffMs, backoffMaxMs }
 }
 
+/**
+ * The [listener.*] sections. A section without a `milters` key runs [main]'s
+ * default_milters: adding a section only to set `source_channel` must not
+ * switch filtering off. Only an explicit, empty `milters =` means "no milter
+ * on this listener".
+ */
 function parseListeners(
   file: string,
   ini: Ini,
   known: ReadonlyMap<string, MilterDef>,
+  defaultMilters: readonly string[],
 ): ListenerDef[] {
   const out: ListenerDef[] = []
   for (const sec of Object.keys(ini)) {
     if (!sec.startsWith('listener.')) continue
-    const r = new Reader(file, sec, section(ini, sec))
+    const values = section(ini, sec)
+    const r = new Reader(file, sec, values)
     const listenText = r.str('listen', '')
     if (listenText === '')
       throw r.err('listen', 'is required (e.g. 127.0.0.1:2525, [::1]:2525 or :587)')
-    const milters = r.list('milters', [])
+    const own = values['milters'] !== undefined
+    const milters = own ? r.list('milters', []) : [...defaultMilters]
     for (const m of milters)
       if (!known.has(m)) throw r.err('milters', `names "${m}", which has no [milter.${m}] section`)
     out.push({
       name: sec.slice('listener.'.length),
       listen: parseListen(r, 'listen', listenText),
       milters,
+      miltersFrom: own ? 'listener' : 'main',
       sourceChannel: r.str('source_channel', sec.slice('listener.'.length)),
     })
   }
   return out
+}
+
+/** One line per listener (and the default) naming the milters that run there, for the startup log. */
+export function describeListeners(cfg: MilterConfig): string[] {
+  const list = (names: readonly string[]): string =>
+    names.length === 0 ? 'no milters (unfiltered)' : `milters ${names.join(', ')}`
+  const lines = cfg.listeners.map((l) => {
+    const where = l.listen.map((x) => `${x.ip ?? '*'}:${x.port}`).join(', ')
+    const from = l.miltersFrom === 'main' ? ' (inherited from [main])' : ''
+    return `listener ${l.name} (${where}): ${list(l.milters)}${from}; source_channel ${l.sourceChannel}`
+  })
+  lines.push(
+    `other listeners: ${list(cfg.defaultMilters)}; source_channel ${cfg.defaultSourceChannel}`,
+  )
+  return lines
 }
 
 function parseMap(
@@ -534,7 +562,7 @@ export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
     milters,
     defaultMilters,
     defaultSourceChannel: main.str('source_channel', 'tcp_local'),
-    listeners: parseListeners(file, ini, milters),
+    listeners: parseListeners(file, ini, milters, defaultMilters),
     replyCode: main.oneOf('reply_code', ['milter', 'enhanced_only'] as const, 'milter'),
     discard: main.oneOf('discard', ['drop', 'quarantine'] as const, 'drop'),
     quarantine: {

@@ -3,7 +3,13 @@
  * keeps the previous one), the time budget Haraka must allow each hook, and
  * the milter pool (with its breakers, kept across reloads).
  */
-import { parseMilterConfig, type Ini, type MilterConfig, type MilterDef } from '../config'
+import {
+  describeListeners,
+  parseMilterConfig,
+  type Ini,
+  type MilterConfig,
+  type MilterDef,
+} from '../config'
 import { poolFigures } from '../metrics/figures'
 import type { MilterMetrics } from '../metrics/recorder'
 import { metricsWanted, MetricsService, type Role } from '../metrics/service'
@@ -106,6 +112,7 @@ export class Runtime {
       },
     })
     this.log.loginfo(`milters: ${[...cfg.milters.values()].map(describe).join('; ') || '(none)'}`)
+    for (const line of describeListeners(cfg)) this.log.loginfo(line)
     this.loadMetrics(cfg)
     return hookTimeoutSeconds(cfg)
   }

@@ -42,6 +42,8 @@ interface Ports {
   a: number
   b: number
   c: number
+  /** A listener section that sets only source_channel (no `milters` key). */
+  d: number
 }
 
 function milterIni(p: Ports, quarantineDir: string, extraMain = ''): string {
@@ -77,6 +79,10 @@ source_channel = chan_b
 listen = 127.0.0.1:${p.c}
 milters = two
 source_channel = chan_c
+
+[listener.d]
+listen = 127.0.0.1:${p.d}
+source_channel = chan_d
 `
 }
 
@@ -99,9 +105,15 @@ describe('plugin end to end (real Haraka, real libmilter, real SMTP delivery)', 
       a: await freePort(),
       b: await freePort(),
       c: await freePort(),
+      d: await freePort(),
     }
     haraka = await startHaraka({
-      listeners: [`127.0.0.1:${ports.a}`, `127.0.0.1:${ports.b}`, `127.0.0.1:${ports.c}`],
+      listeners: [
+        `127.0.0.1:${ports.a}`,
+        `127.0.0.1:${ports.b}`,
+        `127.0.0.1:${ports.c}`,
+        `127.0.0.1:${ports.d}`,
+      ],
       plugins: ['milter', 'rcpt_to.in_host_list', 'queue/smtp_forward'],
       sinkPort: sink.port,
       config: { 'milter.ini': milterIni(ports, quarantineDir) },
@@ -490,6 +502,22 @@ describe('plugin end to end (real Haraka, real libmilter, real SMTP delivery)', 
     assert.deepEqual(headerValues(msg, 'X-Two'), ['yes'])
     assert.equal(m1.eventsOf('connect').length, 0)
     assert.equal(m2.eventsOf('connect')[0]?.macros['{source_channel}'], 'chan_c')
+  })
+
+  it('a listener section without `milters` runs [main]’s milters, never passes mail unfiltered', async () => {
+    const m1 = await milterOne({ reply: { eom: 'reject' } })
+    const m2 = await milterTwo({})
+    const r = await send(ports.d)
+    assert.equal(r.accepted, false, 'the [main] milter refused it')
+    assert.equal(r.replies.message?.code, 554)
+    assert.equal(m1.eventsOf('connect')[0]?.macros['{source_channel}'], 'chan_d')
+    assert.equal(m2.eventsOf('connect')[0]?.macros['{source_channel}'], 'chan_d')
+    assert.equal(m2.eventsOf('header').length, 0, 'two comes after one’s refusal')
+    assert.equal(sink.messages.length, 0)
+    assert.match(
+      haraka.log(),
+      /listener d \(127\.0\.0\.1:\d+\): milters one, two \(inherited from \[main\]\); source_channel chan_d/,
+    )
   })
 
   it('sends ABORT on RSET and reuses the milter connection for the next message', async () => {

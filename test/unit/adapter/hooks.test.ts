@@ -118,7 +118,9 @@ describe('adapter: plugin hooks (haraka-test-fixtures)', function () {
       dir,
       `[main]\nmilters = fake\n\n[milter.fake]\nsocket = ${fake.spec}\n${timeouts()}\n` +
         `[quarantine]\ndir = ${path.join(dir, 'quarantine')}\n\n` +
-        `[listener.internal]\nlisten = :2526\nsource_channel = internal\n`,
+        `[listener.internal]\nlisten = :2526\nmilters =\nsource_channel = internal\n\n` +
+        // a section that only sets source_channel keeps [main]'s milters
+        `[listener.channel]\nlisten = :2527\nsource_channel = chan\n`,
     )
     plugin = loadPlugin(dir)
   })
@@ -258,6 +260,16 @@ describe('adapter: plugin hooks (haraka-test-fixtures)', function () {
     const n = fake.conns.length
     assert.equal((await call(plugin, 'hook_connect', c)).rc, CONT)
     assert.equal(fake.conns.length, n, 'no milter for this listener')
+  })
+
+  it('a listener section without `milters` runs [main] milters, with its own {source_channel}', async () => {
+    const c = client()
+    c.local.port = 2527
+    const n = fake.conns.length
+    assert.equal((await call(plugin, 'hook_connect', c)).rc, CONT)
+    assert.equal(fake.conns.length, n + 1, 'the [main] milter was contacted')
+    await fake.last.waitFor((cmd) => cmd.cmd === 'connect')
+    assert.equal(fake.last.macros('connect').get('{source_channel}'), 'chan')
   })
 
   it('reject at MAIL: deny with the DSN, result recorded', async () => {

@@ -9,7 +9,13 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 
 import { DEFAULT_MACROS } from '../../../lib/session/macros'
-import { findListener, parseMilterConfig, type Ini, type MilterConfig } from '../../../lib/config'
+import {
+  describeListeners,
+  findListener,
+  parseMilterConfig,
+  type Ini,
+  type MilterConfig,
+} from '../../../lib/config'
 import { MilterConfigError } from '../../../lib/errors'
 import { MacroStage } from '../../../lib/protocol/constants'
 import { REPO_ROOT } from '../../helpers/paths'
@@ -454,14 +460,41 @@ describe('config: parseMilterConfig', () => {
             { ip: '::1', port: 2525 },
           ],
           milters: ['a'],
+          miltersFrom: 'listener',
           sourceChannel: 'tcp_auth',
         },
         {
           name: 'smtp',
           listen: [{ ip: undefined, port: 587 }],
-          milters: [],
+          milters: ['a'],
+          miltersFrom: 'main',
           sourceChannel: 'smtp',
         },
+      ])
+    })
+
+    it('a section without `milters` runs [main] default_milters; only an empty `milters =` runs none', () => {
+      const ini = {
+        main: { milters: 'a, b', default_milters: 'b' },
+        'milter.a': { socket: 'inet:1@127.0.0.1' },
+        'milter.b': { socket: 'inet:2@127.0.0.1' },
+        // added only to set source_channel: must not switch filtering off
+        'listener.sub': { listen: ':587', source_channel: 'tcp_auth' },
+        'listener.release': { listen: '127.0.0.1:2526', milters: '' },
+        'listener.both': { listen: ':2525', milters: 'a b' },
+      }
+      const cfg = parseMilterConfig(ini)
+      const byName = Object.fromEntries(cfg.listeners.map((l) => [l.name, l]))
+      assert.deepEqual(byName['sub']?.milters, ['b'])
+      assert.equal(byName['sub']?.miltersFrom, 'main')
+      assert.deepEqual(byName['release']?.milters, [])
+      assert.equal(byName['release']?.miltersFrom, 'listener')
+      assert.deepEqual(byName['both']?.milters, ['a', 'b'])
+      assert.deepEqual(describeListeners(cfg), [
+        'listener sub (*:587): milters b (inherited from [main]); source_channel tcp_auth',
+        'listener release (127.0.0.1:2526): no milters (unfiltered); source_channel release',
+        'listener both (*:2525): milters a, b; source_channel both',
+        'other listeners: milters b; source_channel tcp_local',
       ])
     })
 
