@@ -494,7 +494,9 @@ export function describeListeners(cfg: MilterConfig): string[] {
   const list = (names: readonly string[]): string =>
     names.length === 0 ? 'no milters (unfiltered)' : `milters ${names.join(', ')}`
   const lines = cfg.listeners.map((l) => {
-    const where = l.listen.map((x) => `${x.ip ?? '*'}:${x.port}`).join(', ')
+    const where = l.listen
+      .map((x) => `${x.ip?.includes(':') ? `[${x.ip}]` : (x.ip ?? '*')}:${x.port}`)
+      .join(', ')
     const from = l.miltersFrom === 'main' ? ' (inherited from [main])' : ''
     return `listener ${l.name} (${where}): ${list(l.milters)}${from}; source_channel ${l.sourceChannel}`
   })

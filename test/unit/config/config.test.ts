@@ -481,7 +481,7 @@ describe('config: parseMilterConfig', () => {
         // added only to set source_channel: must not switch filtering off
         'listener.sub': { listen: ':587', source_channel: 'tcp_auth' },
         'listener.release': { listen: '127.0.0.1:2526', milters: '' },
-        'listener.both': { listen: ':2525', milters: 'a b' },
+        'listener.both': { listen: ':2525, [::1]:2525', milters: 'a b' },
       }
       const cfg = parseMilterConfig(ini)
       const byName = Object.fromEntries(cfg.listeners.map((l) => [l.name, l]))
@@ -493,7 +493,7 @@ describe('config: parseMilterConfig', () => {
       assert.deepEqual(describeListeners(cfg), [
         'listener sub (*:587): milters b (inherited from [main]); source_channel tcp_auth',
         'listener release (127.0.0.1:2526): no milters (unfiltered); source_channel release',
-        'listener both (*:2525): milters a, b; source_channel both',
+        'listener both (*:2525, [::1]:2525): milters a, b; source_channel both',
         'other listeners: milters b; source_channel tcp_local',
       ])
     })
