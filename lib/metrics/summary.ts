@@ -1,7 +1,7 @@
 /**
  * The periodic summary line, from the metrics themselves: per milter the
  * messages, non-continue verdicts, failures, and the per-message wait's
- * median and 99th percentile over the interval. Figures are differences of
+ * median and a tail percentile over the interval (as many as the samples carry). Figures are differences of
  * the cumulative counters between two snapshots, per source (the process,
  * or each cluster worker, so that a worker that restarted counts from
  * zero instead of making a negative difference). Percentiles are estimated
@@ -137,10 +137,23 @@ function describe(name: string, f: MilterFigures): string {
     .sort(([a], [b]) => (a < b ? -1 : 1))
     .map(([k, n]) => `${k} ${n}`)
     .join(', ')
-  const p50 = quantile(f.wait, 0.5)
-  const p99 = quantile(f.wait, 0.99)
-  const wait = p50 === undefined || p99 === undefined ? '' : `, wait p50 ${ms(p50)} p99 ${ms(p99)}`
-  return `${name}: ${f.messages} msgs${verdicts ? ` (${verdicts})` : ''}, ${f.failures} failures${wait}`
+  return `${name}: ${f.messages} msgs${verdicts ? ` (${verdicts})` : ''}, ${f.failures} failures${waitText(f.wait)}`
+}
+
+/**
+ * The wait's percentiles, as many as the samples can carry: a tail
+ * percentile of a handful of samples is the largest of them, which reads as
+ * a figure it is not. From 100 samples p50 and p99; from 20 p50 and p90;
+ * below that p50 with the number of samples beside it.
+ */
+export function waitText(wait: ReadonlyMap<number, number>): string {
+  const n = Math.max(0, ...wait.values())
+  const p50 = quantile(wait, 0.5)
+  if (n === 0 || p50 === undefined) return ''
+  if (n < 20) return `, wait p50 ${ms(p50)} (${n} sample${n === 1 ? '' : 's'})`
+  const q = n < 100 ? 0.9 : 0.99
+  const tail = quantile(wait, q) ?? p50
+  return `, wait p50 ${ms(p50)} p${Math.round(q * 100)} ${ms(tail)}`
 }
 
 /**

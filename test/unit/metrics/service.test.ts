@@ -167,7 +167,7 @@ describe('metrics: the service of one process', function () {
     assert.equal(first[0], 'info')
     assert.match(
       first[1],
-      /^milter summary \(last 0 s\): one: 3 msgs, 0 failures, wait p50 \d+\.\d ms p99 \d+\.\d ms$/,
+      /^milter summary \(last 0 s\): one: 3 msgs, 0 failures, wait p50 \d+\.\d ms \(3 samples\)$/,
     )
     await until(() => lines.some(([, t]) => /^milter summary .*: one: 0 msgs, 0 failures$/.test(t)))
     await s.close()

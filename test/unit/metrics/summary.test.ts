@@ -6,7 +6,14 @@
 import assert from 'node:assert/strict'
 
 import { MilterMetrics } from '../../../lib/metrics/recorder'
-import { addFigures, figuresOf, quantile, since, summaryLine } from '../../../lib/metrics/summary'
+import {
+  addFigures,
+  figuresOf,
+  quantile,
+  since,
+  summaryLine,
+  waitText,
+} from '../../../lib/metrics/summary'
 import { report } from './reports'
 
 describe('metrics: the summary line', () => {
@@ -54,9 +61,24 @@ describe('metrics: the summary line', () => {
     const line = summaryLine(since(now, first), 300, ['one', 'two', 'three'])
     assert.equal(
       line,
-      'milter summary (last 300 s): one: 10 msgs (accept 9, reject 1), 0 failures, wait p50 3.8 ms p99 5.0 ms; ' +
-        'two: 1 msgs, 1 failures, wait p50 0.8 ms p99 1.0 ms; three: 0 msgs, 0 failures',
+      'milter summary (last 300 s): one: 10 msgs (accept 9, reject 1), 0 failures, wait p50 3.8 ms (10 samples); ' +
+        'two: 1 msgs, 1 failures, wait p50 0.8 ms (1 sample); three: 0 msgs, 0 failures',
     )
+  })
+
+  it('shows a tail percentile only when there are samples enough for it: p90 from 20, p99 from 100', () => {
+    const buckets = (n: number, slow: number): Map<number, number> =>
+      new Map([
+        [0.001, 0],
+        [0.005, n - slow],
+        [0.1, n],
+        [Infinity, n],
+      ])
+    assert.equal(waitText(new Map()), '')
+    assert.equal(waitText(buckets(19, 2)), ', wait p50 3.2 ms (19 samples)')
+    assert.equal(waitText(buckets(20, 2)), ', wait p50 3.2 ms p90 5.0 ms')
+    assert.equal(waitText(buckets(99, 2)), ', wait p50 3.0 ms p90 4.7 ms')
+    assert.equal(waitText(buckets(100, 2)), ', wait p50 3.0 ms p99 53 ms')
   })
 
   it('sums workers; a worker whose counters went down (restarted) counts from zero', async () => {
