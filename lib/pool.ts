@@ -209,7 +209,12 @@ export class MilterPool {
    * A ready session: an idle reusable one, or a new one (unless the endpoint
    * is marked down); `observer` sees its packets and warnings until release.
    */
-  async acquire(def: MilterDef, observer?: SessionObserver): Promise<MilterSession> {
+  async acquire(
+    def: MilterDef,
+    observer?: SessionObserver,
+    /** Told which endpoint serves (for the caller's log, with its connection id); else onEndpoint. */
+    onEndpoint?: (use: EndpointUse) => void,
+  ): Promise<MilterSession> {
     const kept = this.reused(this.key(def), def.name)
     if (kept) {
       kept.observe(observer)
@@ -232,7 +237,9 @@ export class MilterPool {
         breaker.success(admitted.probe)
         this.used.set(session, ep.text)
         this.live.add(def.name, ep.text, session)
-        this.opts.onEndpoint?.(def.name, { endpoint: ep.text, failed, skipped })
+        const use = { endpoint: ep.text, failed, skipped }
+        if (onEndpoint) onEndpoint(use)
+        else this.opts.onEndpoint?.(def.name, use)
         return session
       } catch (e) {
         const reason = e instanceof Error ? e.message : String(e)

@@ -26,7 +26,7 @@ import type { HarakaAddress, HarakaConnection, HarakaPlugin, Next } from '../lib
 import { ConnectionDebug } from '../lib/adapter/debug'
 import { hookCode, toHookResult } from '../lib/adapter/reply'
 import { reportEvent, reportMessage, reportOutcome } from '../lib/adapter/report'
-import { Runtime } from '../lib/adapter/runtime'
+import { endpointText, Runtime } from '../lib/adapter/runtime'
 import {
   connectionState,
   dropConnectionState,
@@ -212,7 +212,13 @@ export function hook_connect(this: MilterPlugin, next: Next, c: HarakaConnection
     onStep: (s) => dbg.step(s),
     ...(pool
       ? {
-          open: (d) => pool.acquire(d, dbg.observer(d.name)),
+          open: (d) =>
+            pool.acquire(d, dbg.observer(d.name), (use) => {
+              // on the connection's log, so a failover names the SMTP session it happened in
+              const { level, text } = endpointText(d.name, use)
+              if (level === 'info') c.loginfo(this, text)
+              else c.logdebug(this, text)
+            }),
           release: (d, s) => pool.release(d, s),
           endpointOf: (s) => pool.endpointOf(s),
         }

@@ -70,11 +70,12 @@ export function breakerText(
   milter: string,
   ch: BreakerChange,
   endpoints = 1,
-): { level: 'error' | 'info'; text: string } {
+): { level: 'error' | 'warn' | 'info'; text: string } {
   switch (ch.to) {
     case 'open':
       return {
-        level: 'error',
+        // with other endpoints, sessions go on there: an operator's concern, not yet an outage
+        level: endpoints > 1 ? 'warn' : 'error',
         text: `${milter}: marked down after ${ch.failures} consecutive connect failure(s) to ${ch.endpoint} (${ch.reason ?? 'error'}); not dialled for ${Math.round((ch.retryInMs ?? 0) / 1000)} s, ${endpoints > 1 ? "sessions use the milter's other endpoints (default_action when none is up)" : 'default_action applies at once'}`,
       }
     case 'half-open':

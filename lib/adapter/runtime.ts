@@ -101,6 +101,7 @@ export class Runtime {
       onBreakerChange: (milter, ch, endpoints) => {
         const { level, text } = breakerText(milter, ch, endpoints)
         if (level === 'error') this.log.logerror(text)
+        else if (level === 'warn') this.log.logwarn(text)
         else this.log.loginfo(text)
       },
       onReuseOff: (milter, reason) =>

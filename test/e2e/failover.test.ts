@@ -184,7 +184,10 @@ ${listeners.join('\n')}`,
     assert.equal(
       count(
         log,
-        new RegExp(`fo: failed over to ${esc(live.socket)}: ${esc(dead)} failed \\(cannot connect`),
+        // on the SMTP connection's log line: its id names the session that failed over
+        new RegExp(
+          `\\[INFO\\] \\[[0-9A-F-]{36}\\] \\[milter\\] fo: failed over to ${esc(live.socket)}: ${esc(dead)} failed \\(cannot connect`,
+        ),
       ),
       2,
       log,
@@ -192,8 +195,9 @@ ${listeners.join('\n')}`,
     assert.equal(
       count(
         log,
+        // WARN, not ERROR: the other endpoint serves
         new RegExp(
-          `fo: marked down after 2 consecutive connect failure\\(s\\) to ${esc(dead)}.*sessions use the milter's other endpoints`,
+          `\\[WARN\\].*fo: marked down after 2 consecutive connect failure\\(s\\) to ${esc(dead)}.*sessions use the milter's other endpoints`,
         ),
       ),
       1,
