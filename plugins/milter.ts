@@ -6,6 +6,7 @@
  * functions (Haraka copies enumerable exports onto the plugin object).
  */
 import { writeQuarantine } from '../lib/adapter/apply'
+import { captureBody } from '../lib/adapter/body-capture'
 import { clientFacts, messageFacts } from '../lib/adapter/conditions'
 import {
   applyStageResult,
@@ -312,6 +313,7 @@ export function milter_rcpt(
 /** DATA. */
 export function hook_data(this: MilterPlugin, next: Next, c: HarakaConnection): void {
   if (!c.transaction) return next()
+  captureBody(c.transaction)
   stage.call(this, next, c, 'data', (st) => st.chain.data(macros(st, c)))
 }
 

@@ -14,6 +14,7 @@ import {
   removeTempDir,
   withFreePort,
 } from '../../test/helpers/daemons/process'
+import { startScriptedMilter } from '../../test/helpers/milter-process'
 import { generateDkimKey, startOpenDkim } from '../../test/helpers/opendkim'
 import { REPO_ROOT } from '../../test/helpers/paths'
 
@@ -112,6 +113,24 @@ export async function startDkimSigner(): Promise<BenchMilter> {
     pid: d.pid,
     output: () => d.output(),
     stop: () => d.stop(),
+  }
+}
+
+/**
+ * pymilter (test/milters/scripted.py) adding one header at end of message: libmilter writes
+ * the modification and the verdict separately, the case of the end-of-message stall.
+ */
+export async function startAddHeader(): Promise<BenchMilter> {
+  const m = await startScriptedMilter(
+    { eom: [{ op: 'addheader', name: 'X-Bench', value: 'added' }] },
+    { transport: 'inet' },
+  )
+  return {
+    name: 'addheader',
+    socket: m.socket,
+    pid: m.pid,
+    output: () => '',
+    stop: () => m.stop(),
   }
 }
 

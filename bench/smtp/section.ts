@@ -8,7 +8,13 @@ import type { Options, SmtpSize } from '../args'
 import { note, progress } from '../report'
 import { MiB } from '../stats'
 import { haveSmtpSource, killLoad, latencyProbe, nodeLoad, smtpSourceLoad } from './load'
-import { startDkimSigner, startNoop, stopBenchMilters, type BenchMilter } from './milters'
+import {
+  startAddHeader,
+  startDkimSigner,
+  startNoop,
+  stopBenchMilters,
+  type BenchMilter,
+} from './milters'
 import { cpuMs, hwmBytes, resetHwm } from './procs'
 import { postfixMissing } from './postfix'
 import { memoryRuns } from './memory'
@@ -58,6 +64,8 @@ async function startMilter(kind: MilterKind): Promise<BenchMilter> {
         return startNoop('noop-replace', { replaceSame: true })
       case 'opendkim':
         return startDkimSigner()
+      case 'addheader':
+        return startAddHeader()
     }
   })()
   liveMilters.add(m)

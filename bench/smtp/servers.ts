@@ -11,7 +11,7 @@ import { setIniKeys, startHaraka, type RunningHaraka } from '../../test/helpers/
 import { REPO_ROOT, freePort } from '../../test/helpers/paths'
 import { startPostfix, type RunningPostfix } from './postfix'
 
-export type MilterKind = 'noop' | 'noop-nr' | 'opendkim' | 'noop-replace'
+export type MilterKind = 'noop' | 'noop-nr' | 'opendkim' | 'noop-replace' | 'addheader'
 
 export interface Variant {
   name: string
@@ -23,6 +23,8 @@ export interface Variant {
   base: string
   /** milter.ini reuse_connections = true (SMFIC_QUIT_NC between SMTP sessions). */
   reuse?: boolean
+  /** Without prompt ACKs after EOB (TCP_QUICKACK): the plugin as before that change. */
+  noQuickAck?: boolean
 }
 
 export const VARIANTS: readonly Variant[] = [
@@ -38,12 +40,28 @@ export const VARIANTS: readonly Variant[] = [
     reuse: true,
   },
   { name: 'haraka+opendkim', mta: 'haraka', milter: 'opendkim', base: 'haraka' },
+  {
+    name: 'haraka+opendkim-noqa',
+    mta: 'haraka',
+    milter: 'opendkim',
+    base: 'haraka',
+    noQuickAck: true,
+  },
+  { name: 'haraka+addheader', mta: 'haraka', milter: 'addheader', base: 'haraka' },
+  {
+    name: 'haraka+addheader-noqa',
+    mta: 'haraka',
+    milter: 'addheader',
+    base: 'haraka',
+    noQuickAck: true,
+  },
   { name: 'haraka-n2', mta: 'haraka', nodes: 2, base: 'haraka-n2' },
   { name: 'haraka-n2+noop', mta: 'haraka', nodes: 2, milter: 'noop', base: 'haraka-n2' },
   { name: 'postfix', mta: 'postfix', base: 'postfix' },
   { name: 'postfix+noop', mta: 'postfix', milter: 'noop', base: 'postfix' },
   { name: 'postfix+noop-nr', mta: 'postfix', milter: 'noop-nr', base: 'postfix' },
   { name: 'postfix+opendkim', mta: 'postfix', milter: 'opendkim', base: 'postfix' },
+  { name: 'postfix+addheader', mta: 'postfix', milter: 'addheader', base: 'postfix' },
 ]
 
 /** A running MTA of one variant. */
@@ -107,12 +125,15 @@ export async function startHarakaServer(
     config['smtp.ini'] = `listen=127.0.0.1:${port}\nnodes=${v.nodes}\n`
   }
   const env: Record<string, string> = {}
+  const preloads: string[] = []
   if (opts.cpuProfDir) {
     fs.mkdirSync(opts.cpuProfDir, { recursive: true })
     // Node refuses --cpu-prof in NODE_OPTIONS: a preload starts the profiler instead
-    env['NODE_OPTIONS'] = `--require ${path.join(__dirname, '..', 'cpu-prof-preload.js')}`
+    preloads.push(path.join(__dirname, '..', 'cpu-prof-preload.js'))
     env['BENCH_CPU_PROF_DIR'] = path.resolve(opts.cpuProfDir)
   }
+  if (v.noQuickAck) preloads.push(path.join(__dirname, '..', 'no-quickack-preload.js'))
+  if (preloads.length > 0) env['NODE_OPTIONS'] = preloads.map((p) => `--require ${p}`).join(' ')
   let h: RunningHaraka
   try {
     // 'notice' is the quietest level at which the helper still sees "Listening on".

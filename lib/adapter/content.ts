@@ -4,6 +4,7 @@
  */
 import type { MessageResult, MilterChain, Outcome } from '../policy/chain'
 import type { MilterConfig } from '../config'
+import { CHUNK_SIZE } from '../protocol/constants'
 import { REPLIES } from '../policy/replies'
 import type { MacroLookup } from '../session/macros'
 import {
@@ -14,6 +15,7 @@ import {
   writeEnvelope,
   writeHeaders,
 } from './apply'
+import { bodyPieces } from './body-capture'
 import type { HarakaConnection, HarakaTransaction } from './haraka'
 import { transactionState } from './state'
 
@@ -39,10 +41,11 @@ export function runContent(
   return chain.message({
     headers: headerFields(t),
     envelope: envelopeOf(t),
-    body: () => ({
-      [Symbol.asyncIterator]: (): AsyncIterator<Buffer> =>
-        readMessage(t, { skip_headers: true })[Symbol.asyncIterator](),
-    }),
+    body: () =>
+      bodyPieces(t, CHUNK_SIZE) ?? {
+        [Symbol.asyncIterator]: (): AsyncIterator<Buffer> =>
+          readMessage(t, { skip_headers: true })[Symbol.asyncIterator](),
+      },
     eohMacros: macros,
     eomMacros: eom,
     ...(typeof t.data_bytes === 'number' ? { size: t.data_bytes } : {}),

@@ -4,6 +4,7 @@
  */
 import { MilterTimeoutError } from '../errors'
 import { dial } from '../transport/dial'
+import { promptAcks } from '../transport/quickack'
 import type { SocketSpec, TlsSettings } from '../transport/spec'
 import { MilterSession, type SessionOptions } from './session'
 
@@ -20,6 +21,7 @@ export async function openSession(
     return await MilterSession.negotiate(sock, {
       ...opts,
       timeouts: { ...opts.timeouts, connectMs: left },
+      ackPromptly: promptAcks(sock),
     })
   } catch (e) {
     sock.destroy()

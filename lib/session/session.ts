@@ -401,6 +401,7 @@ export class MilterSession {
     this.check('eom')
     this.sendMacros(MacroStage.EOM, macros)
     this.send(encodeBare(Cmd.BODYEOB))
+    this.flush(this.opts.ackPromptly)
     const eomMs = this.opts.timeouts.eomMs
     this.eomDeadline = eomMs === undefined ? undefined : Date.now() + eomMs
     try {
@@ -724,15 +725,26 @@ export class MilterSession {
    * Writes what send() gathered in one write: a stage's macros and command,
    * and under no-reply flags every command up to the next one that is
    * answered. Called before every wait for a reply, and before QUIT.
+   * `written` runs once the bytes are in the kernel: at once when the write
+   * went through synchronously (the usual case), else when it completes.
    */
-  private flush(): void {
+  private flush(written?: () => void): void {
     const n = this.outgoing.length
     if (n === 0) return
     const data =
       n === 1 ? (this.outgoing[0] as Buffer) : Buffer.concat(this.outgoing, this.outgoingBytes)
     this.outgoing = []
     this.outgoingBytes = 0
-    this.stream.write(data)
+    if (!written) {
+      this.stream.write(data)
+      return
+    }
+    let queued = false
+    this.stream.write(data, () => {
+      if (queued) written()
+    })
+    if ((this.stream.writableLength ?? 0) > 0) queued = true
+    else written()
   }
 
   /** Waits for the socket to drain (pipelined NR_BODY chunks), under the content timeout. */

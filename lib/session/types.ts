@@ -9,7 +9,9 @@ import type { MacroLists } from './macros'
 
 /** The duplex byte stream a session runs on (a net.Socket satisfies it). */
 export interface MilterStream {
-  write(data: Uint8Array): boolean
+  write(data: Uint8Array, done?: (err?: Error | null) => void): boolean
+  /** Bytes accepted by write() and not yet handed to the kernel. */
+  readonly writableLength?: number
   destroy(): void
   end(): void
   on(event: 'data', listener: (chunk: Buffer) => void): unknown
@@ -72,4 +74,10 @@ export interface SessionOptions {
   /** Largest reply payload accepted from the milter. */
   maxReplyBytes?: number
   observer?: SessionObserver
+  /**
+   * Called once SMFIC_BODYEOB is in the kernel: asks it to acknowledge the milter's reply
+   * packets at once (TCP_QUICKACK, lib/transport/quickack.ts), so a milter that writes a
+   * modification and then its verdict, under Nagle, does not wait for our delayed ACK.
+   */
+  ackPromptly?: (() => void) | undefined
 }
