@@ -1,19 +1,23 @@
 #!/usr/bin/env node
 // `npm start`: the product working, in the foreground. Ctrl-C stops everything.
 //
-// 1. Starts the demo milter, test/milters/scripted.py (a real libmilter filter, pymilter)
-//    with demo/milter-script.json: it adds an X-Milter-Demo header to every message and
-//    inserts X-Milter-Demo-First at the top. It needs /usr/bin/python3 with the Milter
-//    module (Debian: apt-get install python3-milter); without it Haraka runs on and logs
-//    that the milter cannot be reached (default_action = accept in demo/config/milter.ini).
+// 1. Starts the demo milter on 127.0.0.1:18891 (DEMO_MILTER_PORT; a port no well-known
+//    milter uses), with demo/milter-script.json: it adds an X-Milter-Demo header to every
+//    message and inserts X-Milter-Demo-First at the top. The milter is
+//    test/milters/scripted.py (a real libmilter filter) when /usr/bin/python3 has the
+//    Milter module (Debian: python3-milter), else demo/milter.js (Node.js, this package's
+//    protocol code). If the port is taken, npm start stops: it never talks to a milter it
+//    did not start.
 // 2. Runs Haraka with the plugin from this checkout on the configuration in demo/config/,
 //    copied to demo/run/haraka/ with the ports filled in.
 // 3. Sends one test message (node demo/send.js does the same) and prints where it was
 //    delivered: the demo queue plugin (demo/plugins/demo_deliver.js) writes each message,
 //    with the milters' edits, to demo/run/mail/<id>.eml.
 //
-// Environment: HARAKA_HOST (127.0.0.1), HARAKA_PORT (2525), DEMO_MILTER_PORT (8891),
-// DEMO_SEND=0 to skip the test message.
+// Environment: HARAKA_HOST (127.0.0.1), HARAKA_PORT (2525), DEMO_MILTER_PORT (18891),
+// DEMO_SEND=0 to skip the test message, DEMO_MILTER=node|pymilter to choose the demo
+// milter instead of the automatic choice (DEMO_MILTER=node shows what a machine without
+// python3-milter sees).
 'use strict'
 
 const { spawn, spawnSync } = require('node:child_process')
@@ -32,6 +36,8 @@ const PYTHON = '/usr/bin/python3'
 
 const children = new Set()
 let stopping = false
+/** The Haraka child, once started. */
+let haraka
 
 function say(msg) {
   process.stderr.write(`run-haraka: ${msg}\n`)
@@ -120,12 +126,26 @@ function pymilterMissing() {
   return r.error !== undefined || r.status !== 0
 }
 
-/** Starts scripted.py on 127.0.0.1:port; resolves once it printed READY. */
-function startDemoMilter(port) {
+/** The demo milter to run: [command, script, name for the terminal]. */
+function chooseDemoMilter() {
+  const choice = process.env.DEMO_MILTER || 'auto'
+  const pymilter = [PYTHON, path.join(repoRoot, 'test', 'milters', 'scripted.py')]
+  const node = [process.execPath, path.join(demoDir, 'milter.js')]
+  if (choice === 'pymilter') return { argv: pymilter, name: 'test/milters/scripted.py (pymilter)' }
+  if (choice === 'node') return { argv: node, name: 'demo/milter.js (Node.js)' }
+  if (choice !== 'auto') fail(`DEMO_MILTER="${choice}": use node or pymilter (or leave it unset)`)
+  return pymilterMissing()
+    ? { argv: node, name: 'demo/milter.js (Node.js; python3-milter is not installed)' }
+    : { argv: pymilter, name: 'test/milters/scripted.py (pymilter, libmilter)' }
+}
+
+/** Starts the demo milter on 127.0.0.1:port; resolves once it printed READY. */
+function startDemoMilter(milter, port) {
+  const [cmd, ...args] = milter.argv
   const child = spawn(
-    PYTHON,
+    cmd,
     [
-      path.join(repoRoot, 'test', 'milters', 'scripted.py'),
+      ...args,
       '--socket',
       `inet:${port}@127.0.0.1`,
       '--script',
@@ -163,8 +183,8 @@ function stopAll() {
   stopping = true
   for (const child of children) {
     try {
-      // Haraka shuts down cleanly on SIGINT; scripted.py on SIGTERM
-      process.kill(child.pid, child.spawnfile === PYTHON ? 'SIGTERM' : 'SIGINT')
+      // Haraka shuts down cleanly on SIGINT; the demo milters on SIGTERM
+      process.kill(child.pid, child === haraka ? 'SIGINT' : 'SIGTERM')
     } catch {
       // already gone
     }
@@ -198,16 +218,27 @@ async function sendTestMessage(host, port) {
     say(`the test message was accepted (${last}) but no delivered file was named`)
     return
   }
-  say(`test message delivered to ${rel(m[1])}; its header, as the milters left it:`)
+  const header = headerBlock(m[1])
+  say(`test message delivered to ${rel(m[1])}; its header, as the milter left it:`)
   process.stderr.write(
-    `${headerBlock(m[1])
+    `${header
       .split('\n')
       .map((l) => `    ${l}`)
       .join('\n')}\n`,
   )
+  if (!/^X-Milter-Demo:/m.test(header))
+    say(
+      'the X-Milter-Demo header is missing: the milter did not edit the message (see the log above)',
+    )
 }
 
 async function main() {
+  const major = Number(process.versions.node.split('.')[0])
+  if (major < 22)
+    fail(
+      `Node.js ${process.version} is too old: Haraka 3.3 needs 22 or later; ` +
+        `run . .ci/node22.sh first (it puts Node 22 on PATH), then npm ci && npm start`,
+    )
   if (!fs.existsSync(harakaBin)) fail(`Haraka not found at ${rel(harakaBin)}: run npm ci first`)
   const pkg = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8'))
   if (!fs.existsSync(path.join(repoRoot, pkg.main)))
@@ -215,40 +246,34 @@ async function main() {
 
   const host = process.env.HARAKA_HOST || '127.0.0.1'
   const port = portFromEnv('HARAKA_PORT', 2525)
-  const milterPort = portFromEnv('DEMO_MILTER_PORT', 8891)
+  const milterPort = portFromEnv('DEMO_MILTER_PORT', 18891)
   if (!(await portIsFree(host, port)))
     fail(
       `port ${port} on ${host} is already in use (another npm start?); ` +
         `choose another with HARAKA_PORT, e.g. HARAKA_PORT=2526 npm start`,
     )
 
+  if (!(await portIsFree('127.0.0.1', milterPort)))
+    fail(
+      `port ${milterPort} on 127.0.0.1 (the demo milter's) is already in use; ` +
+        `choose another with DEMO_MILTER_PORT, e.g. DEMO_MILTER_PORT=${milterPort + 1} npm start`,
+    )
+
   fs.mkdirSync(runDir, { recursive: true })
-  if (pymilterMissing()) {
-    say(
-      `the demo milter needs ${PYTHON} with the Milter module (apt-get install python3-milter); ` +
-        `running without it: Haraka logs that it cannot reach the milter and accepts mail ` +
-        `(default_action = accept)`,
-    )
-  } else if (!(await portIsFree('127.0.0.1', milterPort))) {
-    say(
-      `127.0.0.1:${milterPort} is in use: not starting the demo milter, Haraka uses whatever ` +
-        `listens there (set DEMO_MILTER_PORT to choose another port)`,
-    )
-  } else {
-    try {
-      await startDemoMilter(milterPort)
-      say(
-        `demo milter running: test/milters/scripted.py on inet:${milterPort}@127.0.0.1 ` +
-          `(demo/milter-script.json; its event log: ${rel(path.join(runDir, 'milter-events.jsonl'))})`,
-      )
-    } catch (err) {
-      say(`the demo milter did not start (${err.message}); running without it`)
-    }
+  const milter = chooseDemoMilter()
+  try {
+    await startDemoMilter(milter, milterPort)
+  } catch (err) {
+    fail(`the demo milter ${milter.name} did not start: ${err.message}`)
   }
+  say(
+    `demo milter running on inet:${milterPort}@127.0.0.1: ${milter.name}; ` +
+      `what it receives: ${rel(path.join(runDir, 'milter-events.jsonl'))}`,
+  )
 
   const listen = prepareHarakaDir(host, port, milterPort)
   say(`starting Haraka on ${listen} with ${rel(path.join(demoDir, 'config'))}`)
-  const haraka = spawn(process.execPath, [harakaBin, '-c', harakaDir], {
+  haraka = spawn(process.execPath, [harakaBin, '-c', harakaDir], {
     cwd: repoRoot,
     stdio: ['ignore', 'pipe', 'inherit'],
     // own process group: a terminal Ctrl-C reaches only us, and we forward it once

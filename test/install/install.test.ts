@@ -1,18 +1,24 @@
 /**
- * The package as an operator installs it: `npm pack` tarball and git URL
- * (`git+file://`), each into a fresh Haraka directory made by `haraka -i`,
- * with `milter` added to config/plugins before the queue plugin and a real
- * libmilter filter (test/milters/scripted.py) configured. Haraka is started,
- * a message goes in over SMTP and must arrive at a real receiving server
- * (test/helpers/sink.ts) with the milter's header. `haraka-milter --help`
- * must run from the installed bin.
+ * The package as an operator installs it, following the README's "Installing into
+ * Haraka, from nothing" steps in a fresh directory: Haraka installed with
+ * `npm install -g Haraka` (into a scratch prefix, npm_config_prefix), `haraka -i`, the
+ * package from the `npm pack` tarball and from a git URL (`git+file://`), the README's own
+ * `sed` line putting `milter` before the queue plugin, the README's minimal milter.ini
+ * (its socket pointed at a real libmilter filter, test/milters/scripted.py), smtp_forward
+ * to a real receiving server (test/helpers/sink.ts), and the README's first test message
+ * (its curl command when curl is installed). The message must arrive with the milter's
+ * header. `haraka-milter --help` must run from the installed bin.
+ *
+ * Two departures from the README, both for a machine without DNS: the sender domain is
+ * not resolvable, so mail_from.is_resolvable is commented out; and `npm install -g Haraka`
+ * asks for the Haraka version of this checkout, so npm can take it from its cache.
  *
  * What is packed and cloned is a snapshot of this working tree (tracked and
  * untracked files that .gitignore does not exclude), committed to a scratch
  * git repository, so the test checks the code as it is, not the last commit.
  */
 import assert from 'node:assert/strict'
-import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
@@ -51,6 +57,11 @@ function cleanEnv(): NodeJS.ProcessEnv {
     npm_config_update_notifier: 'false',
     npm_config_loglevel: 'warn',
   }
+}
+
+/** Whether curl is on PATH (the README's test message uses it; else the same over our client). */
+function hasCurl(): boolean {
+  return spawnSync('curl', ['--version'], { stdio: 'ignore' }).status === 0
 }
 
 function run(cmd: string, args: string[], cwd: string, timeoutMs = 120_000): Promise<Run> {
@@ -115,11 +126,39 @@ interface Haraka {
   stop: () => Promise<void>
 }
 
-/** `haraka -c dir`, resolved once Haraka logs that it listens on `address`. */
-async function startHarakaIn(dir: string, address: string): Promise<Haraka> {
+/** The README's fenced blocks of one language, in order, unindented. */
+function readmeBlocks(lang: string): string[] {
+  const text = fs.readFileSync(path.join(REPO_ROOT, 'README.md'), 'utf8')
+  return [...text.matchAll(new RegExp(`^( *)\`\`\`${lang}\\n([\\s\\S]*?)^\\1\`\`\``, 'gm'))].map(
+    (m) =>
+      (m[2] ?? '')
+        .split('\n')
+        .map((l) => l.slice((m[1] ?? '').length))
+        .join('\n'),
+  )
+}
+
+/** The README's shell line that starts with `prefix` (one line, as written). */
+function readmeLine(prefix: string): string {
+  const line = readmeBlocks('sh')
+    .flatMap((b) => b.split('\n'))
+    .find((l) => l.startsWith(prefix))
+  assert.ok(line, `the README has a shell line starting with ${prefix}`)
+  return line
+}
+
+/** The README's minimal milter.ini: the ini block that has [main] milters = and one milter. */
+function readmeMilterIni(): string {
+  const block = readmeBlocks('ini').find((b) => /^\[main\]\nmilters = /m.test(b))
+  assert.ok(block, 'the README has a minimal milter.ini')
+  return block
+}
+
+/** `haraka -c dir` (the haraka bin given), resolved once Haraka logs that it listens on `address`. */
+async function startHarakaIn(harakaBin: string, dir: string, address: string): Promise<Haraka> {
   const logFile = path.join(dir, 'haraka.log')
   const fd = fs.openSync(logFile, 'a')
-  const child = spawn(process.execPath, [HARAKA_BIN, '-c', dir], {
+  const child = spawn(process.execPath, [harakaBin, '-c', dir], {
     cwd: dir,
     env: cleanEnv(),
     stdio: ['ignore', fd, fd],
@@ -164,11 +203,28 @@ describe('install: npm pack tarball and git URL into a fresh Haraka (real milter
   let packedFiles: string[]
   let sink: Sink
   let milterSocket: string
+  let harakaBin: string
   const harakas: Haraka[] = []
 
   before(async function () {
     assertPymilterInstalled()
     work = fs.mkdtempSync(path.join(os.tmpdir(), 'milter-install-'))
+    // README step 1: npm install -g Haraka (global = a scratch prefix here)
+    const prefix = path.join(work, 'global')
+    const version = (
+      JSON.parse(fs.readFileSync(path.join(HARAKA_BIN, '..', '..', 'package.json'), 'utf8')) as {
+        version: string
+      }
+    ).version
+    const global = await run(
+      'npm',
+      ['install', '-g', '--prefer-offline', `--prefix=${prefix}`, `Haraka@${version}`],
+      work,
+      150_000,
+    )
+    assert.equal(global.code, 0, `npm install -g Haraka:\n${global.stdout}\n${global.stderr}`)
+    harakaBin = path.join(prefix, 'bin', 'haraka')
+    assert.ok(fs.existsSync(harakaBin), `npm install -g put haraka in ${harakaBin}`)
     src = path.join(work, 'src')
     await snapshot(src)
     // npm pack runs prepack (clean) and prepare (the runtime build), which needs the
@@ -233,7 +289,8 @@ describe('install: npm pack tarball and git URL into a fresh Haraka (real milter
   for (const [title, spec] of paths) {
     it(`${title}: haraka -i, npm install, milter in config/plugins, mail delivered with the milter's edit`, async function () {
       const dir = path.join(work, title.replace(/\W+/g, '-'))
-      await mustRun(process.execPath, [HARAKA_BIN, '-i', dir], work)
+      // README step 2: haraka -i
+      await mustRun(harakaBin, ['-i', dir], work)
       const install = await run('npm', ['install', '--prefer-offline', spec()], dir)
       assert.equal(install.code, 0, `npm install ${spec()}:\n${install.stdout}\n${install.stderr}`)
       const pkgDir = path.join(dir, 'node_modules', PACKAGE)
@@ -252,13 +309,16 @@ describe('install: npm pack tarball and git URL into a fresh Haraka (real milter
       assert.equal(help.code, 0, help.stderr)
       assert.match(help.stdout, /^usage: haraka-milter check --milter SOCKET/)
 
-      // the operator's steps: milter before the queue plugin, a milter.ini, delivery to the sink
+      // README step 4: the README's own sed line puts milter before the queue plugin
       const port = await freePort()
       const cfg = (name: string): string => path.join(dir, 'config', name)
+      await mustRun('bash', ['-c', readmeLine('sed -i ')], dir)
       const plugins = fs.readFileSync(cfg('plugins'), 'utf8').split('\n')
-      const queueAt = plugins.findIndex((l) => l.trim() === 'queue/smtp_forward')
-      assert.ok(queueAt > 0, 'haraka -i lists queue/smtp_forward')
-      plugins.splice(queueAt, 0, 'milter')
+      const at = (name: string): number => plugins.findIndex((l) => l.trim() === name)
+      assert.ok(
+        at('milter') >= 0 && at('milter') === at('queue/smtp_forward') - 1,
+        'milter just before the queue plugin',
+      )
       fs.writeFileSync(
         cfg('plugins'),
         plugins
@@ -266,43 +326,51 @@ describe('install: npm pack tarball and git URL into a fresh Haraka (real milter
           .map((l) => (l.trim() === 'mail_from.is_resolvable' ? `# ${l}` : l))
           .join('\n'),
       )
-      fs.writeFileSync(cfg('smtp.ini'), `listen=127.0.0.1:${port}\nnodes=0\n`)
-      fs.writeFileSync(cfg('host_list'), 'example.com\n')
-      fs.writeFileSync(cfg('me'), 'install.test\n')
       fs.writeFileSync(
         cfg('smtp_forward.ini'),
         `[main]\nhost=127.0.0.1\nport=${sink.port}\nenable_tls=false\n`,
       )
-      fs.writeFileSync(
-        cfg('milter.ini'),
-        [
-          '[main]',
-          'milters = scripted',
-          '',
-          '[milter.scripted]',
-          `socket = ${milterSocket}`,
-          // not reaching the milter must not pass as a delivery
-          'default_action = reject',
-          '',
-        ].join('\n'),
-      )
+      fs.writeFileSync(cfg('host_list'), 'example.com\n')
+      // README step 5: the minimal milter.ini, its socket pointed at the test's milter
+      const milterIni = readmeMilterIni().replace(/^socket = .*$/m, `socket = ${milterSocket}`)
+      assert.match(milterIni, new RegExp(`socket = ${milterSocket}`))
+      fs.writeFileSync(cfg('milter.ini'), milterIni)
+      // README step 6: listen on a port that needs no root
+      fs.writeFileSync(cfg('smtp.ini'), `listen=127.0.0.1:${port}\nnodes=0\n`)
+      fs.writeFileSync(cfg('me'), 'install.test\n')
 
-      const haraka = await startHarakaIn(dir, `127.0.0.1:${port}`)
+      const haraka = await startHarakaIn(harakaBin, dir, `127.0.0.1:${port}`)
       harakas.push(haraka)
       sink.clear()
-      const subject = `installed from ${title}`
-      const r = await sendMailTo('127.0.0.1', port, {
-        helo: 'client.example.org',
-        from: 'alice@example.org',
-        rcpts: ['bob@example.com'],
-        data: `From: alice@example.org\r\nTo: bob@example.com\r\nSubject: ${subject}\r\n\r\nhello\r\n`,
-      })
-      assert.equal(r.accepted, true, `${JSON.stringify(r.replies)}\n${haraka.log()}`)
+      // README step 6 (cont.): the first test message, with the README's printf and curl lines
+      const subject = 'first test'
+      if (hasCurl()) {
+        const send = [
+          readmeLine("printf 'From: "),
+          readmeLine('curl ').replace('smtp://127.0.0.1:2525', `smtp://127.0.0.1:${port}`),
+        ].join('\n')
+        const sent = await run('bash', ['-ec', send], dir)
+        assert.equal(sent.code, 0, `${send}\n${sent.stdout}\n${sent.stderr}\n${haraka.log()}`)
+      } else {
+        const r = await sendMailTo('127.0.0.1', port, {
+          helo: 'client.example.org',
+          from: 'alice@example.org',
+          rcpts: ['bob@example.com'],
+          data: `From: alice@example.org\r\nTo: bob@example.com\r\nSubject: ${subject}\r\n\r\nhello\r\n`,
+        })
+        assert.equal(r.accepted, true, `${JSON.stringify(r.replies)}\n${haraka.log()}`)
+      }
+      // README step 7: where to look: the next hop has the milter's edit, and the log has one
+      // line per milter (logged as the transaction ends)
       const [msg] = await sink.waitForMessages(1, 10_000)
       assert.ok(msg)
       assert.deepEqual(headerValues(msg, 'Subject'), [subject])
       assert.deepEqual(headerValues(msg, MILTER_HEADER), ['edited by scripted.py'])
       assert.deepEqual(msg.rcptTo, ['bob@example.com'])
+      const logLine = /\[milter\] opendkim \(.*\): stages connect,helo,mail,rcpt,data,eom;/
+      for (let i = 0; i < 50 && !logLine.test(haraka.log()); i++)
+        await new Promise((r) => setTimeout(r, 100))
+      assert.match(haraka.log(), logLine)
       assert.doesNotMatch(haraka.log(), /Cannot find module|\[CRIT\]/)
       await haraka.stop()
     })
