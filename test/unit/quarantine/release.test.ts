@@ -101,6 +101,19 @@ describe('quarantine release', () => {
 
   it('dataBlock: CRLF, dot-stuffed, final dot', () => {
     assert.equal(dataBlock(Buffer.from('a\n.b\r\n..c')).toString(), 'a\r\n..b\r\n...c\r\n.\r\n')
+    assert.equal(dataBlock(Buffer.from('.x\r\n\r\n.\r\n')).toString(), '..x\r\n\r\n..\r\n.\r\n')
+  })
+
+  it('dataBlock: a dot after a bare CR is content, not a line start (sent unchanged)', () => {
+    const held = Buffer.from('Subject: x\r\n\r\na\r.b\r\r.\r\n.end\r\n', 'latin1')
+    const block = dataBlock(held)
+    assert.equal(block.toString('latin1'), 'Subject: x\r\n\r\na\r.b\r\r.\r\n..end\r\n.\r\n')
+    // what a receiver stores: the block without the final dot, un-stuffed at CRLF line starts
+    const stored = block
+      .subarray(0, block.length - 3)
+      .toString('latin1')
+      .replace(/(^|\r\n)\./g, '$1')
+    assert.equal(stored, held.toString('latin1'))
   })
 
   it('sends the envelope and the message, parameters only where offered', async () => {
