@@ -231,7 +231,10 @@ export async function sendMessage(o: SendOptions): Promise<SendResult> {
     socket.write(data)
     const done = await replies.next(timeoutMs, 'the end of data')
     if (done.code !== 250) refuse('message', done)
-    await command('QUIT').catch(() => undefined)
+    // returned at once, QUIT's reply not awaited: the caller records the
+    // delivery right after this 250 (the shorter that window, the fewer
+    // double deliveries a crash can cause)
+    socket.write('QUIT\r\n')
     return { reply: done, dropped }
   } catch (e) {
     // nothing was accepted: leave politely, the entry stays for another try
