@@ -21,6 +21,11 @@
  *
  * Versions before claims renamed the `.json` to `.<id>.json.claimed` with
  * no owner; such a file older than CLAIM_STALE_MS is renamed back.
+ *
+ * A claim is written to `..<id>.claim.<token>.tmp` and linked into place; a
+ * process killed before removing that temporary file leaves it, and taking
+ * its claim back removes it too (one left without a claim goes once it is
+ * CLAIM_STALE_MS old).
  */
 import { randomBytes } from 'node:crypto'
 import { link, lstat, lutimes, rename, unlink } from 'node:fs/promises'
@@ -32,6 +37,7 @@ import {
   readRegular,
   regularOrUndefined,
   syncDirectory,
+  tmpName,
   unlinkIfThere,
   unsafe,
   writeOnce,
@@ -161,6 +167,8 @@ async function takeBack(judged: ClaimState): Promise<boolean> {
     return false
   }
   await unlinkIfThere(aside)
+  // the killed owner's temporary file, if it died between linking and removing it
+  if (judged.record) await unlinkIfThere(tmpName(judged.file, judged.record.token))
   return true
 }
 
@@ -231,7 +239,8 @@ export async function acquireClaim(target: ClaimTarget, op: ClaimOp): Promise<Cl
   }
   for (let attempt = 0; ; attempt++) {
     try {
-      await writeOnce(folder, file, Buffer.from(`${JSON.stringify(record)}\n`))
+      const text = Buffer.from(`${JSON.stringify(record)}\n`)
+      await writeOnce(file, text, tmpName(file, record.token))
       break
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
@@ -259,6 +268,7 @@ export async function acquireClaim(target: ClaimTarget, op: ClaimOp): Promise<Cl
 
 const CLAIM_NAME = /^\.([A-Za-z0-9][A-Za-z0-9_.-]*)\.claim$/
 const LEGACY_NAME = /^\.([A-Za-z0-9][A-Za-z0-9_.-]*)\.json\.claimed$/
+const CLAIM_TMP_NAME = /^\.\.([A-Za-z0-9][A-Za-z0-9_.-]*)\.claim\.[A-Za-z0-9_-]+\.tmp$/
 
 /**
  * Takes back the stale claims in one day folder (all, or those of `onlyId`):
@@ -274,6 +284,13 @@ export async function recoverFolder(
 ): Promise<string[]> {
   const done: string[] = []
   for (const name of names) {
+    const t = CLAIM_TMP_NAME.exec(name)?.[1]
+    if (t !== undefined && (onlyId === undefined || t === onlyId)) {
+      await removeOldTmp(path.join(folder, name)).catch((e: unknown) => {
+        problems.push(e instanceof Error ? e.message : String(e))
+      })
+      continue
+    }
     const m = CLAIM_NAME.exec(name) ?? LEGACY_NAME.exec(name)
     const id = m?.[1]
     if (id === undefined || (onlyId !== undefined && id !== onlyId)) continue
@@ -292,6 +309,11 @@ export async function recoverFolder(
     }
   }
   return done
+}
+
+async function removeOldTmp(file: string): Promise<void> {
+  const st = await lstatOrUndefined(file)
+  if (st && Date.now() - st.mtimeMs > CLAIM_STALE_MS) await unlinkIfThere(file)
 }
 
 async function recoverClaim(file: string, target: ClaimTarget): Promise<string | undefined> {

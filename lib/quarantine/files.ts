@@ -84,21 +84,21 @@ export async function readRegular(
   }
 }
 
-function tmpName(folder: string, final: string): string {
-  return path.join(folder, `.${path.basename(final)}.${randomBytes(6).toString('hex')}.tmp`)
+/** `.<name of final>.<tag>.tmp` beside `final` (tag: random unless given). */
+export function tmpName(final: string, tag = randomBytes(6).toString('hex')): string {
+  return path.join(path.dirname(final), `.${path.basename(final)}.${tag}.tmp`)
 }
 
 /**
  * Writes `data` to a new temporary file, syncs it, and links it to `final`:
  * never overwriting (EEXIST when `final` exists, even as a link), never
- * showing a partly written `final`.
+ * showing a partly written `final`. `tmp` must be a name no one else uses.
  */
 export async function writeOnce(
-  folder: string,
   final: string,
   data: Buffer | Readable,
+  tmp = tmpName(final),
 ): Promise<void> {
-  const tmp = tmpName(folder, final)
   // 'wx' is O_CREAT | O_EXCL: it fails on an existing name, a link included
   const fh = await open(tmp, 'wx', 0o600)
   try {

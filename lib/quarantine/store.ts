@@ -108,9 +108,9 @@ export async function writeEntry(
   await assertDirectory(folder) // a link planted as the day folder is never written through
   const eml = path.join(folder, `${meta.id}.eml`)
   const json = path.join(folder, `${meta.id}.json`)
-  await writeOnce(folder, eml, message)
+  await writeOnce(eml, message)
   try {
-    await writeOnce(folder, json, Buffer.from(`${JSON.stringify(meta, null, 2)}\n`))
+    await writeOnce(json, Buffer.from(`${JSON.stringify(meta, null, 2)}\n`))
   } catch (e) {
     await unlink(eml).catch(() => undefined)
     throw e

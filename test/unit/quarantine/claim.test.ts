@@ -136,6 +136,12 @@ describe('quarantine claims', () => {
   it('the claim of a killed process is taken back: held again, listed, releasable', async () => {
     const pid = deadPid()
     const file = plant(record({ pid, op: 'delete' }))
+    // killed between linking the claim and removing its temporary file
+    const tmp = path.join(day, `..${ID}.claim.tok.tmp`)
+    fs.writeFileSync(tmp, '')
+    // someone else's temporary claim file: removed only once it is old
+    const young = path.join(day, `..${ID}.claim.young.tmp`)
+    fs.writeFileSync(young, '')
     const problems: string[] = []
     const done = await recoverClaims(dir, problems)
     assert.deepEqual(problems, [])
@@ -147,6 +153,12 @@ describe('quarantine claims', () => {
       ),
     )
     assert.equal(fs.existsSync(file), false)
+    assert.equal(fs.existsSync(tmp), false)
+    assert.equal(fs.existsSync(young), true)
+    const old = new Date(Date.now() - CLAIM_STALE_MS - 1000)
+    fs.utimesSync(young, old, old)
+    await recoverClaims(dir, problems)
+    assert.equal(fs.existsSync(young), false)
     const [e] = await listEntries(dir)
     assert.ok(e)
     assert.equal(entryState(e), 'held')
