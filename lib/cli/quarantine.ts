@@ -42,9 +42,10 @@ as soon as the server accepted it; on a refusal it keeps the entry and exits 1 w
 --rcpt (repeatable) sends to these recipients instead of the stored ones; an entry with no
 recipient left (a milter removed them all) is released only with --rcpt, or deleted.
 A release or delete that was killed is taken back by the next list, release or delete once
-its process is gone, or after ${CLAIM_STALE_MS / 60000} minutes when it ran on another host. Killed between
-the server's 250 and removing the entry (an instant), a release is delivered again by the
-next release: twice, never zero times.
+its process is gone, or after ${CLAIM_STALE_MS / 60000} minutes without a refresh (another host, a hung process).
+Killed between the server's 250 and removing the entry (an instant), a release is delivered
+again by the next release: twice, never zero times.
+Symbolic links and other non-regular files inside DIR are refused, never followed.
 Exit status: 0 done, 1 not found, busy or refused, 2 usage error.
 `
 
