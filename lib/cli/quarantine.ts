@@ -7,15 +7,18 @@
  * injected, never from anything in the message.
  */
 import { readFileSync } from 'node:fs'
-import { readFile } from 'node:fs/promises'
 import * as os from 'node:os'
 import { parseArgs } from 'node:util'
 import { formatReply, sendMessage, SmtpSendError } from '../quarantine/smtp'
 import {
+  CLAIM_STALE_MS,
   claimEntry,
+  entryState,
   findEntry,
   listEntries,
   QuarantineError,
+  readMessage,
+  recoverClaims,
   type QuarantineEntry,
   type StoredAddress,
 } from '../quarantine/store'
@@ -25,16 +28,25 @@ export const DEFAULT_QUARANTINE_DIR = '/var/spool/haraka/milter-quarantine'
 
 export const QUARANTINE_USAGE = `usage: haraka-milter quarantine list [--dir DIR | --config milter.ini] [--json]
        haraka-milter quarantine show ID [--dir DIR | --config milter.ini] [--json]
-       haraka-milter quarantine release ID --to HOST:PORT [--helo NAME] [--timeout SECONDS]
-                                          [--dir DIR | --config milter.ini]
+       haraka-milter quarantine release ID --to HOST:PORT [--rcpt ADDRESS]... [--helo NAME]
+                                          [--timeout SECONDS] [--dir DIR | --config milter.ini]
        haraka-milter quarantine delete ID [--dir DIR | --config milter.ini]
 
 --dir defaults to [quarantine] dir of the milter.ini given with --config, else
 ${DEFAULT_QUARANTINE_DIR}.
+list shows each entry's state: held, or releasing / deleting while a release or delete
+is at work on it.
 release sends the message with its stored envelope to HOST:PORT (a listener without milters,
 e.g. [listener.release] listen = 127.0.0.1:2526 with milters = empty) and removes the entry
-once the server accepted it; on a refusal it keeps the entry and exits 1 with the reply.
-Exit status: 0 done, 1 not found or refused, 2 usage error.
+as soon as the server accepted it; on a refusal it keeps the entry and exits 1 with the reply.
+--rcpt (repeatable) sends to these recipients instead of the stored ones; an entry with no
+recipient left (a milter removed them all) is released only with --rcpt, or deleted.
+A release or delete that was killed is taken back by the next list, release or delete once
+its process is gone, or after ${CLAIM_STALE_MS / 60000} minutes without a refresh (another host, a hung process).
+Killed between the server's 250 and removing the entry (an instant), a release is delivered
+again by the next release: twice, never zero times.
+Symbolic links and other non-regular files inside DIR are refused, never followed.
+Exit status: 0 done, 1 not found, busy or refused, 2 usage error.
 `
 
 /** Where the command writes. */
@@ -86,10 +98,23 @@ function bracket(a: StoredAddress): string {
   return [`<${a.address}>`, ...a.args].join(' ')
 }
 
+function claimSummary(e: QuarantineEntry): Record<string, unknown> | undefined {
+  const c = e.claim
+  if (!c) return undefined
+  return {
+    ...(c.record
+      ? { op: c.record.op, pid: c.record.pid, host: c.record.host, time: c.record.time }
+      : {}),
+    stale: c.stale ?? false,
+  }
+}
+
 function summary(e: QuarantineEntry): Record<string, unknown> {
   const m = e.meta
   return {
     id: m.id,
+    state: entryState(e),
+    ...(e.claim ? { claim: claimSummary(e) } : {}),
     time: m.time,
     sender: m.sender.address,
     recipients: m.recipients.map((r) => r.address),
@@ -107,13 +132,46 @@ function showText(e: QuarantineEntry): string {
     `kind: ${m.kind}`,
     `reason: ${m.reason}`,
     `milters: ${m.milters.join(', ')}`,
+    `state: ${stateText(e)}`,
     `client: ${m.client.ip}${m.client.host ? ` (${m.client.host})` : ''} helo ${m.client.helo}`,
     `sender: ${bracket(m.sender)}`,
-    ...m.recipients.map((r) => `recipient: ${bracket(r)}`),
+    ...(m.recipients.length > 0
+      ? m.recipients.map((r) => `recipient: ${bracket(r)}`)
+      : ['recipient: (none: release needs --rcpt)']),
     `size: ${e.size}`,
     `message: ${e.eml}`,
   ]
   return `${lines.join('\n')}\n`
+}
+
+function stateText(e: QuarantineEntry): string {
+  const c = e.claim
+  if (!c) return 'held'
+  const r = c.record
+  const who = r ? ` by pid ${r.pid} on ${r.host} since ${r.time}` : ''
+  return `${entryState(e)}${who}${c.stale ? ` (stale: ${c.stale})` : ''}`
+}
+
+function rcptText(e: QuarantineEntry): string {
+  const rcpts = e.meta.recipients.map((r) => `<${r.address}>`).join(',')
+  return rcpts === '' ? '(none)' : rcpts
+}
+
+/** Takes back dead releases and deletes (all, or of one id), saying so on stderr. */
+async function recover(dir: string, io: Io, onlyId?: string): Promise<void> {
+  const problems: string[] = []
+  for (const done of await recoverClaims(dir, problems, onlyId)) io.err(`haraka-milter: ${done}\n`)
+  for (const p of problems) io.err(`haraka-milter: skipped ${p}\n`)
+}
+
+/** findEntry, naming on stderr the day folders it had to skip. */
+async function find(dir: string, id: string, io: Io): Promise<QuarantineEntry> {
+  const problems: string[] = []
+  try {
+    return await findEntry(dir, id, problems)
+  } finally {
+    for (const p of problems) io.err(`haraka-milter: skipped ${p}\n`)
+  }
 }
 
 function oneId(positionals: string[], what: string): string {
@@ -138,6 +196,7 @@ export async function quarantineCommand(argv: string[], io: Io): Promise<number>
         config: { type: 'string' },
         json: { type: 'boolean', default: false },
         to: { type: 'string' },
+        rcpt: { type: 'string', multiple: true },
         helo: { type: 'string' },
         timeout: { type: 'string', default: '60' },
       },
@@ -161,6 +220,7 @@ export async function quarantineCommand(argv: string[], io: Io): Promise<number>
     switch (sub) {
       case 'list': {
         if (parsed.positionals.length > 0) throw new UsageError('quarantine list takes no ID')
+        await recover(dir, io)
         const problems: string[] = []
         const entries = await listEntries(dir, problems)
         for (const p of problems) io.err(`haraka-milter: skipped ${p}\n`)
@@ -168,21 +228,23 @@ export async function quarantineCommand(argv: string[], io: Io): Promise<number>
         else
           for (const e of entries) {
             const m = e.meta
-            const rcpts = m.recipients.map((r) => `<${r.address}>`).join(',')
-            io.out(`${m.id}  ${m.time}  ${e.size}  <${m.sender.address}>  ${rcpts}  ${m.reason}\n`)
+            const head = `${m.id}  ${entryState(e)}  ${m.time}  ${e.size}`
+            io.out(`${head}  <${m.sender.address}>  ${rcptText(e)}  ${m.reason}\n`)
           }
         return 0
       }
       case 'show': {
-        const e = await findEntry(dir, oneId(parsed.positionals, 'show'))
-        io.out(v.json ? `${JSON.stringify({ ...e.meta, size: e.size }, null, 2)}\n` : showText(e))
+        const e = await find(dir, oneId(parsed.positionals, 'show'), io)
+        const json = { ...e.meta, size: e.size, state: entryState(e), claim: claimSummary(e) }
+        io.out(v.json ? `${JSON.stringify(json, null, 2)}\n` : showText(e))
         return 0
       }
       case 'delete': {
-        const e = await findEntry(dir, oneId(parsed.positionals, 'delete'))
-        const claim = await claimEntry(e)
+        const id = oneId(parsed.positionals, 'delete')
+        await recover(dir, io, id)
+        const claim = await claimEntry(await find(dir, id, io), 'delete')
         await claim.finish()
-        io.out(`deleted ${e.meta.id}\n`)
+        io.out(`deleted ${id}\n`)
         return 0
       }
       case 'release':
@@ -202,7 +264,7 @@ export async function quarantineCommand(argv: string[], io: Io): Promise<number>
 async function release(
   dir: string,
   positionals: string[],
-  v: { to?: string; helo?: string; timeout: string },
+  v: { to?: string; rcpt?: string[]; helo?: string; timeout: string },
   io: Io,
 ): Promise<number> {
   const id = oneId(positionals, 'release')
@@ -210,33 +272,61 @@ async function release(
   const to = parseHostPort(v.to)
   const timeout = Number(v.timeout)
   if (!(timeout > 0)) throw new UsageError('--timeout must be a positive number of seconds')
-  const e = await findEntry(dir, id)
-  const message = await readFile(e.eml)
-  // taken out of the listing first: a second release (or delete) finds nothing
-  const claim = await claimEntry(e)
+  const rcpts = v.rcpt?.map((address) => ({ address: parseAddress(address), args: [] }))
+  await recover(dir, io, id)
+  const e = await find(dir, id, io)
+  const recipients = rcpts ?? e.meta.recipients
+  if (recipients.length === 0)
+    throw new QuarantineError(
+      `quarantine entry ${id} has no recipient left (a milter removed them all): ` +
+        'release it with --rcpt ADDRESS, or delete it',
+      'QUARANTINE_ERR_NO_RECIPIENTS',
+    )
+  // claimed first: a second release (or a delete) is refused while this one runs
+  const claim = await claimEntry(e, 'release')
+  let sent
   try {
-    const sent = await sendMessage({
+    sent = await sendMessage({
       host: to.host,
       port: to.port,
       helo: v.helo ?? os.hostname(),
       from: e.meta.sender,
-      rcpts: e.meta.recipients,
-      message,
+      rcpts: recipients,
+      message: await readMessage(e),
       timeoutMs: timeout * 1000,
     })
-    await claim.finish()
-    if (sent.dropped.length > 0)
-      io.err(
-        `haraka-milter: parameters not offered by ${v.to}, left out: ${sent.dropped.join(' ')}\n`,
-      )
-    io.out(`released ${id} to ${v.to}: ${formatReply(sent.reply)}\n`)
-    return 0
   } catch (err) {
-    await claim.restore()
+    await claim.release()
     if (err instanceof SmtpSendError) {
       io.err(`haraka-milter: release of ${id} failed, entry kept: ${err.message}\n`)
       return 1
     }
     throw err
   }
+  // recorded at once: from the 250 to this removal a crash means a second delivery
+  try {
+    await claim.finish()
+  } catch (err) {
+    await claim.release().catch(() => undefined)
+    io.err(
+      `haraka-milter: ${id} was delivered (${formatReply(sent.reply)}) but its entry could not be ` +
+        `removed: ${err instanceof Error ? err.message : String(err)}; delete it, or a release ` +
+        'would deliver it again\n',
+    )
+    return 1
+  }
+  if (sent.dropped.length > 0)
+    io.err(
+      `haraka-milter: parameters not offered by ${v.to}, left out: ${sent.dropped.join(' ')}\n`,
+    )
+  io.out(`released ${id} to ${v.to}: ${formatReply(sent.reply)}\n`)
+  return 0
+}
+
+/** A --rcpt address: `user@domain` or `<user@domain>`, no spaces, brackets or line breaks. */
+export function parseAddress(text: string): string {
+  const a = /^<(.*)>$/.exec(text)?.[1] ?? text
+  if (!/^[^\s<>@]+@[^\s<>@]+$/.test(a))
+    throw new UsageError(`--rcpt must be an address like user@example.com, not "${text}"`)
+  return a
 }

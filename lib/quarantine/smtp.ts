@@ -5,6 +5,15 @@
  * refused ends the session before DATA, so a failed release delivers to
  * nobody and can be retried. No TLS or AUTH: it is meant for a dedicated
  * loopback listener.
+ *
+ * Why not nodemailer's SMTPConnection (checked against nodemailer 10.6):
+ * its DataStream turns a bare CR into CRLF and stuffs a dot after it, so a
+ * held message with a bare CR would arrive changed; with a refused
+ * recipient it still sends DATA to the accepted ones (a partial release
+ * that could be neither retried nor recorded); and it sends one NOTIFY and
+ * ORCPT for every recipient, where the stored envelope has them per
+ * recipient. A release must deliver the held bytes to every stored
+ * recipient or to none.
  */
 import * as net from 'node:net'
 
@@ -85,11 +94,17 @@ export function filterParams(
   return { kept, dropped }
 }
 
-/** CRLF line ends, dot-stuffed, ending with CRLF . CRLF. */
+/**
+ * CRLF line ends, dot-stuffed, ending with CRLF . CRLF (RFC 5321 §4.5.2).
+ * A line starts after CRLF only: a bare CR is content, so a dot after it is
+ * sent as it is and the receiver stores exactly the held bytes (Haraka,
+ * which wrote the .eml, splits lines on LF the same way). A bare LF cannot
+ * be sent as content (it is refused as SMTP smuggling), so it becomes CRLF.
+ */
 export function dataBlock(message: Buffer): Buffer {
   const text = message.toString('latin1').replace(/\r?\n/g, '\r\n')
   const body = text.endsWith('\r\n') || text === '' ? text : `${text}\r\n`
-  return Buffer.from(`${body.replace(/^\./gm, '..')}.\r\n`, 'latin1')
+  return Buffer.from(`${body.replace(/(^|\n)\./g, '$1..')}.\r\n`, 'latin1')
 }
 
 /** Reads replies off a socket, one at a time. */
@@ -216,7 +231,10 @@ export async function sendMessage(o: SendOptions): Promise<SendResult> {
     socket.write(data)
     const done = await replies.next(timeoutMs, 'the end of data')
     if (done.code !== 250) refuse('message', done)
-    await command('QUIT').catch(() => undefined)
+    // returned at once, QUIT's reply not awaited: the caller records the
+    // delivery right after this 250 (the shorter that window, the fewer
+    // double deliveries a crash can cause)
+    socket.write('QUIT\r\n')
     return { reply: done, dropped }
   } catch (e) {
     // nothing was accepted: leave politely, the entry stays for another try

@@ -6,12 +6,30 @@
  * name exists, so nothing is overwritten); the .eml first, the .json last. A
  * listing shows only entries whose .json exists, so it never shows one
  * half-written. Knows nothing of Haraka: the plugin writes, the CLI reads.
+ *
+ * Nothing here follows a symbolic link inside the store (lib/quarantine/files):
+ * a day folder, `.json`, `.eml` or claim that is not a plain directory or
+ * regular file is refused with QUARANTINE_ERR_UNSAFE. How a release or
+ * delete claims an entry, and how a dead one's claim is taken back:
+ * lib/quarantine/claim.
  */
-import { randomBytes } from 'node:crypto'
-import type { Stats } from 'node:fs'
-import { link, mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises'
+import { lstat, mkdir, readdir, unlink } from 'node:fs/promises'
 import * as path from 'node:path'
 import type { Readable } from 'node:stream'
+import {
+  acquireClaim,
+  claimFileOf,
+  readClaim,
+  recoverFolder,
+  type Claim,
+  type ClaimOp,
+  type ClaimState,
+} from './claim'
+import { QuarantineError } from './errors'
+import { assertDirectory, readRegular, regularOrUndefined, unsafe, writeOnce } from './files'
+
+export { QuarantineError, type QuarantineErrorCode } from './errors'
+export { CLAIM_STALE_MS, type Claim, type ClaimOp } from './claim'
 
 /** The format version written in every sidecar. */
 export const STORE_VERSION = 1
@@ -32,6 +50,7 @@ export interface QuarantineMeta {
   /** Haraka's transaction uuid. */
   transaction: string
   sender: StoredAddress
+  /** May be empty (a milter removed every recipient): release then needs --rcpt. */
   recipients: StoredAddress[]
   /** `<milter>: <reason>` entries joined by '; ' (or `discarded by <milter>`). */
   reason: string
@@ -48,52 +67,30 @@ export interface QuarantineEntry {
   json: string
   /** Size of the .eml in bytes. */
   size: number
+  /** The claim of a release or delete at work on it (or one that died, not yet taken back). */
+  claim: ClaimState | undefined
 }
+
+/** What is happening to an entry: `held`, or a release or delete at work on it. */
+export type EntryState = 'held' | 'releasing' | 'deleting'
 
 /** Ids are Haraka transaction uuids (`UUID.N`): letters, digits, '-', '.', no path parts. */
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$/
 const DAY_PATTERN = /^[0-9]{8}$/
 
-/** Why a quarantine operation failed, in words for the operator. */
-export class QuarantineError extends Error {
-  constructor(message: string) {
-    super(message)
-    this.name = 'QuarantineError'
-  }
-}
-
 /** Throws unless `id` is a well-formed entry id (so it cannot name a path outside the store). */
 export function checkId(id: string): string {
   if (id.length > 200 || !ID_PATTERN.test(id))
-    throw new QuarantineError(`invalid quarantine id ${JSON.stringify(id)}`)
+    throw new QuarantineError(
+      `invalid quarantine id ${JSON.stringify(id)}`,
+      'QUARANTINE_ERR_INVALID',
+    )
   return id
 }
 
 /** `YYYYMMDD` of a date, UTC. */
 export function dayOf(d: Date): string {
   return d.toISOString().slice(0, 10).replace(/-/g, '')
-}
-
-function tmpName(folder: string, final: string): string {
-  return path.join(folder, `.${path.basename(final)}.${randomBytes(6).toString('hex')}.tmp`)
-}
-
-/** Writes `data` to a temporary file, syncs it, links it to `final` (never overwriting). */
-async function writeOnce(folder: string, final: string, data: Buffer | Readable): Promise<void> {
-  const tmp = tmpName(folder, final)
-  const fh = await open(tmp, 'wx', 0o600)
-  try {
-    try {
-      if (Buffer.isBuffer(data)) await fh.writeFile(data)
-      else for await (const chunk of data) await fh.write(chunk as Buffer)
-      await fh.sync()
-    } finally {
-      await fh.close()
-    }
-    await link(tmp, final)
-  } finally {
-    await unlink(tmp).catch(() => undefined)
-  }
 }
 
 /**
@@ -108,11 +105,12 @@ export async function writeEntry(
   checkId(meta.id)
   const folder = path.join(dir, dayOf(new Date(meta.time)))
   await mkdir(folder, { recursive: true, mode: 0o700 })
+  await assertDirectory(folder) // a link planted as the day folder is never written through
   const eml = path.join(folder, `${meta.id}.eml`)
   const json = path.join(folder, `${meta.id}.json`)
-  await writeOnce(folder, eml, message)
+  await writeOnce(eml, message)
   try {
-    await writeOnce(folder, json, Buffer.from(`${JSON.stringify(meta, null, 2)}\n`))
+    await writeOnce(json, Buffer.from(`${JSON.stringify(meta, null, 2)}\n`))
   } catch (e) {
     await unlink(eml).catch(() => undefined)
     throw e
@@ -148,7 +146,6 @@ export function parseMeta(text: string, file: string): QuarantineMeta {
     typeof o['transaction'] === 'string' &&
     isAddress(o['sender']) &&
     Array.isArray(o['recipients']) &&
-    o['recipients'].length > 0 &&
     o['recipients'].every(isAddress) &&
     typeof o['reason'] === 'string' &&
     Array.isArray(o['milters']) &&
@@ -170,31 +167,61 @@ async function readdirOrEmpty(dir: string): Promise<string[]> {
   }
 }
 
-async function statOrUndefined(file: string): Promise<Stats | undefined> {
-  try {
-    return await stat(file)
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined
-    throw e
+/** The day folders of the store, oldest first; one that is not a plain directory goes to `problems`. */
+async function dayFolders(dir: string, problems: string[]): Promise<string[]> {
+  const out: string[] = []
+  for (const day of (await readdirOrEmpty(dir)).filter((d) => DAY_PATTERN.test(d)).sort()) {
+    const folder = path.join(dir, day)
+    const st = await lstat(folder)
+    if (st.isDirectory()) out.push(folder)
+    else problems.push(unsafe(folder, st, 'directory').message)
   }
+  return out
 }
 
 /** Reads the entry whose sidecar is `json`; undefined when incomplete or not an entry. */
 async function readEntry(folder: string, id: string): Promise<QuarantineEntry | undefined> {
   const json = path.join(folder, `${id}.json`)
   const eml = path.join(folder, `${id}.eml`)
-  const st = await statOrUndefined(eml)
-  if (!st?.isFile()) return undefined
-  let text: string
-  try {
-    text = await readFile(json, 'utf8')
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined
-    throw e
-  }
-  const meta = parseMeta(text, json)
+  const st = await regularOrUndefined(eml)
+  if (!st) return undefined
+  const sidecar = await readRegular(json)
+  if (!sidecar) return undefined
+  const meta = parseMeta(sidecar.data.toString('utf8'), json)
   if (meta.id !== id) throw new QuarantineError(`${json}: holds id ${meta.id}`)
-  return { meta, eml, json, size: st.size }
+  const claim = await readClaim(claimFileOf(folder, id))
+  return { meta, eml, json, size: st.size, claim }
+}
+
+/** `held`, or what the claim on it is doing. */
+export function entryState(e: QuarantineEntry): EntryState {
+  if (!e.claim) return 'held'
+  return e.claim.record?.op === 'delete' ? 'deleting' : 'releasing'
+}
+
+/** The held message, read without following a link. */
+export async function readMessage(e: QuarantineEntry): Promise<Buffer> {
+  const r = await readRegular(e.eml)
+  if (!r)
+    throw new QuarantineError(`quarantine entry ${e.meta.id} is gone`, 'QUARANTINE_ERR_NOT_FOUND')
+  return r.data
+}
+
+/**
+ * Takes back stale claims (lib/quarantine/claim) in the whole store, or of
+ * one id; returns what was done, in words. Failures go to `problems`.
+ */
+export async function recoverClaims(
+  dir: string,
+  problems: string[],
+  onlyId?: string,
+): Promise<string[]> {
+  const done: string[] = []
+  for (const folder of await dayFolders(dir, problems)) {
+    const names = await readdirOrEmpty(folder)
+    done.push(...(await recoverFolder(folder, names, problems, onlyId)))
+  }
+  return done
 }
 
 /** Every complete entry, oldest first; `problems` collects sidecars that cannot be read. */
@@ -203,8 +230,7 @@ export async function listEntries(
   problems: string[] = [],
 ): Promise<QuarantineEntry[]> {
   const out: QuarantineEntry[] = []
-  for (const day of (await readdirOrEmpty(dir)).filter((d) => DAY_PATTERN.test(d)).sort()) {
-    const folder = path.join(dir, day)
+  for (const folder of await dayFolders(dir, problems)) {
     for (const name of (await readdirOrEmpty(folder)).sort()) {
       if (!name.endsWith('.json')) continue
       const id = name.slice(0, -'.json'.length)
@@ -220,57 +246,28 @@ export async function listEntries(
   return out.sort((a, b) => a.meta.time.localeCompare(b.meta.time) || a.json.localeCompare(b.json))
 }
 
-/** The entry with this id; QuarantineError when the id is invalid or there is none. */
-export async function findEntry(dir: string, id: string): Promise<QuarantineEntry> {
+/**
+ * The entry with this id; QuarantineError when the id is invalid, its files
+ * are unsafe, or there is none. Day folders that are not plain directories
+ * are skipped and named in `problems`.
+ */
+export async function findEntry(
+  dir: string,
+  id: string,
+  problems: string[] = [],
+): Promise<QuarantineEntry> {
   checkId(id)
-  for (const day of (await readdirOrEmpty(dir)).filter((d) => DAY_PATTERN.test(d)).sort()) {
-    const e = await readEntry(path.join(dir, day), id)
+  for (const folder of await dayFolders(dir, problems)) {
+    const e = await readEntry(folder, id)
     if (e) return e
   }
-  throw new QuarantineError(`no quarantine entry ${id} in ${dir}`)
-}
-
-/** Removes an entry: the .json first (it leaves the listing at once), then the .eml. */
-export async function removeEntry(e: QuarantineEntry): Promise<void> {
-  await unlink(e.json)
-  await unlink(e.eml).catch((err: NodeJS.ErrnoException) => {
-    if (err.code !== 'ENOENT') throw err
-  })
+  throw new QuarantineError(`no quarantine entry ${id} in ${dir}`, 'QUARANTINE_ERR_NOT_FOUND')
 }
 
 /**
- * Takes an entry out of the listing for an operation (release): its .json is
- * renamed to a dot-named claim file, which only one process can do. Returns
- * `restore` (put it back: the operation failed) and `finish` (remove it).
+ * Claims an entry for a release or delete (lib/quarantine/claim): one
+ * process at a time; a stale claim is taken back first.
  */
-export async function claimEntry(
-  e: QuarantineEntry,
-): Promise<{ restore(): Promise<void>; finish(): Promise<void> }> {
-  const claimed = path.join(path.dirname(e.json), `.${path.basename(e.json)}.claimed`)
-  try {
-    await link(e.json, claimed)
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    if (code === 'EEXIST')
-      throw new QuarantineError(
-        `quarantine entry ${e.meta.id} is being released by another process`,
-      )
-    if (code === 'ENOENT') throw new QuarantineError(`quarantine entry ${e.meta.id} is gone`)
-    throw err
-  }
-  try {
-    await unlink(e.json)
-  } catch (err) {
-    await unlink(claimed).catch(() => undefined)
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
-      throw new QuarantineError(`quarantine entry ${e.meta.id} is gone`)
-    throw err
-  }
-  return {
-    restore: () => rename(claimed, e.json),
-    finish: async () => {
-      await unlink(e.eml).catch(() => undefined)
-      await unlink(claimed)
-    },
-  }
+export function claimEntry(e: QuarantineEntry, op: ClaimOp): Promise<Claim> {
+  return acquireClaim({ id: e.meta.id, json: e.json, eml: e.eml }, op)
 }

@@ -5,11 +5,18 @@
  * receiving sink behind Haraka's smtp_forward. The release goes to a
  * dedicated loopback listener whose `milters =` is empty: the bypass comes
  * from where the message is injected, not from anything in it.
+ *
+ * Crash safety: a release or delete killed with SIGKILL right after it
+ * claimed the entry (a release held by a next hop that never greets; a
+ * delete paused by a preload that wraps fs.promises.link) is listed as
+ * being released, and the next release or delete takes the dead claim back:
+ * the message reaches the sink exactly once.
  */
 import assert from 'node:assert/strict'
-import { execFile } from 'node:child_process'
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { readdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
+import * as net from 'node:net'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { startHaraka, stopAllHarakas } from '../helpers/haraka'
@@ -41,6 +48,69 @@ interface CliResult {
   stdout: string
   stderr: string
 }
+
+/** Starts the CLI without waiting for it; `node` options (e.g. --require) go first. */
+function cliProcess(nodeArgs: string[], args: string[]): { child: ChildProcess; stderr: string[] } {
+  const child = spawn(process.execPath, [...nodeArgs, CLI, ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
+  const stderr: string[] = []
+  child.stderr?.on('data', (d: Buffer) => stderr.push(d.toString()))
+  return { child, stderr }
+}
+
+async function killHard(child: ChildProcess): Promise<void> {
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  child.kill('SIGKILL')
+  await exited
+}
+
+async function until(what: string, ok: () => boolean, timeoutMs = 15000): Promise<void> {
+  const end = Date.now() + timeoutMs
+  while (!ok()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 25))
+  }
+}
+
+/** A next hop that accepts connections and never says a word (no greeting). */
+async function silentServer(): Promise<{ port: number; connections: number; close(): void }> {
+  const sockets = new Set<net.Socket>()
+  const state = { connections: 0 }
+  const server = net.createServer((s) => {
+    state.connections += 1
+    sockets.add(s)
+    s.on('error', () => undefined)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    get connections() {
+      return state.connections
+    },
+    close() {
+      for (const s of sockets) s.destroy()
+      server.close()
+    },
+  }
+}
+
+/**
+ * Preloaded into a CLI: once a claim file is linked into place, say CLAIMED
+ * on stderr and stop there for good, as a process killed at that point would.
+ */
+const PAUSE_AFTER_CLAIM = `
+const fsp = require('node:fs/promises')
+const link = fsp.link
+fsp.link = async function (from, to) {
+  await link(from, to)
+  if (String(to).endsWith('.claim')) {
+    process.stderr.write('CLAIMED\\n')
+    setInterval(() => undefined, 1000)
+    await new Promise(() => undefined)
+  }
+}
+`
 
 function cli(...args: string[]): Promise<CliResult> {
   return new Promise((resolve) => {
@@ -118,13 +188,13 @@ milters =
     if (configDir) await rm(configDir, { recursive: true, force: true })
   })
 
-  async function hold(): Promise<string> {
+  async function hold(data: string | Buffer = MESSAGE): Promise<string> {
     const before = new Set(await listIds())
     const r = await sendMailTo('127.0.0.1', inbound, {
       helo: 'client.example.org',
       from: 'alice@example.org',
       rcpts: ['bob@example.com'],
-      data: MESSAGE,
+      data,
       mailParams: 'SIZE=400 BODY=8BITMIME',
       rcptParams: 'NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@example.com',
     })
@@ -133,6 +203,23 @@ milters =
     const added = (await listIds()).filter((id) => !before.has(id))
     assert.equal(added.length, 1, 'one new entry')
     return added[0] as string
+  }
+
+  function emlOf(id: string): Buffer {
+    const day = readdirSync(dir).sort().at(-1) as string
+    return readFileSync(path.join(dir, day, `${id}.eml`))
+  }
+
+  interface Listed {
+    id: string
+    state: string
+    claim?: { op: string; pid: number; stale: string | false }
+  }
+
+  async function listJson(): Promise<{ entries: Listed[]; stderr: string }> {
+    const r = await cli('quarantine', 'list', '--dir', dir, '--json')
+    assert.equal(r.code, 0, r.stderr)
+    return { entries: JSON.parse(r.stdout) as Listed[], stderr: r.stderr }
   }
 
   async function listIds(): Promise<string[]> {
@@ -160,7 +247,7 @@ milters =
     assert.match(
       text.stdout,
       new RegExp(
-        `^${id.replace(/\./g, '\\.')}  \\S+  \\d+  <alice@example\\.org>  <bob@example\\.com>,<carol@example\\.net>  scan: looks like phishing$`,
+        `^${id.replace(/\./g, '\\.')}  held  \\S+  \\d+  <alice@example\\.org>  <bob@example\\.com>,<carol@example\\.net>  scan: looks like phishing$`,
         'm',
       ),
     )
@@ -266,5 +353,196 @@ milters =
     assert.equal(bad.code, 1)
     assert.match(bad.stderr, /invalid quarantine id/)
     assert.equal((await cli('quarantine', 'release', 'x.1', '--dir', dir)).code, 2, 'no --to')
+  })
+
+  it('a release killed after its claim is listed as being released, then delivered exactly once by the next release', async () => {
+    const id = await hold()
+    const held = emlOf(id)
+    sink.clear()
+    const silent = await silentServer()
+    try {
+      const { child } = cliProcess(
+        [],
+        ['quarantine', 'release', id, '--dir', dir, '--to', `127.0.0.1:${silent.port}`],
+      )
+      // it connects only once it holds the claim; the next hop never greets, so it waits there
+      await until('the release to connect', () => silent.connections > 0)
+      const during = (await listJson()).entries.find((e) => e.id === id)
+      assert.equal(during?.state, 'releasing')
+      assert.equal(during?.claim?.op, 'release')
+      assert.equal(during?.claim?.pid, child.pid)
+      assert.equal(during?.claim?.stale, false)
+      const busy = await cli(
+        'quarantine',
+        'release',
+        id,
+        '--dir',
+        dir,
+        '--to',
+        `127.0.0.1:${releasePort}`,
+      )
+      assert.equal(busy.code, 1)
+      assert.match(busy.stderr, new RegExp(`is being released by pid ${child.pid} on `))
+      await killHard(child)
+
+      const r = await cli(
+        'quarantine',
+        'release',
+        id,
+        '--dir',
+        dir,
+        '--to',
+        `127.0.0.1:${releasePort}`,
+      )
+      assert.equal(r.code, 0, r.stderr)
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `took back ${id.replace(/\./g, '\\.')} from an interrupted release by pid ${child.pid} .*process ${child.pid} is gone`,
+        ),
+      )
+      const [m] = await sink.waitForMessages(1, 15000)
+      assert.ok(m)
+      assert.ok(m.raw.subarray(m.raw.length - held.length).equals(held))
+      await new Promise((resolve) => setTimeout(resolve, 1000))
+      assert.equal(sink.messages.length, 1, 'delivered exactly once')
+      assert.deepEqual(await listIds(), [])
+      const day = readdirSync(dir).sort().at(-1) as string
+      assert.deepEqual(readdirSync(path.join(dir, day)), [], 'no claim, .json or .eml left')
+    } finally {
+      silent.close()
+    }
+  })
+
+  it('a delete killed after its claim is listed as being deleted; the next list takes it back and a delete completes', async () => {
+    const id = await hold()
+    const preload = path.join(configDir, 'pause-after-claim.cjs')
+    writeFileSync(preload, PAUSE_AFTER_CLAIM)
+    const { child, stderr } = cliProcess(
+      ['--require', preload],
+      ['quarantine', 'delete', id, '--dir', dir],
+    )
+    await until('the delete to claim', () => stderr.join('').includes('CLAIMED'))
+    const during = (await listJson()).entries.find((e) => e.id === id)
+    assert.equal(during?.state, 'deleting')
+    assert.equal(during?.claim?.pid, child.pid)
+    await killHard(child)
+
+    const text = await cli('quarantine', 'list', '--dir', dir)
+    assert.equal(text.code, 0, text.stderr)
+    assert.match(
+      text.stderr,
+      new RegExp(
+        `took back ${id.replace(/\./g, '\\.')} from an interrupted delete by pid ${child.pid}`,
+      ),
+    )
+    assert.match(text.stdout, new RegExp(`^${id.replace(/\./g, '\\.')}  held  `, 'm'))
+    const del = await cli('quarantine', 'delete', id, '--dir', dir)
+    assert.equal(del.code, 0, del.stderr)
+    assert.deepEqual(await listIds(), [])
+    const day = readdirSync(dir).sort().at(-1) as string
+    assert.deepEqual(readdirSync(path.join(dir, day)), [], 'no claim, .json or .eml left')
+    assert.equal(sink.messages.filter((m) => m.raw.includes(id)).length, 0)
+  })
+
+  it('a body with a bare CR before a dot is released byte for byte as held', async () => {
+    const data = Buffer.from(
+      [
+        'From: Alice <alice@example.org>',
+        'To: bob@example.com',
+        'Subject: bare CR',
+        '',
+        'one\r.two',
+        '\r.',
+        '.three',
+        'x\r\r..four',
+        '',
+      ].join('\r\n'),
+      'latin1',
+    )
+    const id = await hold(data)
+    const held = emlOf(id)
+    assert.ok(
+      held.includes(Buffer.from('one\r.two\r\n\r.\r\n.three\r\nx\r\r..four\r\n')),
+      'held as sent',
+    )
+    sink.clear()
+    const r = await cli(
+      'quarantine',
+      'release',
+      id,
+      '--dir',
+      dir,
+      '--to',
+      `127.0.0.1:${releasePort}`,
+    )
+    assert.equal(r.code, 0, r.stderr)
+    const [m] = await sink.waitForMessages(1, 15000)
+    assert.ok(m)
+    const tail = m.raw.subarray(m.raw.length - held.length)
+    assert.equal(tail.toString('latin1'), held.toString('latin1'))
+    assert.ok(tail.equals(held))
+    assert.match(m.raw.subarray(0, m.raw.length - held.length).toString(), /^Received: /)
+  })
+
+  it('symbolic links planted in the quarantine directory are refused, never followed', async () => {
+    const id = await hold()
+    const day = readdirSync(dir).sort().at(-1) as string
+    const secret = path.join(configDir, 'secret.txt')
+    writeFileSync(secret, 'Subject: not for you\r\n\r\nroot:x:0:0\r\n')
+    const fake = path.join(configDir, 'fake.json')
+    writeFileSync(
+      fake,
+      JSON.stringify({
+        version: 1,
+        id: 'EVIL.1',
+        time: new Date().toISOString(),
+        transaction: 'EVIL.1',
+        sender: { address: 'alice@example.org', args: [] },
+        recipients: [{ address: 'bob@example.com', args: [] }],
+        reason: 'planted',
+        milters: [],
+        kind: 'hold',
+        client: { ip: '', host: '', helo: '' },
+      }),
+    )
+    const links = [path.join(dir, day, 'EVIL.1.json'), path.join(dir, day, 'EVIL.1.eml')]
+    symlinkSync(fake, links[0] as string)
+    symlinkSync(secret, links[1] as string)
+    sink.clear()
+    try {
+      const list = await cli('quarantine', 'list', '--dir', dir)
+      assert.equal(list.code, 0, list.stderr)
+      assert.match(
+        list.stderr,
+        /skipped refused .*EVIL\.1\.(eml|json): it is a symbolic link, not a regular file \(never followed\)/,
+      )
+      assert.doesNotMatch(list.stdout, /EVIL/)
+      assert.match(
+        list.stdout,
+        new RegExp(`^${id.replace(/\./g, '\\.')}  held  `, 'm'),
+        'the real entry is still listed',
+      )
+      const show = await cli('quarantine', 'show', 'EVIL.1', '--dir', dir)
+      assert.equal(show.code, 1)
+      assert.match(show.stderr, /refused .*symbolic link/)
+      const rel = await cli(
+        'quarantine',
+        'release',
+        'EVIL.1',
+        '--dir',
+        dir,
+        '--to',
+        `127.0.0.1:${releasePort}`,
+      )
+      assert.equal(rel.code, 1)
+      assert.match(rel.stderr, /refused .*symbolic link/)
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      assert.equal(sink.messages.length, 0, 'the linked file was not delivered')
+    } finally {
+      for (const l of links) unlinkSync(l)
+    }
+    const del = await cli('quarantine', 'delete', id, '--dir', dir)
+    assert.equal(del.code, 0, del.stderr)
   })
 })

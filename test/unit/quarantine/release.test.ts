@@ -101,6 +101,19 @@ describe('quarantine release', () => {
 
   it('dataBlock: CRLF, dot-stuffed, final dot', () => {
     assert.equal(dataBlock(Buffer.from('a\n.b\r\n..c')).toString(), 'a\r\n..b\r\n...c\r\n.\r\n')
+    assert.equal(dataBlock(Buffer.from('.x\r\n\r\n.\r\n')).toString(), '..x\r\n\r\n..\r\n.\r\n')
+  })
+
+  it('dataBlock: a dot after a bare CR is content, not a line start (sent unchanged)', () => {
+    const held = Buffer.from('Subject: x\r\n\r\na\r.b\r\r.\r\n.end\r\n', 'latin1')
+    const block = dataBlock(held)
+    assert.equal(block.toString('latin1'), 'Subject: x\r\n\r\na\r.b\r\r.\r\n..end\r\n.\r\n')
+    // what a receiver stores: the block without the final dot, un-stuffed at CRLF line starts
+    const stored = block
+      .subarray(0, block.length - 3)
+      .toString('latin1')
+      .replace(/(^|\r\n)\./g, '$1')
+    assert.equal(stored, held.toString('latin1'))
   })
 
   it('sends the envelope and the message, parameters only where offered', async () => {
@@ -202,6 +215,72 @@ describe('quarantine release', () => {
       1,
     )
     assert.equal((await listEntries(dir)).length, 1)
+  })
+
+  it('an entry with no recipient left is listed, shown and deleted; release needs --rcpt', async () => {
+    const meta: QuarantineMeta = {
+      version: 1,
+      id: 'NORCPT.1',
+      time: new Date().toISOString(),
+      transaction: 'NORCPT.1',
+      sender: FROM,
+      recipients: [],
+      reason: 'one: why',
+      milters: ['one'],
+      kind: 'hold',
+      client: { ip: '192.0.2.1', host: '', helo: 'c' },
+    }
+    await writeEntry(dir, meta, Buffer.from('Subject: x\r\n\r\nbody\r\n'))
+    const out: string[] = []
+    const err: string[] = []
+    const io = { out: (t: string) => out.push(t), err: (t: string) => err.push(t) }
+    assert.equal(await quarantineCommand(['list', '--dir', dir], io), 0)
+    assert.match(
+      out.join(''),
+      /^NORCPT\.1 {2}held {2}\S+ {2}\d+ {2}<alice@example\.org> {2}\(none\) {2}one: why$/m,
+    )
+    out.length = 0
+    assert.equal(await quarantineCommand(['show', 'NORCPT.1', '--dir', dir], io), 0)
+    assert.match(out.join(''), /^recipient: \(none: release needs --rcpt\)$/m)
+    assert.match(out.join(''), /^state: held$/m)
+
+    fake = await fakeServer([])
+    const to = `127.0.0.1:${fake.port}`
+    assert.equal(await quarantineCommand(['release', 'NORCPT.1', '--dir', dir, '--to', to], io), 1)
+    assert.match(
+      err.join(''),
+      /NORCPT\.1 has no recipient left .*release it with --rcpt ADDRESS, or delete it/,
+    )
+    assert.equal(fake.commands.length, 0, 'nothing sent')
+    assert.equal((await listEntries(dir)).length, 1, 'kept')
+    await assert.rejects(
+      quarantineCommand(
+        ['release', 'NORCPT.1', '--dir', dir, '--to', to, '--rcpt', 'not an address'],
+        io,
+      ),
+      /--rcpt must be an address/,
+    )
+    const args = [
+      'release',
+      'NORCPT.1',
+      '--dir',
+      dir,
+      '--to',
+      to,
+      '--rcpt',
+      '<postmaster@example.org>',
+    ]
+    assert.equal(await quarantineCommand([...args, '--rcpt', 'abuse@example.org'], io), 0)
+    assert.deepEqual(
+      fake.commands.filter((c) => c.startsWith('RCPT')),
+      ['RCPT TO:<postmaster@example.org>', 'RCPT TO:<abuse@example.org>'],
+    )
+    assert.equal(fake.data.length, 1)
+    assert.deepEqual(await listEntries(dir), [])
+
+    await writeEntry(dir, { ...meta, id: 'NORCPT.2' }, Buffer.from('x\r\n'))
+    assert.equal(await quarantineCommand(['delete', 'NORCPT.2', '--dir', dir], io), 0)
+    assert.deepEqual(await listEntries(dir), [])
   })
 
   it('reads [quarantine] dir from milter.ini; parses HOST:PORT', () => {

@@ -15,8 +15,8 @@ import {
   findEntry,
   listEntries,
   parseMeta,
+  entryState,
   QuarantineError,
-  removeEntry,
   writeEntry,
   type QuarantineMeta,
 } from '../../../lib/quarantine/store'
@@ -146,24 +146,31 @@ describe('quarantine store', () => {
     await assert.rejects(findEntry(dir, 'NOPE.1'), /no quarantine entry NOPE\.1/)
   })
 
-  it('removes an entry', async () => {
+  it('a claim records its owner; finish removes the entry, release leaves it; a second claim is refused', async () => {
     await writeEntry(dir, meta(), MESSAGE)
-    await removeEntry(await findEntry(dir, ID))
-    assert.deepEqual(await listEntries(dir), [])
-    assert.deepEqual(fs.readdirSync(path.join(dir, '20260304')), [])
-  })
-
-  it('a claim hides the entry; restore puts it back; finish removes it; a second claim fails', async () => {
-    await writeEntry(dir, meta(), MESSAGE)
+    const day = path.join(dir, '20260304')
     const e = await findEntry(dir, ID)
-    const claim = await claimEntry(e)
-    assert.deepEqual(await listEntries(dir), [])
-    await assert.rejects(claimEntry(e), /is gone/)
-    await claim.restore()
-    assert.equal((await listEntries(dir)).length, 1)
-    const again = await claimEntry(e)
+    assert.equal(entryState(e), 'held')
+    const claim = await claimEntry(e, 'release')
+    const record = JSON.parse(fs.readFileSync(path.join(day, `.${ID}.claim`), 'utf8'))
+    assert.equal(record.op, 'release')
+    assert.equal(record.pid, process.pid)
+    assert.equal(record.host, os.hostname())
+    assert.ok(Math.abs(Date.parse(record.time) - Date.now()) < 5000)
+    // still listed, as being released
+    const [listed] = await listEntries(dir)
+    assert.ok(listed)
+    assert.equal(entryState(listed), 'releasing')
+    assert.equal(listed.claim?.stale, undefined)
+    await assert.rejects(
+      claimEntry(e, 'delete'),
+      new RegExp(`is being released by pid ${process.pid} on `),
+    )
+    await claim.release()
+    assert.equal(entryState(await findEntry(dir, ID)), 'held')
+    const again = await claimEntry(e, 'delete')
     await again.finish()
-    assert.deepEqual(fs.readdirSync(path.join(dir, '20260304')), [])
-    await assert.rejects(claimEntry(e), /is gone/)
+    assert.deepEqual(fs.readdirSync(day), [])
+    await assert.rejects(findEntry(dir, ID), /no quarantine entry/)
   })
 })
