@@ -11,7 +11,9 @@
  *   same answer left it (Postfix semantics).
  * - Every value a milter sends is flattened onto one line: runs of CR/LF
  *   (with the whitespace after them) become one space, NUL is removed. A
- *   milter can neither inject a header nor break the message.
+ *   milter can neither inject a header nor break the message. Any other
+ *   control character but HTAB (0x01-0x08, 0x0B, 0x0C, 0x0E-0x1F, 0x7F)
+ *   makes the edit invalid.
  * - Every line stays within RFC 5322's 998 octets: a long value is folded at
  *   its spaces; a word that cannot be folded that short, or a value over
  *   64 KiB, makes the edit invalid (the milter fails, all or none).
@@ -111,6 +113,13 @@ export function flattenHeaderValue(value: string): string {
 }
 
 /**
+ * Control characters a header value may not carry: all of C0 and DEL but
+ * HTAB, CR and LF (flattened or kept as folds) and NUL (removed).
+ */
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]/
+
+/**
  * The stored form of a value the milter sent: flattened, and with one space
  * after the colon unless the milter negotiated HDR_LEADSPC (milter-protocol.md §8.3).
  */
@@ -124,6 +133,11 @@ export function milterValueToField(
     throw new HeaderEditError(
       `a ${Buffer.byteLength(value)}-byte header value exceeds the limit of ${MAX_HEADER_VALUE}`,
     )
+  }
+  const control = CONTROL.exec(value)
+  if (control) {
+    const code = (control[0].codePointAt(0) ?? 0).toString(16).padStart(2, '0')
+    throw new HeaderEditError(`header value with control character 0x${code} refused`)
   }
   if (folds === 'keep') {
     const kept = keepFolds(value)
@@ -165,16 +179,20 @@ const MAX_LINE = 998
 /**
  * A flattened value whose line would exceed 998 octets is folded at
  * spaces (CRLF + the space), lines kept near 78 characters. Each
- * continuation starts with whitespace, so no header can be injected. A
- * word too long to fit in 998 octets cannot be folded: HeaderEditError.
+ * continuation starts with whitespace and holds a word, so no header can be
+ * injected and no line is whitespace only. A word (with the blanks before
+ * it) too long to fit in 998 octets cannot be folded: HeaderEditError.
  */
 export function foldLongValue(value: string, prefix: number): string {
   if (prefix + Buffer.byteLength(value) <= MAX_LINE) return value
   const out: string[] = []
   let line = ''
   let width = prefix
-  for (const word of value.split(/(?= )/)) {
-    if (line !== '' && width + word.length > 78) {
+  // Each piece is a run of blanks with the word after it: a fold goes before the run,
+  // never inside it, so no continuation line is blanks only (which some parsers take for
+  // the end of the header block). Trailing blanks stay on the last line.
+  for (const word of value.split(/(?<=[^ \t])(?=[ \t])/)) {
+    if (line !== '' && width + word.length > 78 && /[^ \t]/.test(word)) {
       out.push(line)
       line = ''
       width = 0
