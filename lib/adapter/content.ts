@@ -119,6 +119,13 @@ export async function applyStageResult(
     }
     if (r.outcome.action !== 'continue') return r.outcome
     if (transactionState(t).disposition) return r.outcome // discarded earlier (MAIL, RCPT or DATA)
+    if (r.recipientsDeletedBy !== undefined) {
+      // Never a transaction without a recipient sent on: as if the milter had said DISCARD.
+      const milter = r.recipientsDeletedBy
+      c.logwarn(this, `${milter} deleted every recipient: message discarded (250, not delivered)`)
+      transactionState(t).disposition = { kind: 'discard', milter }
+      return { action: 'discard', milter }
+    }
     if (r.headersChanged) {
       rememberAuthResults(t, r)
       writeHeaders(t, r.headers)

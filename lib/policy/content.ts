@@ -61,6 +61,11 @@ export interface MessageResult {
   quarantine: string[]
   /** Which milters modified what, for logs, results and the CLI. */
   edits: MilterEdits[]
+  /**
+   * The milter whose edits left the message without a recipient (undefined
+   * while one is left). The message is then discarded, never sent on.
+   */
+  recipientsDeletedBy?: string
   /** Removes the spooled replacement body, if any. Safe to call more than once. */
   dispose(): Promise<void>
 }
@@ -153,6 +158,10 @@ export async function runContent(
     result.headersChanged ||= sorted.headerEdits.length > 0
     result.envelope = envelope
     result.envelopeChanged ||= sorted.envelopeEdits.length > 0
+    if (sorted.envelopeEdits.length > 0) {
+      if (envelope.rcpts.length > 0) delete result.recipientsDeletedBy
+      else result.recipientsDeletedBy ??= name
+    }
     if (eom.bodyReplaced) {
       result.body = spool
       await previousBody?.dispose()

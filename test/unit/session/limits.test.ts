@@ -315,3 +315,54 @@ describe('limits: the header block after edits', () => {
     await assert.rejects(run(4), isLimit('connection.ini [headers] max_lines', 5, 4))
   })
 })
+
+describe('content phase: edits that delete every recipient', () => {
+  const input = (): MessageInput => ({
+    headers: [{ name: 'Subject', value: ' hi' }],
+    envelope: {
+      from: { address: 'a@example.org' },
+      rcpts: [{ address: 'b@example.com' }, { address: 'c@example.com' }],
+    },
+    body: () => Readable.from([Buffer.from('x\r\n')]),
+  })
+  const del = (a: string): Reply => ({ kind: 'delrcpt', rcpt: Buffer.from(`<${a}>`) })
+  const add = (a: string): Reply => ({ kind: 'addrcpt', rcpt: Buffer.from(`<${a}>`) })
+
+  async function run(
+    result: ReturnType<typeof startResult>,
+    name: string,
+    replies: Reply[],
+  ): Promise<void> {
+    const s = await open(answer(replies))
+    try {
+      await runContent(
+        name,
+        s,
+        input(),
+        result,
+        { spoolDir: undefined, headerFolds: 'flatten' },
+        (v) => v.kind === 'continue',
+      )
+    } finally {
+      s.destroy()
+    }
+  }
+
+  it('names the milter that left no recipient', async () => {
+    const result = startResult(input())
+    await run(result, 'm1', [del('b@example.com'), del('c@EXAMPLE.COM')])
+    assert.deepEqual(result.envelope.rcpts, [])
+    assert.equal(result.recipientsDeletedBy, 'm1')
+  })
+
+  it('deleting some recipients, or a later milter adding one back, leaves none named', async () => {
+    const result = startResult(input())
+    await run(result, 'm1', [del('b@example.com')])
+    assert.equal(result.recipientsDeletedBy, undefined)
+    await run(result, 'm2', [del('c@example.com')])
+    assert.equal(result.recipientsDeletedBy, 'm2')
+    await run(result, 'm3', [add('d@example.com')])
+    assert.equal(result.recipientsDeletedBy, undefined)
+    assert.deepEqual(result.envelope.rcpts, [{ address: 'd@example.com' }])
+  })
+})
