@@ -143,4 +143,15 @@ max_added_headers = 3
     assert.ok(m)
     for (const i of [1, 2, 3]) assert.deepEqual(headerValues(m, `X-Add-${i}`), ['x'])
   })
+  // last: the failure counts towards the endpoint's breaker
+  it('a milter asking for more macro names than max_macro_names fails negotiation (MILTER_ERR_LIMIT)', async () => {
+    const names = Array.from({ length: 101 }, (_, i) => `{m${i}}`)
+    await start({ actions: ['SETSYMLIST'], symlist: { connect: names } })
+    const since = haraka.log().length
+    const r = await send(['bob@example.com'])
+    assert.equal(r.accepted, false, JSON.stringify(r.replies))
+    const [line] = await haraka.waitForLog(/.*MILTER_ERR_LIMIT.*/, 10000, since)
+    assert.match(line, /101 is over max_macro_names = 100/)
+    assert.equal(sink.messages.length, 0)
+  })
 })
