@@ -41,6 +41,12 @@ export const MILTER_KEYS: readonly string[] = [
   'skip_sender_domains',
   'skip_recipient_domains',
   'skip_larger_than',
+  'max_modifications',
+  'max_added_headers',
+  'max_header_bytes',
+  'max_replacement_body',
+  'max_macro_names',
+  'max_macro_names_total',
   ...MACRO_STAGE_KEYS.map((s) => `macros.${s}`),
 ]
 

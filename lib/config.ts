@@ -16,6 +16,7 @@ import { lintMilterIni } from './config-lint'
 import { MilterConfigError } from './errors'
 import type { HeaderFolds } from './message/headers'
 import { MacroStage } from './protocol/constants'
+import { DEFAULT_LIMITS, type Limits } from './session/limits'
 import { canonicalMacroName, DEFAULT_MACROS, type MacroLists } from './session/macros'
 
 import type { Timeouts } from './session/types'
@@ -64,6 +65,8 @@ export interface MilterDef {
   mode?: MilterMode
   /** When not to contact the milter at all (absent: always). */
   skip?: SkipRules
+  /** Bounds on what it may send and ask for (the max_* keys); absent: DEFAULT_LIMITS. */
+  limits?: Limits
 }
 
 /** Whether a milter's verdicts and edits count (enforce) or are only logged and counted (shadow). */
@@ -340,6 +343,24 @@ function parseMilter(
     optin: r.list('optin', []),
     ...(r.has('mode') ? { mode: r.oneOf('mode', MODES, 'enforce') } : {}),
     ...skipOf(r, main),
+    limits: limitsOf(r, main),
+  }
+}
+
+/** The max_* keys of a milter, each defaulting to [main]'s. */
+function limitsOf(r: Reader, main: Reader): Limits {
+  const from = (key: string): Reader => (r.has(key) ? r : main)
+  const count = (key: string, dflt: number, max: number): number => from(key).int(key, dflt, 1, max)
+  const size = (key: string, dflt: number | undefined): number | undefined =>
+    from(key).bytes(key) ?? dflt
+  const d = DEFAULT_LIMITS
+  return {
+    maxModifications: count('max_modifications', d.maxModifications, 10_000_000),
+    maxAddedHeaders: count('max_added_headers', d.maxAddedHeaders, 1_000_000),
+    maxHeaderBytes: size('max_header_bytes', d.maxHeaderBytes) ?? d.maxHeaderBytes,
+    maxReplacementBody: size('max_replacement_body', d.maxReplacementBody),
+    maxMacroNames: count('max_macro_names', d.maxMacroNames, 100_000),
+    maxMacroNamesTotal: count('max_macro_names_total', d.maxMacroNamesTotal, 1_000_000),
   }
 }
 

@@ -70,6 +70,30 @@ export class MilterConfigError extends MilterError {
   readonly code = 'MILTER_ERR_CONFIG'
 }
 
+/**
+ * The milter went over a stated bound (milter.ini max_* keys, or Haraka's
+ * own header and size limits): too many modifications, added headers or
+ * header bytes, too large a replacement body, too many macro names asked
+ * for. Detected while its answer is read; handled by its default_action.
+ */
+export class MilterLimitError extends MilterError {
+  readonly code = 'MILTER_ERR_LIMIT'
+  constructor(
+    /** The milter.ini key (or Haraka setting) that bounds it. */
+    readonly limit: string,
+    /** What the milter sent (or asked for) when it went over. */
+    readonly figure: number,
+    /** The bound in force. */
+    readonly max: number,
+    /** Where: negotiate or eom. */
+    readonly stage: string,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options)
+  }
+}
+
 /** True for any error of this hierarchy. */
 export function isMilterError(e: unknown): e is MilterError {
   return e instanceof MilterError

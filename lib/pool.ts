@@ -41,6 +41,7 @@ export function openMilter(
       version: def.protocol,
       timeouts: def.timeouts,
       macros: def.macros,
+      ...(def.limits ? { limits: def.limits } : {}),
       ...(observer ? { observer } : {}),
     },
     def.tls,

@@ -6,6 +6,7 @@ import type { MessageResult, MilterChain, Outcome } from '../policy/chain'
 import type { MilterConfig } from '../config'
 import { CHUNK_SIZE } from '../protocol/constants'
 import { REPLIES } from '../policy/replies'
+import type { MtaBounds } from '../session/limits'
 import type { MacroLookup } from '../session/macros'
 import {
   envelopeOf,
@@ -49,7 +50,30 @@ export function runContent(
     eohMacros: macros,
     eomMacros: eom,
     ...(typeof t.data_bytes === 'number' ? { size: t.data_bytes } : {}),
+    mta: mtaBounds(t.cfg),
   })
+}
+
+function positive(v: unknown): number | undefined {
+  const n = typeof v === 'string' ? Number(v) : v
+  return typeof n === 'number' && Number.isFinite(n) && n > 0 ? n : undefined
+}
+
+/**
+ * Haraka's own bounds, from the transaction's connection.ini: a milter's
+ * edits never make a message Haraka would not accept on input (more header
+ * lines than [headers] max_lines, a body over [max] bytes).
+ */
+export function mtaBounds(cfg: unknown): MtaBounds {
+  const c = (typeof cfg === 'object' && cfg !== null ? cfg : {}) as {
+    headers?: { max_lines?: unknown }
+    max?: { bytes?: unknown }
+  }
+  // Haraka's own fallback when max_lines is not set (transaction.js)
+  return {
+    maxHeaderLines: positive(c.headers?.max_lines) ?? 1000,
+    maxMessageBytes: positive(c.max?.bytes),
+  }
 }
 
 let replaced = 0
@@ -98,6 +122,13 @@ export async function applyStageResult(
     }
     if (r.outcome.action !== 'continue') return r.outcome
     if (transactionState(t).disposition) return r.outcome // discarded earlier (MAIL, RCPT or DATA)
+    if (r.recipientsDeletedBy !== undefined) {
+      // Never a transaction without a recipient sent on: as if the milter had said DISCARD.
+      const milter = r.recipientsDeletedBy
+      c.logwarn(this, `${milter} deleted every recipient: message discarded (250, not delivered)`)
+      transactionState(t).disposition = { kind: 'discard', milter }
+      return { action: 'discard', milter }
+    }
     if (r.headersChanged) {
       rememberAuthResults(t, r)
       writeHeaders(t, r.headers)

@@ -233,6 +233,7 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
           version: d.protocol,
           timeouts: d.timeouts,
           macros: d.macros,
+          ...(d.limits ? { limits: d.limits } : {}),
           observer: { trace: (dir, frame) => packets.push({ dir, frame }) },
         })
         report.negotiated = negotiatedReport(s)

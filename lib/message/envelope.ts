@@ -73,32 +73,76 @@ function withArgs(address: string, args: string | undefined): EnvelopeAddress {
   return args === undefined ? { address } : { address, args }
 }
 
-/** Applies the edits in order; returns a new envelope. */
-export function applyEnvelopeEdits(env: Envelope, edits: readonly EnvelopeEdit[]): Envelope {
-  let from = env.from
-  let rcpts = [...env.rcpts]
-  for (const e of edits) {
+/**
+ * Applies envelope edits one at a time, each in O(1): recipients are kept
+ * in order with an index by addressKey, so an ADDRCPT checks for a
+ * duplicate without a scan and a DELRCPT removes without refiltering the
+ * list. Same result as applying them to the plain list in order.
+ */
+export class EnvelopeEditor {
+  private from: EnvelopeAddress
+  /** Recipients in order; a deleted one leaves a hole. */
+  private readonly slots: Array<EnvelopeAddress | undefined>
+  /** addressKey -> the slots holding it (several when the input had duplicates). */
+  private readonly index = new Map<string, number[]>()
+  private live = 0
+
+  constructor(env: Envelope) {
+    this.from = env.from
+    this.slots = []
+    for (const r of env.rcpts) this.add(addressKey(r.address), r)
+  }
+
+  /** Recipients left. */
+  get recipients(): number {
+    return this.live
+  }
+
+  /** Applies one edit; throws EnvelopeEditError for an invalid one. */
+  apply(e: EnvelopeEdit): void {
     switch (e.kind) {
       case 'chgfrom': {
         const a =
           e.sender.trim() === '<>' || e.sender.trim() === '' ? '' : checkAddress(e.sender, 'sender')
-        from = withArgs(a, cleanArgs(e.args))
+        this.from = withArgs(a, cleanArgs(e.args))
         break
       }
       case 'addrcpt': {
         const a = checkAddress(e.rcpt, 'recipient')
         if (a === '') throw new EnvelopeEditError('milter added an empty recipient')
         const key = addressKey(a)
-        if (!rcpts.some((r) => addressKey(r.address) === key))
-          rcpts.push(withArgs(a, cleanArgs(e.args)))
+        if (!this.index.has(key)) this.add(key, withArgs(a, cleanArgs(e.args)))
         break
       }
       case 'delrcpt': {
         const key = addressKey(e.rcpt)
-        rcpts = rcpts.filter((r) => addressKey(r.address) !== key)
+        const at = this.index.get(key)
+        if (!at) break
+        for (const i of at) this.slots[i] = undefined
+        this.live -= at.length
+        this.index.delete(key)
         break
       }
     }
   }
-  return { from, rcpts }
+
+  /** The envelope as the edits left it. */
+  result(): Envelope {
+    return { from: this.from, rcpts: this.slots.filter((r) => r !== undefined) }
+  }
+
+  private add(key: string, r: EnvelopeAddress): void {
+    const at = this.index.get(key)
+    if (at) at.push(this.slots.length)
+    else this.index.set(key, [this.slots.length])
+    this.slots.push(r)
+    this.live++
+  }
+}
+
+/** Applies the edits in order; returns a new envelope. */
+export function applyEnvelopeEdits(env: Envelope, edits: readonly EnvelopeEdit[]): Envelope {
+  const editor = new EnvelopeEditor(env)
+  for (const e of edits) editor.apply(e)
+  return editor.result()
 }

@@ -11,7 +11,9 @@
  *   same answer left it (Postfix semantics).
  * - Every value a milter sends is flattened onto one line: runs of CR/LF
  *   (with the whitespace after them) become one space, NUL is removed. A
- *   milter can neither inject a header nor break the message.
+ *   milter can neither inject a header nor break the message. Any other
+ *   control character but HTAB (0x01-0x08, 0x0B, 0x0C, 0x0E-0x1F, 0x7F)
+ *   makes the edit invalid.
  * - Every line stays within RFC 5322's 998 octets: a long value is folded at
  *   its spaces; a word that cannot be folded that short, or a value over
  *   64 KiB, makes the edit invalid (the milter fails, all or none).
@@ -20,6 +22,7 @@
  *   store (UTF-8 text) cannot hold, becomes RFC 2047 encoded-words in the
  *   charset `unknown-8bit` (RFC 1428), from which every byte is recoverable.
  */
+import { OrderTree, type OrderNode } from './order-tree'
 
 /** One header field: its name and everything after the colon, raw. */
 export interface HeaderField {
@@ -110,6 +113,13 @@ export function flattenHeaderValue(value: string): string {
 }
 
 /**
+ * Control characters a header value may not carry: all of C0 and DEL but
+ * HTAB, CR and LF (flattened or kept as folds) and NUL (removed).
+ */
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]/
+
+/**
  * The stored form of a value the milter sent: flattened, and with one space
  * after the colon unless the milter negotiated HDR_LEADSPC (milter-protocol.md §8.3).
  */
@@ -123,6 +133,11 @@ export function milterValueToField(
     throw new HeaderEditError(
       `a ${Buffer.byteLength(value)}-byte header value exceeds the limit of ${MAX_HEADER_VALUE}`,
     )
+  }
+  const control = CONTROL.exec(value)
+  if (control) {
+    const code = (control[0].codePointAt(0) ?? 0).toString(16).padStart(2, '0')
+    throw new HeaderEditError(`header value with control character 0x${code} refused`)
   }
   if (folds === 'keep') {
     const kept = keepFolds(value)
@@ -164,16 +179,20 @@ const MAX_LINE = 998
 /**
  * A flattened value whose line would exceed 998 octets is folded at
  * spaces (CRLF + the space), lines kept near 78 characters. Each
- * continuation starts with whitespace, so no header can be injected. A
- * word too long to fit in 998 octets cannot be folded: HeaderEditError.
+ * continuation starts with whitespace and holds a word, so no header can be
+ * injected and no line is whitespace only. A word (with the blanks before
+ * it) too long to fit in 998 octets cannot be folded: HeaderEditError.
  */
 export function foldLongValue(value: string, prefix: number): string {
   if (prefix + Buffer.byteLength(value) <= MAX_LINE) return value
   const out: string[] = []
   let line = ''
   let width = prefix
-  for (const word of value.split(/(?= )/)) {
-    if (line !== '' && width + word.length > 78) {
+  // Each piece is a run of blanks with the word after it: a fold goes before the run,
+  // never inside it, so no continuation line is blanks only (which some parsers take for
+  // the end of the header block). Trailing blanks stay on the last line.
+  for (const word of value.split(/(?<=[^ \t])(?=[ \t])/)) {
+    if (line !== '' && width + word.length > 78 && /[^ \t]/.test(word)) {
       out.push(line)
       line = ''
       width = 0
@@ -193,20 +212,90 @@ export function foldLongValue(value: string, prefix: number): string {
   return out.join('\r\n')
 }
 
-function sameName(a: string, b: string): boolean {
-  return a.toLowerCase() === b.toLowerCase()
+/** One header in the editor: the field, and its node among the visible headers of its name. */
+interface Entry {
+  field: HeaderField
+  named?: OrderNode<OrderNode<Entry>>
 }
 
-/** Position in `fields` of the n-th visible header named `name` (1-based), or -1. */
-function findVisible(fields: readonly HeaderField[], name: string, n: number): number {
-  let seen = 0
-  for (let i = 0; i < fields.length; i++) {
-    const f = fields[i]
-    if (!f || f.hidden || !sameName(f.name, name)) continue
-    seen++
-    if (seen === n) return i
+/**
+ * Applies header edits one at a time against an index built once: all
+ * headers in order (INSHEADER's positions) and, per lower-cased name, the
+ * visible ones in order (CHGHEADER's n-th). Each edit costs O(log² n), so
+ * an answer of any size and mix costs O(n log² n) in all; the result is the
+ * same as applying the edits to the plain list in order (Postfix semantics).
+ */
+export class HeaderEditor {
+  private readonly all = new OrderTree<Entry>()
+  private readonly byName = new Map<string, OrderTree<OrderNode<Entry>>>()
+
+  constructor(
+    input: readonly HeaderField[],
+    private readonly leadingSpace: boolean,
+    private readonly folds: HeaderFolds = 'flatten',
+  ) {
+    for (const f of input) this.append({ ...f })
   }
-  return -1
+
+  /** Number of header fields now. */
+  get size(): number {
+    return this.all.size
+  }
+
+  /** Applies one edit; throws HeaderEditError for an invalid one (nothing changed then). */
+  apply(e: HeaderEdit): void {
+    checkHeaderName(e.name)
+    const value = milterValueToField(e.value, this.leadingSpace, e.name.length, this.folds)
+    switch (e.kind) {
+      case 'addheader':
+        this.append({ name: e.name, value })
+        break
+      case 'insheader': {
+        const at = Math.min(Math.max(0, e.index), this.all.size)
+        const entry: Entry = { field: { name: e.name, value } }
+        const node = this.all.insertAt(at, entry)
+        const named = this.named(e.name)
+        const rank = named.countWhile((n) => this.all.indexOf(n) < at)
+        entry.named = named.insertAt(rank, node)
+        break
+      }
+      case 'chgheader': {
+        const named = this.byName.get(e.name.toLowerCase())
+        const target = named?.at(Math.max(1, e.index) - 1)
+        const deleting = e.value === ''
+        if (!named || !target) {
+          if (!deleting) this.append({ name: e.name, value })
+        } else if (deleting) {
+          this.all.remove(target.value)
+          named.remove(target)
+        } else {
+          target.value.value.field = { name: e.name, value }
+        }
+        break
+      }
+    }
+  }
+
+  /** The header list as the edits left it. */
+  result(): HeaderField[] {
+    return this.all.values().map((e) => e.field)
+  }
+
+  private named(name: string): OrderTree<OrderNode<Entry>> {
+    const key = name.toLowerCase()
+    let t = this.byName.get(key)
+    if (!t) {
+      t = new OrderTree<OrderNode<Entry>>()
+      this.byName.set(key, t)
+    }
+    return t
+  }
+
+  private append(field: HeaderField): void {
+    const entry: Entry = { field }
+    const node = this.all.push(entry)
+    if (!field.hidden) entry.named = this.named(field.name).push(node)
+  }
 }
 
 /** Applies the edits in order and returns the new list (the input is not changed). */
@@ -216,34 +305,9 @@ export function applyHeaderEdits(
   leadingSpace: boolean,
   folds: HeaderFolds = 'flatten',
 ): HeaderField[] {
-  const fields = input.map((f) => ({ ...f }))
-  for (const e of edits) {
-    checkHeaderName(e.name)
-    const value = milterValueToField(e.value, leadingSpace, e.name.length, folds)
-    switch (e.kind) {
-      case 'addheader':
-        fields.push({ name: e.name, value })
-        break
-      case 'insheader': {
-        const at = Math.min(Math.max(0, e.index), fields.length)
-        fields.splice(at, 0, { name: e.name, value })
-        break
-      }
-      case 'chgheader': {
-        const at = findVisible(fields, e.name, Math.max(1, e.index))
-        const deleting = e.value === ''
-        if (at < 0) {
-          if (!deleting) fields.push({ name: e.name, value })
-        } else if (deleting) {
-          fields.splice(at, 1)
-        } else {
-          fields[at] = { name: e.name, value }
-        }
-        break
-      }
-    }
-  }
-  return fields
+  const editor = new HeaderEditor(input, leadingSpace, folds)
+  for (const e of edits) editor.apply(e)
+  return editor.result()
 }
 
 /** `Name:value` lines joined with CRLF, folds normalised to CRLF (for output). */

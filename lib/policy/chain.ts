@@ -636,6 +636,7 @@ export class MilterChain {
             spoolDir: this.opts.spoolDir,
             headerFolds: slot.def.headerFolds,
             apply: !slot.shadow,
+            limits: slot.def.limits,
           },
           (v) => outcomeOf('eom', v, slot.name).action === 'continue',
         ),

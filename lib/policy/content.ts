@@ -5,13 +5,22 @@
  * spooled to disk; the spool belongs to the MessageResult, whose owner calls
  * dispose() once the message has been written (or refused).
  */
+import { setImmediate as nextTurn } from 'node:timers/promises'
+
 import { BodySpool } from '../body-spool'
-import { applyEnvelopeEdits, type Envelope } from '../message/envelope'
-import { applyHeaderEdits, type HeaderField } from '../message/headers'
+import { EnvelopeEditor, type Envelope } from '../message/envelope'
+import { HeaderEditor, type HeaderField } from '../message/headers'
 import { sortModifications } from '../message/modifications'
 import { Proto } from '../protocol/constants'
 import type { Modification } from '../protocol/replies'
 import { sendContent } from '../session/content'
+import {
+  checkHeaderBlock,
+  eomLimits,
+  headerBlockSize,
+  type Limits,
+  type MtaBounds,
+} from '../session/limits'
 import type { MacroLookup } from '../session/macros'
 import type { MilterSession, Verdict } from '../session/session'
 import type { Outcome } from './replies'
@@ -26,6 +35,8 @@ export interface MessageInput {
   eomMacros?: MacroLookup
   /** The message's size in bytes as received (for skip_larger_than). */
   size?: number
+  /** What the MTA itself accepts (its max message size and header lines): edits stay within. */
+  mta?: MtaBounds
 }
 
 /** What one milter changed. */
@@ -50,6 +61,11 @@ export interface MessageResult {
   quarantine: string[]
   /** Which milters modified what, for logs, results and the CLI. */
   edits: MilterEdits[]
+  /**
+   * The milter whose edits left the message without a recipient (undefined
+   * while one is left). The message is then discarded, never sent on.
+   */
+  recipientsDeletedBy?: string
   /** Removes the spooled replacement body, if any. Safe to call more than once. */
   dispose(): Promise<void>
 }
@@ -95,12 +111,19 @@ export async function runContent(
   s: MilterSession,
   input: MessageInput,
   result: MessageResult,
-  opts: { spoolDir: string | undefined; headerFolds: 'flatten' | 'keep'; apply?: boolean },
+  opts: {
+    spoolDir: string | undefined
+    headerFolds: 'flatten' | 'keep'
+    apply?: boolean
+    /** The milter's bounds (absent: the defaults). */
+    limits?: Limits | undefined
+  },
   isContinue: (v: Verdict) => boolean,
 ): Promise<ContentAnswer> {
   const apply = opts.apply ?? true
   const spool = apply ? new BodySpool(opts.spoolDir) : undefined
   const previousBody = result.body
+  const limits = eomLimits(opts.limits, input.mta)
   try {
     const eom = await sendContent(s, {
       headers: result.headers
@@ -111,6 +134,7 @@ export async function runContent(
       ...(input.eomMacros ? { eomMacros: input.eomMacros } : {}),
       // a shadow milter's replacement body is read and dropped
       onReplaceBody: spool ? (chunk) => spool.write(chunk) : () => undefined,
+      eomLimits: limits,
     })
     if (!isContinue(eom.verdict)) {
       await spool?.dispose()
@@ -119,8 +143,9 @@ export async function runContent(
     // Validate every edit before applying any (all or none).
     const sorted = sortModifications(eom.modifications)
     const leadspc = (s.negotiated.protocol & Proto.HDR_LEADSPC) !== 0
-    const headers = applyHeaderEdits(result.headers, sorted.headerEdits, leadspc, opts.headerFolds)
-    const envelope = applyEnvelopeEdits(result.envelope, sorted.envelopeEdits)
+    const { headers, envelope } = await applyEdits(result, sorted, leadspc, opts.headerFolds)
+    if (sorted.headerEdits.length > 0)
+      checkHeaderBlock(name, limits, headerBlockSize(result.headers), headerBlockSize(headers))
     const count = eom.modifications.length
     const edits: MilterEdits | undefined =
       count > 0 || eom.bodyReplaced
@@ -133,6 +158,10 @@ export async function runContent(
     result.headersChanged ||= sorted.headerEdits.length > 0
     result.envelope = envelope
     result.envelopeChanged ||= sorted.envelopeEdits.length > 0
+    if (sorted.envelopeEdits.length > 0) {
+      if (envelope.rcpts.length > 0) delete result.recipientsDeletedBy
+      else result.recipientsDeletedBy ??= name
+    }
     if (eom.bodyReplaced) {
       result.body = spool
       await previousBody?.dispose()
@@ -145,4 +174,36 @@ export async function runContent(
     await spool?.dispose()
     throw e
   }
+}
+
+/** Edits applied between two turns of the event loop (a long answer must not hold the others). */
+const EDITS_PER_TURN = 2000
+
+/** Applies one milter's edits in order, yielding to the event loop now and then. */
+async function applyEdits(
+  result: MessageResult,
+  sorted: ReturnType<typeof sortModifications>,
+  leadingSpace: boolean,
+  folds: 'flatten' | 'keep',
+): Promise<{ headers: HeaderField[]; envelope: Envelope }> {
+  let n = 0
+  let headers = result.headers
+  if (sorted.headerEdits.length > 0) {
+    const editor = new HeaderEditor(result.headers, leadingSpace, folds)
+    for (const e of sorted.headerEdits) {
+      editor.apply(e)
+      if (++n % EDITS_PER_TURN === 0) await nextTurn()
+    }
+    headers = editor.result()
+  }
+  let envelope = result.envelope
+  if (sorted.envelopeEdits.length > 0) {
+    const editor = new EnvelopeEditor(result.envelope)
+    for (const e of sorted.envelopeEdits) {
+      editor.apply(e)
+      if (++n % EDITS_PER_TURN === 0) await nextTurn()
+    }
+    envelope = editor.result()
+  }
+  return { headers, envelope }
 }

@@ -2,6 +2,7 @@
  * The content phase for one milter (milter-protocol.md §5.7): headers, EOH, body chunks and
  * end of message, stopping at the first verdict that ends the message.
  */
+import type { EomLimits } from './limits'
 import type { MacroLookup } from './macros'
 import { CHUNK_SIZE } from '../protocol/constants'
 import type { EomResult, MilterSession, Verdict } from './session'
@@ -20,6 +21,8 @@ export interface Content {
   eohMacros?: MacroLookup
   eomMacros?: MacroLookup
   onReplaceBody?: (chunk: Buffer) => void | Promise<void>
+  /** The bounds on the end-of-message answer (default: the session's configured ones). */
+  eomLimits?: EomLimits
 }
 
 /** Runs headers..EOB; an early non-continue verdict returns with no modifications. */
@@ -56,5 +59,5 @@ export async function sendContent(session: MilterSession, content: Content): Pro
     const v = await sendPending(true)
     if (v.kind !== 'continue') return { verdict: v, ...none }
   }
-  return session.endOfMessage(content.eomMacros, content.onReplaceBody)
+  return session.endOfMessage(content.eomMacros, content.onReplaceBody, content.eomLimits)
 }

@@ -41,6 +41,9 @@ import {
 } from '../protocol/commands'
 import { CHUNK_SIZE, Cmd, LEN_BYTES, MacroStage, Proto, hex } from '../protocol/constants'
 import { decodeReply, type Modification, type Reply } from '../protocol/replies'
+import { setImmediate as nextTurn } from 'node:timers/promises'
+
+import { checkSymlist, EomCounter, eomLimits, type EomLimits } from './limits'
 import { macroPairs, type MacroLookup } from './macros'
 import { offerFor, validateOptneg, type Negotiated, type Offer } from './negotiate'
 import { FrameReader } from './reader'
@@ -61,6 +64,13 @@ interface StepSpec {
 }
 
 const CONTINUE: Verdict = { kind: 'continue' }
+
+/**
+ * Replies to end of message taken in one turn of the event loop at most:
+ * frames already queued resolve at once, so a long answer would otherwise
+ * be read in one synchronous burst and hold every other SMTP session.
+ */
+const FRAMES_PER_TURN = 1024
 
 /** Gathered packets are written at once when they reach this size (a body under NR_BODY). */
 const FLUSH_BYTES = 64 * 1024
@@ -146,6 +156,7 @@ export class MilterSession {
         throw new MilterNegotiationError(`milter answered OPTNEG with ${reply.kind}`)
       }
       for (const w of reply.symlistWarnings) opts.observer?.warn?.(`${opts.name}: ${w}`)
+      checkSymlist(opts.name, reply.symlist, opts.limits)
       s.negotiated = validateOptneg(offer, reply)
       return s
     } catch (e) {
@@ -394,6 +405,7 @@ export class MilterSession {
   async endOfMessage(
     macros?: MacroLookup,
     onReplaceBody?: (chunk: Buffer) => void | Promise<void>,
+    limits?: EomLimits,
   ): Promise<EomResult> {
     if (this.state === 'messageDone' || this.state === 'connectionDone') {
       return { verdict: CONTINUE, modifications: [], bodyReplaced: false }
@@ -405,22 +417,31 @@ export class MilterSession {
     const eomMs = this.opts.timeouts.eomMs
     this.eomDeadline = eomMs === undefined ? undefined : Date.now() + eomMs
     try {
-      return await this.readEom(onReplaceBody)
+      return await this.readEom(onReplaceBody, limits ?? eomLimits(this.opts.limits, undefined))
     } finally {
       this.eomDeadline = undefined
     }
   }
 
+  /**
+   * Reads the answer to end of message. Each bound (limits.ts) is checked
+   * on the packet that goes over it, before anything of it is kept; the
+   * session then fails with MilterLimitError.
+   */
   private async readEom(
     onReplaceBody: ((chunk: Buffer) => void | Promise<void>) | undefined,
+    limits: EomLimits,
   ): Promise<EomResult> {
     const mods: Modification[] = []
     const collected: Buffer[] = []
+    const counter = new EomCounter(this.opts.name, limits)
     let bodyReplaced = false
-    for (;;) {
+    for (let frames = 1; ; frames++) {
+      if (frames % FRAMES_PER_TURN === 0) await nextTurn()
       const reply = await this.readReply('content', 'SMFIC_BODYEOB')
       if (reply.kind === 'replbody') {
         this.checkModification(reply)
+        this.counted(() => counter.body(reply.chunk.length))
         bodyReplaced = true
         if (onReplaceBody) await onReplaceBody(reply.chunk)
         else collected.push(reply.chunk)
@@ -428,6 +449,7 @@ export class MilterSession {
       }
       if (isModification(reply)) {
         this.checkModification(reply)
+        this.counted(() => counter.modification(reply))
         mods.push(reply)
         continue
       }
@@ -644,6 +666,15 @@ export class MilterSession {
     if (v.includes(0x0d)) v = Buffer.from(v.toString('latin1').replace(/\r\n/g, '\n'), 'latin1')
     if (v.includes(0)) v = Buffer.from(v.toString('latin1').replace(/\0/g, ''), 'latin1')
     return v
+  }
+
+  /** Runs a bound's check; going over fails the session (the rest of the answer is not read). */
+  private counted(check: () => void): void {
+    try {
+      check()
+    } catch (e) {
+      throw this.fail(isMilterError(e) ? e : new MilterProtocolError(String(e)))
+    }
   }
 
   private checkModification(m: Modification): void {

@@ -5,6 +5,7 @@
 import type { Frame } from '../protocol/frame'
 import type { Modification } from '../protocol/replies'
 import type { SmtpReply } from '../protocol/replycode'
+import type { Limits } from './limits'
 import type { MacroLists } from './macros'
 
 /** The duplex byte stream a session runs on (a net.Socket satisfies it). */
@@ -73,6 +74,8 @@ export interface SessionOptions {
   macros: MacroLists
   /** Largest reply payload accepted from the milter. */
   maxReplyBytes?: number
+  /** Bounds on what the milter may ask for and send (default: DEFAULT_LIMITS). */
+  limits?: Limits
   observer?: SessionObserver
   /**
    * Called once SMFIC_BODYEOB is in the kernel: asks it to acknowledge the milter's reply

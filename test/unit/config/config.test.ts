@@ -8,6 +8,7 @@ import assert from 'node:assert/strict'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 
+import { DEFAULT_LIMITS } from '../../../lib/session/limits'
 import { DEFAULT_MACROS } from '../../../lib/session/macros'
 import {
   describeListeners,
@@ -641,6 +642,52 @@ describe('config: parseMilterConfig', () => {
           e instanceof MilterConfigError && e.message.startsWith('milter.ini [milter.a] socket: '),
       )
     })
+  })
+})
+
+describe('config: the max_* limits', () => {
+  it('defaults, [main] defaults for every milter, and per-milter overrides', () => {
+    const none = parseMilterConfig(withA())
+    assert.deepEqual(milter(none, 'a').limits, DEFAULT_LIMITS)
+    assert.equal(DEFAULT_LIMITS.maxReplacementBody, undefined, "default: Haraka's max size")
+    const cfg = parseMilterConfig({
+      main: { milters: 'a b', max_modifications: '500', max_replacement_body: '10M' },
+      'milter.a': {
+        socket: '127.0.0.1:1',
+        max_added_headers: '20',
+        max_header_bytes: '64K',
+        max_macro_names: '8',
+        max_macro_names_total: '30',
+      },
+      'milter.b': { socket: '127.0.0.1:2', max_modifications: '7' },
+    })
+    assert.deepEqual(milter(cfg, 'a').limits, {
+      maxModifications: 500,
+      maxAddedHeaders: 20,
+      maxHeaderBytes: 64 * 1024,
+      maxReplacementBody: 10 * 1024 * 1024,
+      maxMacroNames: 8,
+      maxMacroNamesTotal: 30,
+    })
+    assert.equal(milter(cfg, 'b').limits?.maxModifications, 7)
+    assert.equal(milter(cfg, 'b').limits?.maxReplacementBody, 10 * 1024 * 1024, 'from [main]')
+    assert.deepEqual(cfg.warnings, [], 'every key is known')
+  })
+
+  it('bad values name the key', () => {
+    const bad: Array<[Record<string, unknown>, RegExp]> = [
+      [{ max_modifications: '0' }, /max_modifications: must be an integer from 1/],
+      [{ max_added_headers: 'many' }, /max_added_headers: must be an integer/],
+      [{ max_header_bytes: '1X' }, /max_header_bytes: must be a size in bytes/],
+      [{ max_replacement_body: '0' }, /max_replacement_body: must be a size in bytes/],
+      [{ max_macro_names: '-1' }, /max_macro_names: must be an integer/],
+    ]
+    for (const [keys, re] of bad) {
+      assert.throws(
+        () => parseMilterConfig(withA({ 'milter.a': { socket: '127.0.0.1:1', ...keys } })),
+        re,
+      )
+    }
   })
 })
 

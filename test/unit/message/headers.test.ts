@@ -400,3 +400,48 @@ describe('message: header policy (RFC 5322 line limit, bytes kept)', () => {
     assert.deepEqual(back, word)
   })
 })
+
+describe('message: control characters and whitespace-only lines', () => {
+  const add = (value: string): HeaderEdit => ({ kind: 'addheader', name: 'X-Ctl', value })
+
+  for (const code of [0x01, 0x08, 0x0b, 0x0c, 0x0e, 0x1b, 0x1f, 0x7f]) {
+    it(`refuses a value carrying 0x${code.toString(16).padStart(2, '0')} (HeaderEditError)`, () => {
+      const value = `a${String.fromCharCode(code)}b`
+      assert.throws(
+        () => applyHeaderEdits([], [add(value)], false),
+        (e: unknown) => e instanceof HeaderEditError && /control character/.test(e.message),
+      )
+      assert.throws(() => applyHeaderEdits([], [add(value)], false, 'keep'), HeaderEditError)
+    })
+  }
+
+  it('keeps HTAB, flattens CR/LF and removes NUL as before', () => {
+    const out = applyHeaderEdits([], [add('a\tb\r\n c\x00d')], false)
+    assert.deepEqual(out, [{ name: 'X-Ctl', value: ' a\tb cd' }])
+  })
+
+  /** The continuation lines of a folded value. */
+  function continuations(fields: readonly HeaderField[]): string[] {
+    return formatHeaderBlock(fields).split('\r\n').slice(1, -1)
+  }
+
+  it('folding a long run of spaces gives no whitespace-only line and loses nothing', () => {
+    const value = `start${' '.repeat(300)}middle ${'w '.repeat(400)}end${' '.repeat(50)}`
+    const out = applyHeaderEdits([], [add(value)], false)
+    const lines = continuations(out)
+    assert.ok(lines.length > 1)
+    for (const l of lines) {
+      assert.match(l, /^[ \t]/, 'a continuation starts with whitespace')
+      assert.match(l, /[^ \t]/, `a whitespace-only line: ${JSON.stringify(l)}`)
+      assert.ok(Buffer.byteLength(l) <= 998)
+    }
+    // unfolding (removing CRLF) gives the value back exactly
+    assert.equal(out[0]?.value.replace(/\r\n/g, ''), ` ${value}`)
+  })
+
+  it('a run of tabs and spaces between words folds before the run, never inside it', () => {
+    const value = Array.from({ length: 300 }, (_, i) => `w${i}`).join(' \t  ')
+    const out = applyHeaderEdits([], [add(value)], false)
+    for (const l of continuations(out)) assert.match(l, /^[ \t]+w\d+/)
+  })
+})
