@@ -220,6 +220,8 @@ interface Sent {
   start: number
   end: number
   ok: boolean
+  /** Why it failed: the last reply, or the client's error. */
+  why?: string
 }
 
 function smallMessage(session: number, seq: number): string {
@@ -258,6 +260,7 @@ class Others {
       const start = performance.now()
       this.inFlight.set(session, start)
       let ok = false
+      let why: string | undefined
       try {
         if (client === undefined || client.isClosed) {
           client = await SmtpClient.connect('127.0.0.1', this.port, { timeoutMs: this.timeoutMs })
@@ -271,14 +274,17 @@ class Others {
           crlf: false,
         })
         ok = r.accepted
+        if (!ok) why = r.last ? replyText(r.last) : 'no reply'
         if (!ok && !client.isClosed) await client.command('RSET')
-      } catch {
+      } catch (err) {
+        why = err instanceof Error ? err.message : String(err)
         if (client) await client.close()
         client = undefined
         if (this.running) await new Promise((r) => setTimeout(r, 50))
       }
       this.inFlight.delete(session)
-      if (this.running || ok) this.sent.push({ start, end: performance.now(), ok })
+      if (this.running || ok)
+        this.sent.push({ start, end: performance.now(), ok, ...(why ? { why } : {}) })
     }
     if (client) await client.close()
   }
@@ -311,6 +317,8 @@ interface Row {
   rssGrowth: number
   milterNote: string
   sinkNote: string
+  /** The first failure of the other sessions during the case. */
+  othersWhy: string | undefined
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
@@ -466,6 +474,7 @@ async function runCase(
       rssGrowth: Math.max(0, peak - rss.baseline),
       milterNote,
       sinkNote,
+      othersWhy: during.find((s) => !s.ok)?.why,
     }
   } finally {
     if (others) await others.stop(0)
@@ -547,6 +556,8 @@ async function main(): Promise<number> {
       const row = await runCase(c, o, sink.port, sink.deliveries)
       judged.push(judge(row))
       process.stdout.write(`  ${row.milterNote}; hostile message ${row.sinkNote}\n`)
+      if (row.othersWhy !== undefined)
+        process.stdout.write(`  other sessions, first failure: ${cut(row.othersWhy, 100)}\n`)
     }
   } finally {
     await sink.stop()
