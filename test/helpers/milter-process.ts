@@ -299,7 +299,17 @@ export interface ErrorEvent extends EventBase {
   traceback: string
 }
 
+/** flood.py: the flood of the triggering message was written (or failed). */
+export interface FloodEvent extends EventBase {
+  event: 'flood'
+  flood: string
+  count: number
+  seconds: number
+  error: string | null
+}
+
 export type MilterEvent =
+  | FloodEvent
   | ReadyEvent
   | StoppedEvent
   | NegotiateEvent
@@ -428,13 +438,35 @@ export async function startGreylistMilter(opts: GreylistOptions = {}): Promise<S
   return start('greylist', opts, () => ['--delay', String(opts.delaySec ?? 1)])
 }
 
+/** What test/milters/flood.py floods the triggering message with at end of message. */
+export type PyFlood = 'addrcpt' | 'chgheader' | 'addheader' | 'replbody'
+
+export interface FloodOptions extends MilterProcessOptions {
+  flood: PyFlood
+  /** Modifications to send (replbody: bytes of body). */
+  count: number
+  /** Flood the message whose envelope sender contains this (default 'flood@'). */
+  trigger?: string
+}
+
+/** test/milters/flood.py: scripted.py's filter, flooding one message at end of message. */
+export async function startFloodMilter(opts: FloodOptions): Promise<StartedMilter> {
+  return start('flood', opts, () => [
+    '--flood',
+    opts.flood,
+    '--count',
+    String(opts.count),
+    ...(opts.trigger !== undefined ? ['--trigger', opts.trigger] : []),
+  ])
+}
+
 /** Stop every filter started by this module (for a mocha root afterEach). */
 export async function stopAllMilters(): Promise<void> {
   await Promise.all([...registry].map((r) => stopRunning(r)))
 }
 
 async function start(
-  kind: 'scripted' | 'greylist',
+  kind: 'scripted' | 'greylist' | 'flood',
   opts: MilterProcessOptions,
   extraArgs: (dir: string) => string[],
 ): Promise<StartedMilter> {
@@ -456,7 +488,7 @@ async function start(
 }
 
 async function startOnce(
-  kind: 'scripted' | 'greylist',
+  kind: 'scripted' | 'greylist' | 'flood',
   transport: Transport,
   opts: MilterProcessOptions,
   extraArgs: (dir: string) => string[],
