@@ -6,7 +6,7 @@
  * `milters =` empty), so the bypass comes from where the message is
  * injected, never from anything in the message.
  */
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import * as os from 'node:os'
 import { parseArgs } from 'node:util'
 import { formatReply, sendMessage, SmtpSendError } from '../quarantine/smtp'
@@ -220,6 +220,13 @@ export async function quarantineCommand(argv: string[], io: Io): Promise<number>
     switch (sub) {
       case 'list': {
         if (parsed.positionals.length > 0) throw new UsageError('quarantine list takes no ID')
+        if (!existsSync(dir)) {
+          // an empty listing here would read as "nothing held" when the path is simply wrong
+          io.err(
+            `haraka-milter: no quarantine directory ${dir}: nothing was ever held there, or --dir / --config (its [quarantine] dir) names another\n`,
+          )
+          return 1
+        }
         await recover(dir, io)
         const problems: string[] = []
         const entries = await listEntries(dir, problems)

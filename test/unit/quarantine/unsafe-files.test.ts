@@ -139,3 +139,22 @@ describe('quarantine store: links and other non-regular files', () => {
     assert.ok(fs.existsSync(path.join(day, 'B.1.json')), 'nothing removed')
   })
 })
+
+describe('quarantine list: the directory', () => {
+  it('a missing directory exits 1 and says so; an empty one exits 0 with nothing', async () => {
+    const out: string[] = []
+    const err: string[] = []
+    const io = { out: (t: string) => out.push(t), err: (t: string) => err.push(t) }
+    const missing = path.join(outside, 'no-such-quarantine')
+    assert.equal(await quarantineCommand(['list', '--dir', missing], io), 1)
+    assert.match(
+      err.join(''),
+      /no quarantine directory .*no-such-quarantine: nothing was ever held/,
+    )
+    assert.deepEqual(out, [])
+    err.length = 0
+    const empty = fs.mkdtempSync(path.join(outside, 'empty-'))
+    assert.equal(await quarantineCommand(['list', '--dir', empty], io), 0)
+    assert.deepEqual([out, err], [[], []])
+  })
+})
