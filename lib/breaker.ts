@@ -75,12 +75,20 @@ export class Breaker {
     if (this.current !== 'closed') this.close()
   }
 
-  /** The dial or negotiation failed (`probe`: as admitted); a late failure of an earlier dial only counts. */
-  failure(probe: boolean, reason: string): void {
+  /**
+   * The dial or negotiation failed (`probe`: as admitted); a late failure of an earlier dial only
+   * counts. `lasting`: a failure the next dial would repeat, which opens the breaker at once.
+   */
+  failure(probe: boolean, reason: string, lasting = false): void {
     this.consecutive++
     if (probe) this.probing = false
     if (this.settings.failures === 0) return
-    if (probe && this.current === 'half-open') {
+    if (lasting && this.current === 'closed') {
+      // a failure that retrying cannot heal (the milter asks for more than our limits allow):
+      // no point in failing the next messages too before marking it down
+      this.backoffMs = this.settings.backoffMs
+      this.open(reason)
+    } else if (probe && this.current === 'half-open') {
       this.backoffMs = Math.min(this.backoffMs * 2, this.settings.backoffMaxMs)
       this.open(reason)
     } else if (this.current === 'closed' && this.consecutive >= this.settings.failures) {

@@ -13,7 +13,7 @@
  */
 import { Breaker, type BreakerChange, type BreakerState } from './breaker'
 import type { MilterDef } from './config'
-import { MilterConnectError, MilterUnavailableError } from './errors'
+import { MilterConnectError, MilterLimitError, MilterUnavailableError } from './errors'
 import { openSession } from './session/open'
 import type { MilterSession, SessionObserver } from './session/session'
 import { formatSocketSpec, type Endpoint } from './transport/spec'
@@ -244,7 +244,9 @@ export class MilterPool {
         return session
       } catch (e) {
         const reason = e instanceof Error ? e.message : String(e)
-        breaker.failure(admitted.probe, reason)
+        // over a limit at negotiation (MILTER_ERR_LIMIT): every session would fail the same way,
+        // so the milter is marked down at once and logged once, not once per message
+        breaker.failure(admitted.probe, reason, e instanceof MilterLimitError)
         failed.push({ endpoint: ep.text, reason })
         lastError = e
       }

@@ -3,7 +3,7 @@
  * The decoder takes any chunking and refuses a bad length before
  * allocating anything for the payload.
  */
-import { MilterProtocolError } from '../errors'
+import { MilterProtocolError, type MilterError } from '../errors'
 import { LEN_BYTES, MDS_1M } from './constants'
 
 /** One packet: its code and its payload (without the length or the code). */
@@ -58,11 +58,26 @@ export class FrameDecoder {
   /** The code and data of a frame spanning pushes, and how many of its bytes are in. */
   private body: Buffer | undefined
   private bodyHave = 0
-  private poisoned: MilterProtocolError | undefined
+  private poisoned: MilterError | undefined
+  /** A tighter bound for the frames of one phase (capFrames), with the error it gives. */
+  private cap: { max: number; error: (dataBytes: number) => MilterError } | undefined
 
   /** @param maxDataBytes largest payload (len - 1) accepted; at least 1 MiB - 1. */
   constructor(readonly maxDataBytes: number = DEFAULT_MAX_FRAME_DATA) {
     if (maxDataBytes < MDS_1M) throw new RangeError(`maxDataBytes must be >= ${MDS_1M}`)
+  }
+
+  /**
+   * Until uncap(): a frame announcing more than `max` payload bytes fails with
+   * error(bytes), before anything is allocated for it. For a phase whose reply
+   * has a known bound (the OPTNEG reply: the macro limits bound its symlist).
+   */
+  capFrames(max: number, error: (dataBytes: number) => MilterError): void {
+    this.cap = { max, error }
+  }
+
+  uncap(): void {
+    this.cap = undefined
   }
 
   /** Bytes held waiting for the rest of a frame. */
@@ -161,6 +176,11 @@ export class FrameDecoder {
 
   private checkLength(len: number): void {
     if (len === 0) this.poison('frame length 0')
+    if (this.cap && len - 1 > this.cap.max) {
+      this.poisoned = this.cap.error(len - 1)
+      this.reset()
+      throw this.poisoned
+    }
     if (len - 1 > this.maxDataBytes) {
       this.poison(`frame length ${len} exceeds the limit of ${this.maxDataBytes + 1}`)
     }

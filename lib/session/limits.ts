@@ -220,6 +220,37 @@ const STAGE_NAMES: ReadonlyMap<number, string> = new Map(
   Object.entries(MacroStage).map(([k, v]) => [v as number, k.toLowerCase()]),
 )
 
+/** Bytes one macro name may take in a symlist, with its separator (names are short: `{rcpt_host}`). */
+const SYMLIST_NAME_BYTES = 256
+
+/**
+ * The largest OPTNEG reply payload the macro limits allow: version, actions
+ * and protocol (12 bytes), then per stage its id, the names and a NUL. A
+ * larger reply fails negotiation as it arrives, before it is read whole: a
+ * milter asking for 800,000 names would otherwise be buffered and split first.
+ */
+export function optnegReplyBound(limits: Limits | undefined): number {
+  const l = limits ?? DEFAULT_LIMITS
+  return 12 + STAGE_NAMES.size * 5 + l.maxMacroNamesTotal * SYMLIST_NAME_BYTES
+}
+
+/** The error for an OPTNEG reply larger than optnegReplyBound. */
+export function optnegTooLarge(
+  name: string,
+  limits: Limits | undefined,
+  bytes: number,
+): MilterLimitError {
+  const l = limits ?? DEFAULT_LIMITS
+  const max = optnegReplyBound(limits)
+  return new MilterLimitError(
+    'max_macro_names_total',
+    bytes,
+    max,
+    'negotiate',
+    `${name}: an OPTNEG reply of ${bytes} bytes at negotiate is more than max_macro_names_total = ${l.maxMacroNamesTotal} names can take (${max} bytes)`,
+  )
+}
+
 /** A SETSYMLIST asking for more macro names than allowed fails negotiation. */
 export function checkSymlist(name: string, symlist: SymList, limits: Limits | undefined): void {
   const l = limits ?? DEFAULT_LIMITS

@@ -51,6 +51,15 @@ export class FrameReader {
     this.decoder = new FrameDecoder(maxReplyBytes)
   }
 
+  /** A bound on the next frames' size, with its error (FrameDecoder.capFrames); uncap() lifts it. */
+  capFrames(max: number, error: (dataBytes: number) => MilterError): void {
+    this.decoder.capFrames(max, error)
+  }
+
+  uncap(): void {
+    this.decoder.uncap()
+  }
+
   /** Frames received and not yet taken. */
   get queued(): number {
     return this.frames.length

@@ -43,7 +43,14 @@ import { CHUNK_SIZE, Cmd, LEN_BYTES, MacroStage, Proto, hex } from '../protocol/
 import { decodeReply, type Modification, type Reply } from '../protocol/replies'
 import { setImmediate as nextTurn } from 'node:timers/promises'
 
-import { checkSymlist, EomCounter, eomLimits, type EomLimits } from './limits'
+import {
+  checkSymlist,
+  EomCounter,
+  eomLimits,
+  optnegReplyBound,
+  optnegTooLarge,
+  type EomLimits,
+} from './limits'
 import { macroPairs, type MacroLookup } from './macros'
 import { offerFor, validateOptneg, type Negotiated, type Offer } from './negotiate'
 import { FrameReader } from './reader'
@@ -150,7 +157,11 @@ export class MilterSession {
     try {
       s.send(encodeOptneg(offer.version, offer.actions, offer.protocol))
       s.flush()
+      s.reader.capFrames(optnegReplyBound(opts.limits), (n) =>
+        optnegTooLarge(opts.name, opts.limits, n),
+      )
       const frame = await s.reader.next('connect', 'SMFIC_OPTNEG', opts.timeouts.connectMs)
+      s.reader.uncap()
       const reply = decodeReply(frame)
       if (reply.kind !== 'optneg') {
         throw new MilterNegotiationError(`milter answered OPTNEG with ${reply.kind}`)

@@ -38,6 +38,18 @@ describe('Breaker', () => {
     assert.deepEqual(changes, [])
   })
 
+  it('a lasting failure (over a limit at negotiation) opens at once; disabled breakers stay closed', () => {
+    const { b, changes } = make()
+    b.failure(false, 'asks for 800000 macro names', true)
+    assert.equal(b.state, 'open')
+    assert.equal(changes.length, 1)
+    assert.equal(changes[0]?.reason, 'asks for 800000 macro names')
+    assert.equal(changes[0]?.failures, 1)
+    const off = make(0)
+    off.b.failure(false, 'x', true)
+    assert.equal(off.b.state, 'closed')
+  })
+
   it('opens at the threshold, refuses at once, reports the change once', () => {
     const { b, changes, advance } = make()
     for (let i = 0; i < 5; i++) b.failure(false, 'ECONNREFUSED')

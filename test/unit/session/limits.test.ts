@@ -14,6 +14,7 @@ import { startResult, runContent, type MessageInput } from '../../../lib/policy/
 import { decodeCommand } from '../../../lib/protocol/commands'
 import { MacroStage, Proto } from '../../../lib/protocol/constants'
 import { FrameDecoder } from '../../../lib/protocol/frame'
+import { FrameReader } from '../../../lib/session/reader'
 import { encodeReply, type Reply, type SymList } from '../../../lib/protocol/replies'
 import { sendContent } from '../../../lib/session/content'
 import {
@@ -21,6 +22,8 @@ import {
   checkHeaderBlock,
   eomLimits,
   headerBlockSize,
+  optnegReplyBound,
+  optnegTooLarge,
   type Limits,
 } from '../../../lib/session/limits'
 import { DEFAULT_MACROS } from '../../../lib/session/macros'
@@ -263,6 +266,61 @@ describe('limits: macro names asked for in negotiation (SETSYMLIST)', () => {
       assert.equal(e.stage, 'negotiate')
       return isLimit('max_macro_names_total', 10, 9)(e)
     })
+  })
+})
+
+describe('limits: the size of the OPTNEG reply', () => {
+  const two = { ...DEFAULT_LIMITS, maxMacroNamesTotal: 2 }
+  const bound = optnegReplyBound(two)
+
+  function isTooLarge(e: unknown, bytes: number): boolean {
+    assert.ok(e instanceof MilterLimitError, `not a limit error: ${String(e)}`)
+    assert.equal(e.code, 'MILTER_ERR_LIMIT')
+    assert.equal(e.limit, 'max_macro_names_total')
+    assert.equal(e.stage, 'negotiate')
+    assert.equal(e.figure, bytes)
+    assert.equal(e.max, bound)
+    assert.match(
+      e.message,
+      /^m1?: an OPTNEG reply of \d+ bytes at negotiate is more than max_macro_names_total = 2 names can take/,
+    )
+    return true
+  }
+
+  it('is bounded by max_macro_names_total: 12 bytes, 7 stage headers, 256 bytes a name', () => {
+    assert.equal(bound, 12 + 7 * 5 + 2 * 256)
+  })
+
+  it('a frame of exactly the bound is read; one byte more fails on its length alone', () => {
+    const errors: unknown[] = []
+    const reader = new FrameReader({}, 'm', undefined, (e) => errors.push(e))
+    reader.capFrames(bound, (n) => optnegTooLarge('m', two, n))
+    const head = (dataBytes: number): Buffer => {
+      const b = Buffer.alloc(5)
+      b.writeUInt32BE(dataBytes + 1, 0)
+      b[4] = 0x4f
+      return b
+    }
+    reader.push(Buffer.concat([head(bound), Buffer.alloc(bound)]))
+    assert.equal(reader.queued, 1)
+    assert.deepEqual(errors, [])
+    reader.push(head(bound + 1).subarray(0, 4)) // the length, nothing of the payload
+    assert.equal(errors.length, 1)
+    assert.ok(isTooLarge(errors[0], bound + 1))
+  })
+
+  it('a session whose milter asks for 10,000 names fails negotiation with MILTER_ERR_LIMIT', async () => {
+    const many = new Map([
+      [MacroStage.CONNECT, Array.from({ length: 10_000 }, (_, i) => `{x${i}}`)],
+    ])
+    await assert.rejects(
+      MilterSession.negotiate(new ScriptedStream(CONTINUE, many), opts({ maxMacroNamesTotal: 2 })),
+      (e: unknown) => {
+        assert.ok(e instanceof MilterLimitError)
+        assert.ok(e.figure > bound)
+        return isTooLarge(e, e.figure)
+      },
+    )
   })
 })
 
