@@ -33,6 +33,7 @@ import type { Frame } from '../protocol/frame'
 import { formatSmtpReply, type SmtpReply } from '../protocol/replycode'
 import { canonicalMacroName, DEFAULT_MACROS, type MacroLookup } from '../session/macros'
 import { openSession } from '../session/open'
+import { firstEndpoint } from '../pool'
 import type { MilterSession, Verdict } from '../session/session'
 import { connectAddressFor } from '../transport/address'
 import { parseSocketSpec } from '../transport/spec'
@@ -166,7 +167,7 @@ function milterDef(opts: CheckOptions): MilterDef {
   return {
     name: opts.milter,
     socketText: opts.milter,
-    socket: parseSocketSpec(opts.milter),
+    endpoints: [{ spec: parseSocketSpec(opts.milter), text: opts.milter }],
     protocol: opts.protocol,
     // a failure is reported as an error (exit 2), whatever the plugin would do with it
     defaultAction: 'tempfail',
@@ -228,7 +229,7 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
     chain = new MilterChain({
       milters: [def],
       open: async (d) => {
-        const s = await openSession(d.socket, {
+        const s = await openSession(firstEndpoint(d).spec, {
           name: d.name,
           version: d.protocol,
           timeouts: d.timeouts,
