@@ -76,7 +76,7 @@ export default tseslint.config(
     './metrics/*',
   ]),
   ...layer(
-    ['lib/config.ts', 'lib/config-lint.ts', 'lib/config-keys.ts'],
+    ['lib/config.ts', 'lib/config-lint.ts', 'lib/config-keys.ts', 'lib/config-docs.ts'],
     'configuration parsing opens no sockets',
     [
       'node:net',
