@@ -241,7 +241,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     assert.deepEqual(eom.headers, [['Subject', 'lf']])
     assert.equal(eom.body, 'line one\r\nline two\r\n')
     assert.match(r.stdout, /^verdict: accept$/m)
-    // with no --from / --rcpt, the defaults
+    // with no --from / --rcpt and no From / To headers, the defaults
     assert.equal(one(m, 'envfrom').sender, '<sender@example.org>')
     assert.equal(one(m, 'envrcpt').rcpt, '<recipient@example.org>')
   })
@@ -252,7 +252,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
         { op: 'insheader', index: 0, name: 'X-Top', value: 'first' },
         { op: 'chgheader', name: 'To', index: 1, value: '' },
         { op: 'addrcpt_par', rcpt: '<par@example.org>', params: 'NOTIFY=NEVER' },
-        { op: 'delrcpt', rcpt: '<recipient@example.org>' },
+        { op: 'delrcpt', rcpt: '<bob@example.net>' },
       ],
     })
     const out = path.join(dir, 'ins.eml')
@@ -265,9 +265,10 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
       '  insert header at 0 X-Top: "first"',
       '  delete header To #1',
       '  add recipient <par@example.org> NOTIFY=NEVER',
-      '  delete recipient <recipient@example.org>',
+      '  delete recipient <bob@example.net>',
     ])
-    assert.ok(l.includes('envelope: from <sender@example.org> to <par@example.org>'), r.stdout)
+    // no --from / --rcpt: the envelope from the message's From and To
+    assert.ok(l.includes('envelope: from <alice@example.com> to <par@example.org>'), r.stdout)
     assert.equal(
       fs.readFileSync(out, 'latin1'),
       'X-Top: first\r\n' +
@@ -347,7 +348,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
       address: '127.0.0.1',
     })
     assert.deepEqual(stage('helo').fields, { helo: 'localhost' })
-    assert.deepEqual(stage('mail').fields, { args: ['<sender@example.org>'] })
+    assert.deepEqual(stage('mail').fields, { args: ['<alice@example.com>'] })
     assert.deepEqual(stage('rcpt').fields, { args: ['<bob@example.net>'] })
     assert.deepEqual(stage('header').fields, { name: 'From', value: 'Alice <alice@example.com>' })
     assert.deepEqual(stage('body').fields, { bytes: Buffer.byteLength(BODY), preview: BODY })
@@ -769,12 +770,12 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
       [
         'a bad --protocol',
         (f) => ['check', '--milter', 'inet:1@127.0.0.1', '--protocol', '7', f],
-        /--protocol must be 2 to 6, not "7"/,
+        /--protocol: must be an integer from 2 to 6, not "7"/,
       ],
       [
         'a non-numeric --protocol',
         (f) => ['check', '--milter', 'inet:1@127.0.0.1', '--protocol', 'six', f],
-        /--protocol must be 2 to 6/,
+        /--protocol: must be an integer from 2 to 6, not "six"/,
       ],
       [
         'an unreadable file',
@@ -799,7 +800,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
       [
         'a bad --timeout',
         (f) => ['check', '--milter', 'inet:1@127.0.0.1', '--timeout', '0', f],
-        /--timeout must be a positive number/,
+        /--timeout: must be a number of seconds/,
       ],
       [
         'an unknown option',
@@ -935,7 +936,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     assert.ok(i > 0, r.stdout)
     assert.equal(l[i + 1], '  550 5.1.1 No such user')
     assert.equal(l[i + 2], 'rcpt <good@example.com>: continue')
-    assert.ok(l.includes('envelope: from <sender@example.org> to <good@example.com>'), r.stdout)
+    assert.ok(l.includes('envelope: from <alice@example.com> to <good@example.com>'), r.stdout)
     assert.equal(l[l.length - 1], 'verdict: accept')
     assert.deepEqual(
       m.eventsOf('envrcpt').map((e) => [e.rcpt, e.macros['{rcpt_addr}']]),
@@ -947,7 +948,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     assert.equal(one(m, 'eom').bodySha256, sha256(BODY))
   })
 
-  it('every --rcpt rejected: exit 1, no DATA', async function () {
+  it('every --rcpt rejected: exit 1, no DATA, the reply Haraka gave the last RCPT', async function () {
     const m = await start({ reply: { rcpt: 'reject' } })
     const r = await runCli([
       'check',
@@ -960,7 +961,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
       msgFile,
     ])
     assert.equal(r.code, 1, r.stdout + r.stderr)
-    assert.match(r.stdout, /^verdict: reject \(554 5\.5\.1 No valid recipients\)$/m)
+    assert.match(r.stdout, /^verdict: reject \(550 5\.7\.1 Command rejected\)$/m)
     assert.equal(m.eventsOf('envrcpt').length, 2)
     assert.equal(m.eventsOf('data').length, 0)
   })
