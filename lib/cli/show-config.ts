@@ -60,7 +60,8 @@ export interface ConfigView {
   warnings: string[]
   listeners: ListenerView[]
   milters: MilterView[]
-  main?: Record<string, unknown>
+  /** [main], [quarantine] and [metrics] settings, by key. */
+  sections?: Record<string, Record<string, string | number | boolean>>
   probes?: ProbeResult[]
 }
 
@@ -144,17 +145,24 @@ function milterView(d: MilterDef): MilterView {
   }
 }
 
-function mainView(cfg: MilterConfig): Record<string, unknown> {
+/** The sections of settings for the whole plugin, by their milter.ini names. */
+function mainView(cfg: MilterConfig): Record<string, Record<string, string | number | boolean>> {
   return {
-    replyCode: cfg.replyCode,
-    discard: cfg.discard,
-    reuseConnections: cfg.reuseConnections,
-    daemonName: cfg.daemonName,
-    mixedRecipients: cfg.mixedRecipients,
-    quarantine: cfg.quarantine,
+    main: {
+      reply_code: cfg.replyCode,
+      discard: cfg.discard,
+      reuse_connections: cfg.reuseConnections,
+      daemon_name: cfg.daemonName,
+      mixed_recipients: cfg.mixedRecipients,
+    },
+    quarantine: {
+      action: cfg.quarantine.action,
+      dir: cfg.quarantine.dir,
+      tag_header: cfg.quarantine.tagHeader,
+    },
     metrics: {
-      listen: cfg.metrics.listen?.text ?? null,
-      summaryInterval: cfg.metrics.summaryIntervalMs / 1000,
+      listen: cfg.metrics.listen?.text ?? 'none',
+      summary_interval: cfg.metrics.summaryIntervalMs / 1000,
     },
   }
 }
@@ -186,7 +194,7 @@ export function configView(loaded: LoadedConfig): ConfigView {
     },
   ]
   view.milters = [...cfg.milters.values()].map(milterView)
-  view.main = mainView(cfg)
+  view.sections = mainView(cfg)
   return view
 }
 
@@ -230,7 +238,7 @@ export function formatConfigView(v: ConfigView): string {
   out.push(`${v.file}: ${v.ok ? 'ok' : 'error'}`)
   if (v.ok) {
     for (const l of v.listeners) {
-      const where = l.name === '*' ? 'other listen addresses' : `${l.name} (${l.listen.join(' ')})`
+      const where = l.name === '*' ? '* (any other address)' : `${l.name} (${l.listen.join(' ')})`
       out.push(`listener ${where}: milters ${list(l.milters)}; source_channel ${l.sourceChannel}`)
     }
     if (v.milters.length === 0) out.push('milters: (none)')
@@ -267,10 +275,10 @@ export function formatConfigView(v: ConfigView): string {
         )
       for (const [k, x] of Object.entries(m.limits)) out.push(`  ${k}: ${JSON.stringify(x)}`)
     }
-    if (v.main)
+    for (const [name, keys] of Object.entries(v.sections ?? {}))
       out.push(
-        `main: ${Object.entries(v.main)
-          .map(([k, x]) => `${k} ${typeof x === 'string' ? x : JSON.stringify(x)}`)
+        `[${name}] ${Object.entries(keys)
+          .map(([k, x]) => `${k} ${String(x)}`)
           .join('; ')}`,
       )
   }

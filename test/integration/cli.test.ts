@@ -990,3 +990,115 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     assert.equal(one(m, 'eom').bodySha256, sha256(BODY))
   })
 })
+
+describe('haraka-milter config and check --config (CLI) against libmilter (scripted.py)', function () {
+  this.timeout(30000)
+  let dir: string
+
+  before(function () {
+    assertPymilterInstalled()
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'haraka-milter-config-'))
+  })
+
+  after(async function () {
+    await stopAllMilters()
+    if (dir) fs.rmSync(dir, { recursive: true, force: true })
+  })
+
+  function writeIni(name: string, text: string): string {
+    const file = path.join(dir, name)
+    fs.writeFileSync(file, text)
+    return file
+  }
+
+  it('config --probe: the effective configuration, the warnings, each endpoint negotiated; exit 0', async function () {
+    const m = await startScriptedMilter({}, { transport: 'inet' })
+    const file = writeIni(
+      'ok.ini',
+      `[main]\nmilters = dkim\ndefualt_action = accept\n\n[milter.dkim]\nsocket = ${m.socket}\ncommand_timeout = 7\n` +
+        `[listener.submission]\nlisten = 127.0.0.1:587\nmilters = dkim\nsource_channel = tcp_auth\n`,
+    )
+    const r = await runCli(['config', '--config', file, '--probe'])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    const l = lines(r.stdout)
+    assert.equal(l[0], `${file}: ok`)
+    assert.ok(
+      l.includes('listener submission (127.0.0.1:587): milters dkim; source_channel tcp_auth'),
+      r.stdout,
+    )
+    assert.ok(l.includes('listener * (any other address): milters dkim; source_channel tcp_local'))
+    assert.ok(l.includes(`  endpoints: ${m.socket}`))
+    assert.ok(l.includes('  default_action: tempfail; failure_scope: message'), r.stdout)
+    assert.ok(l.includes('  timeouts: connect 10s, command 7s, content 300s, eom 300s'))
+    assert.ok(l.some((x) => x.startsWith(`probe dkim ${m.socket}: ok, version 6, actions 0x1ff`)))
+    assert.ok(
+      l.includes(
+        `warning: ${file} [main] defualt_action: unknown key, ignored (did you mean default_action?)`,
+      ),
+      r.stdout,
+    )
+    const j = await runCli(['config', '--config', file, '--probe', '--json'])
+    assert.equal(j.code, 0)
+    const doc = JSON.parse(j.stdout)
+    assert.equal(doc.ok, true)
+    assert.deepEqual(doc.milters[0].endpoints, [m.socket])
+    assert.equal(doc.probes[0].ok, true)
+    assert.equal(doc.probes[0].negotiated.version, 6)
+  })
+
+  it('config: an error exits 1 and says what the plugin would log; a dead endpoint fails its probe', async function () {
+    const bad = writeIni(
+      'bad.ini',
+      '[main]\nmilters = x\n[milter.x]\nsocket = inet:1@127.0.0.1\nprotocol = 9\n',
+    )
+    const r = await runCli(['config', '--config', bad])
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    assert.match(
+      r.stdout,
+      /^error: .*bad\.ini \[milter\.x\] protocol: must be an integer from 2 to 6, not "9"$/m,
+    )
+    const down = writeIni(
+      'down.ini',
+      '[main]\nmilters = x\n[milter.x]\nsocket = inet:1@127.0.0.1\nconnect_timeout = 2\n',
+    )
+    const p = await runCli(['config', '--config', down, '--probe'])
+    assert.equal(p.code, 1, p.stdout + p.stderr)
+    assert.match(p.stdout, /^probe x inet:1@127\.0\.0\.1: FAILED MILTER_ERR_CONNECT: /m)
+  })
+
+  it('check --config --milter NAME: the configured milter with its settings, envelope from the headers', async function () {
+    const m = await startScriptedMilter(
+      { reply: { mail: { code: '553', xcode: '5.1.8', text: 'bad sender' } } },
+      { transport: 'inet' },
+    )
+    const file = writeIni(
+      'check.ini',
+      `[main]\nmilters = one\nreply_code = enhanced_only\n[milter.one]\nsocket = ${m.socket}\n`,
+    )
+    const msg = path.join(dir, 'm.eml')
+    fs.writeFileSync(
+      msg,
+      'Return-Path: <bounce@example.org>\r\nFrom: a@example.com\r\nTo: "B" <b@example.net>, c@example.net\r\nSubject: x\r\n\r\nbody\r\n',
+    )
+    const r = await runCli(['check', '--config', file, '--milter', 'one', msg])
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    // enhanced_only from [main]: 550 with the milter's enhanced code and text
+    assert.match(r.stdout, /^verdict: reject \(550 5\.1\.8 bad sender\)$/m)
+    assert.equal(one(m, 'envfrom').sender, '<bounce@example.org>')
+    const refused = await runCli([
+      'check',
+      '--config',
+      file,
+      '--milter',
+      'one',
+      '--protocol',
+      '2',
+      msg,
+    ])
+    assert.equal(refused.code, 2)
+    assert.match(refused.stderr, /--protocol cannot be used with --config/)
+    const unknown = await runCli(['check', '--config', file, '--milter', 'two', msg])
+    assert.equal(unknown.code, 2)
+    assert.match(unknown.stderr, /has no milter "two" \(milters: one\)/)
+  })
+})
