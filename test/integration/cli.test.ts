@@ -22,6 +22,7 @@ import {
   type StartedMilter,
   type Transport,
 } from '../helpers/milter-process'
+import { makeCerts, startTlsProxy, type TestCerts, type TlsProxy } from '../helpers/tls'
 
 const CLI = path.join(repoRoot(), 'dist', 'bin', 'haraka-milter.js')
 
@@ -1100,5 +1101,90 @@ describe('haraka-milter config and check --config (CLI) against libmilter (scrip
     const unknown = await runCli(['check', '--config', file, '--milter', 'two', msg])
     assert.equal(unknown.code, 2)
     assert.match(unknown.stderr, /has no milter "two" \(milters: one\)/)
+  })
+
+  describe('check over TLS, with the milter.ini keys as flags', function () {
+    let certs: TestCerts
+    let port: number
+    const proxies: TlsProxy[] = []
+
+    before(async function () {
+      certs = makeCerts()
+      const m = await startScriptedMilter(
+        { eom: [{ op: 'addheader', name: 'X-Tls', value: 'yes' }] },
+        { transport: 'inet' },
+      )
+      port = Number(/^inet:(\d+)@/.exec(m.socket)?.[1])
+    })
+
+    after(async function () {
+      for (const p of proxies) await p.stop()
+      certs?.remove()
+    })
+
+    async function proxy(maxVersion?: 'TLSv1.2'): Promise<string> {
+      const p = await startTlsProxy({
+        cert: certs.serverCert,
+        key: certs.serverKey,
+        target: port,
+        clientCa: certs.ca,
+        ...(maxVersion ? { maxVersion } : {}),
+      })
+      proxies.push(p)
+      return `inet:${p.port}@127.0.0.1`
+    }
+
+    const msg = (): string => {
+      const f = path.join(dir, 'tls.eml')
+      fs.writeFileSync(f, MESSAGE)
+      return f
+    }
+
+    it('with the client certificate: the milter is reached over TLS and edits the message', async function () {
+      const r = await runCli([
+        'check',
+        '--milter',
+        await proxy(),
+        '--tls-ca',
+        certs.ca,
+        '--tls-cert',
+        certs.clientCert,
+        '--tls-key',
+        certs.clientKey,
+        msg(),
+      ])
+      assert.equal(r.code, 0, r.stdout + r.stderr)
+      assert.match(r.stdout, /^ {2}add header X-Tls: "yes"$/m)
+    })
+
+    for (const version of ['TLSv1.3', 'TLSv1.2'] as const)
+      it(`${version}, no client certificate: a TLS connect failure naming the alert, with the hint, on one line`, async function () {
+        const socket = await proxy(version === 'TLSv1.2' ? 'TLSv1.2' : undefined)
+        const r = await runCli(['check', '--milter', socket, '--tls-ca', certs.ca, msg()])
+        assert.equal(r.code, 2, r.stdout + r.stderr)
+        const line = lines(r.stdout).find((l) => l.startsWith('error: '))
+        assert.ok(line, r.stdout)
+        assert.match(
+          line,
+          /^error: MILTER_ERR_CONNECT: .*TLS.* failed: the milter sent the TLS alert "(certificate required|handshake failure)" \(ERR_SSL_[\w/]+\); the milter probably requires a client certificate it accepts: set tls_cert and tls_key/,
+        )
+        assert.doesNotMatch(r.stdout, /MILTER_ERR_NEGOTIATE|protocol steps/)
+        if (version === 'TLSv1.3') assert.match(line, /certificate required/)
+      })
+
+    it('config --probe reports the same failure for a configured TLS milter', async function () {
+      const socket = await proxy()
+      const file = path.join(dir, 'tls.ini')
+      fs.writeFileSync(
+        file,
+        `[main]\nmilters = t\n[milter.t]\nsocket = ${socket}\ntls = true\ntls_ca = ${certs.ca}\n`,
+      )
+      const r = await runCli(['config', '--config', file, '--probe'])
+      assert.equal(r.code, 1, r.stdout + r.stderr)
+      assert.match(
+        r.stdout,
+        /^probe t inet:\d+@127\.0\.0\.1: FAILED MILTER_ERR_CONNECT: .*TLS alert "certificate required".*set tls_cert and tls_key$/m,
+      )
+    })
   })
 })
