@@ -3,89 +3,18 @@
  * key or section, and a [milter.NAME] section that `milters =` does not
  * list. Each becomes one warning naming the file, section and key, with the
  * nearest known name when one is close, so that `defualt_action = accept`
- * does not silently leave the default (tempfail) in force. Pure.
+ * does not silently leave the default (tempfail) in force. The known keys
+ * are the table's (config-keys.ts). Pure.
  */
+import { DATA_SECTIONS, keysOf, sectionKind, SECTIONS } from './config-keys'
 
-/** The macro stages a `macros.STAGE` key (and a [macros] key) may name. */
-export const MACRO_STAGE_KEYS = ['connect', 'helo', 'mail', 'rcpt', 'data', 'eoh', 'eom'] as const
-
-/** Keys a [milter.NAME] section takes, which [main] also takes as defaults for every milter. */
-export const MILTER_KEYS: readonly string[] = [
-  'socket',
-  'balance',
-  'tls',
-  'tls_ca',
-  'tls_cert',
-  'tls_key',
-  'tls_servername',
-  'tls_reject_unauthorized',
-  'protocol',
-  'default_action',
-  'connect_timeout',
-  'command_timeout',
-  'content_timeout',
-  'eom_timeout',
-  'header_folds',
-  'failure_scope',
-  'debug',
-  'breaker_failures',
-  'breaker_backoff',
-  'breaker_backoff_max',
-  'destination_channels',
-  'optin',
-  'mode',
-  'skip_authenticated',
-  'skip_relaying',
-  'skip_private_clients',
-  'skip_clients',
-  'skip_sender_domains',
-  'skip_recipient_domains',
-  'skip_larger_than',
-  'max_modifications',
-  'max_added_headers',
-  'max_header_bytes',
-  'max_replacement_body',
-  'max_macro_names',
-  'max_macro_names_total',
-  ...MACRO_STAGE_KEYS.map((s) => `macros.${s}`),
-]
-
-/** Keys of [main] beyond the per-milter defaults. */
-const MAIN_ONLY_KEYS: readonly string[] = [
-  'milters',
-  'default_milters',
-  'source_channel',
-  'reply_code',
-  'discard',
-  'reuse_connections',
-  'daemon_name',
-  'mixed_recipients',
-]
-
-/** Per-milter keys that are not [main] defaults (the global macro lists are [macros]). */
-const NOT_IN_MAIN: readonly string[] = [
-  'socket',
-  'tls_servername',
-  'destination_channels',
-  'optin',
-  'mode',
-  ...MACRO_STAGE_KEYS.map((s) => `macros.${s}`),
-]
-
-/** Every key each fixed section (or section kind) takes. */
-export const KNOWN_KEYS: Readonly<Record<string, readonly string[]>> = {
-  main: [...MAIN_ONLY_KEYS, ...MILTER_KEYS.filter((k) => !NOT_IN_MAIN.includes(k))],
-  macros: MACRO_STAGE_KEYS,
-  quarantine: ['action', 'dir', 'tag_header'],
-  metrics: ['listen', 'summary_interval'],
-  destination_channel: ['local', 'relay'],
-  optin: ['default'],
-  'milter.NAME': MILTER_KEYS,
-  'listener.NAME': ['listen', 'milters', 'source_channel'],
-}
-
-/** Sections whose other keys are data (domains, addresses), not settings. */
-const DATA_SECTIONS: ReadonlySet<string> = new Set(['destination_channel', 'optin'])
+/** Every key each section kind takes (`milter.NAME`, `listener.NAME` for the named ones). */
+export const KNOWN_KEYS: Readonly<Record<string, readonly string[]>> = Object.fromEntries(
+  SECTIONS.map((kind) => [
+    kind === 'milter' || kind === 'listener' ? `${kind}.NAME` : kind,
+    keysOf(kind),
+  ]),
+)
 
 /**
  * Optimal string alignment distance: insertions, deletions, substitutions
@@ -133,11 +62,10 @@ function didYouMean(word: string, known: readonly string[], wrap = (s: string) =
   return n === undefined ? '' : ` (did you mean ${wrap(n)}?)`
 }
 
-/** The key table for a section name, and how the section is called in it. */
+/** The key table for a section name. */
 function tableFor(section: string): readonly string[] | undefined {
-  if (section.startsWith('milter.')) return KNOWN_KEYS['milter.NAME']
-  if (section.startsWith('listener.')) return KNOWN_KEYS['listener.NAME']
-  return Object.hasOwn(KNOWN_KEYS, section) ? KNOWN_KEYS[section] : undefined
+  const kind = sectionKind(section)
+  return kind === undefined ? undefined : keysOf(kind)
 }
 
 /** Known section names, for suggestions (`[quarantaine]`, `[miltre.x]`). */
@@ -177,7 +105,7 @@ export function lintMilterIni(
       )
     for (const key of Object.keys(values ?? {})) {
       if (known.includes(key)) continue
-      if (DATA_SECTIONS.has(section)) {
+      if (DATA_SECTIONS.has(sectionKind(section) ?? 'main')) {
         // domain or address keys; only a bare word close to a setting is suspicious
         if (/[.@]/.test(key) || nearest(key, known) === undefined) continue
         warnings.push(

@@ -6,12 +6,14 @@
  *
  * Why this file is longer than the others: it reads every section of
  * milter.ini ([main], [macros], [milter.*], [listener.*], [quarantine],
- * [destination_channel], [optin]) with one Reader, so each key's default,
- * range and error wording stay in one place; the table of known keys and
- * the warnings about unknown ones are in config-lint.ts.
+ * [destination_channel], [optin]) with one Reader, which takes each key's
+ * default, range and allowed values from the key table (config-keys.ts), so
+ * the error wording stays in one place; the warnings about unknown keys are
+ * in config-lint.ts.
  */
 import * as fs from 'node:fs'
 
+import { keyDef, sectionKind, type KeyDef, type SectionKind } from './config-keys'
 import { lintMilterIni } from './config-lint'
 import { MilterConfigError } from './errors'
 import type { HeaderFolds } from './message/headers'
@@ -21,7 +23,7 @@ import { canonicalMacroName, DEFAULT_MACROS, type MacroLists } from './session/m
 
 import type { Timeouts } from './session/types'
 import { ipFamily, isLoopbackIp, parseNetwork, type Network } from './transport/address'
-import { parseSocketList, type Endpoint, type SocketSpec, type TlsSettings } from './transport/spec'
+import { parseSocketList, type Endpoint, type TlsSettings } from './transport/spec'
 
 /** What to do when a milter cannot be used (unreachable, timeout, protocol error). */
 export type DefaultAction = 'accept' | 'tempfail' | 'reject' | 'quarantine' | 'shutdown'
@@ -34,14 +36,8 @@ export interface MilterDef {
   name: string
   /** The `socket =` value as configured (one endpoint, or the list). */
   socketText: string
-  /** The first endpoint (what a single-endpoint milter always used). */
-  socket: SocketSpec
-  /**
-   * Every endpoint, in the configured order, and each one's text (same
-   * order). Absent in hand-built definitions: then `socket` alone.
-   */
-  endpoints?: SocketSpec[]
-  endpointTexts?: string[]
+  /** Every endpoint, in the configured order (at least one): where, and as written. */
+  endpoints: readonly Endpoint[]
   /** failover (default): endpoints in order; round_robin: the first one rotates per session. */
   balance?: Balance
   /** TLS over TCP to every endpoint; absent: plain TCP (or unix). */
@@ -154,33 +150,12 @@ export interface MetricsSettings {
 /** A parsed ini file: sections of key -> value. */
 export type Ini = Record<string, Record<string, unknown> | undefined>
 
-const STAGE_KEYS: ReadonlyArray<[string, MacroStage]> = [
-  ['connect', MacroStage.CONNECT],
-  ['helo', MacroStage.HELO],
-  ['mail', MacroStage.ENVFROM],
-  ['rcpt', MacroStage.ENVRCPT],
-  ['data', MacroStage.DATA],
-  ['eoh', MacroStage.EOH],
-  ['eom', MacroStage.EOM],
-]
-
-const FOLDS = ['flatten', 'keep'] as const
-const BALANCES = ['failover', 'round_robin'] as const
-const SCOPES = ['message', 'session'] as const
-const MODES = ['enforce', 'shadow'] as const
-
-const DEFAULT_ACTIONS: readonly DefaultAction[] = [
-  'accept',
-  'tempfail',
-  'reject',
-  'quarantine',
-  'shutdown',
-]
-
+/** One section's values, read through the key table: its defaults, ranges and allowed values. */
 class Reader {
   constructor(
     private readonly file: string,
     private readonly section: string,
+    private readonly kind: SectionKind,
     private readonly values: Record<string, unknown>,
   ) {}
 
@@ -188,52 +163,63 @@ class Reader {
     return new MilterConfigError(`${this.file} [${this.section}] ${key}: ${msg}`)
   }
 
+  /** The key's row; a key missing from the table is a programming error. */
+  row(key: string): KeyDef {
+    const row = keyDef(this.kind, key)
+    if (!row) throw new Error(`config-keys.ts has no [${this.kind}] ${key}`)
+    return row
+  }
+
   has(key: string): boolean {
     return this.values[key] !== undefined && this.values[key] !== ''
   }
 
-  str(key: string, dflt: string): string {
+  /** The value as text: as set, else the table's default. */
+  str(key: string): string {
     const v = this.values[key]
-    if (v === undefined || v === '') return dflt
+    if (v === undefined || v === '') return this.row(key).default
     if (typeof v !== 'string' && typeof v !== 'number')
       throw this.err(key, 'must be a single value')
     return String(v).trim()
   }
 
-  list(key: string, dflt: string[]): string[] {
-    if (!this.has(key)) return dflt
-    return this.str(key, '')
+  list(key: string): string[] {
+    return this.str(key)
       .split(/[\s,]+/)
       .filter(Boolean)
   }
 
-  oneOf<T extends string>(key: string, allowed: readonly T[], dflt: T): T {
-    const v = this.str(key, dflt).toLowerCase()
-    if (!(allowed as readonly string[]).includes(v))
+  /** One of the row's values (T: the type that lists them). */
+  oneOf<T extends string>(key: string): T {
+    const allowed = this.row(key).values ?? []
+    const v = this.str(key).toLowerCase()
+    if (!allowed.includes(v))
       throw this.err(key, `must be one of ${allowed.join(', ')}, not "${v}"`)
     return v as T
   }
 
-  seconds(key: string, dflt: number): number {
-    const raw = this.str(key, String(dflt))
+  /** Seconds, as milliseconds. */
+  seconds(key: string): number {
+    const raw = this.str(key)
     const n = Number(raw.replace(/s$/, ''))
     if (!Number.isFinite(n) || n <= 0 || n > 3600)
       throw this.err(key, `must be a number of seconds (0 < n <= 3600), not "${raw}"`)
     return Math.round(n * 1000)
   }
 
-  int(key: string, dflt: number, min: number, max: number): number {
-    const raw = this.str(key, String(dflt))
+  int(key: string): number {
+    const { min = 0, max = Number.MAX_SAFE_INTEGER } = this.row(key)
+    const raw = this.str(key)
     const n = Number(raw)
     if (!Number.isInteger(n) || n < min || n > max)
       throw this.err(key, `must be an integer from ${min} to ${max}, not "${raw}"`)
     return n
   }
 
-  /** A size in bytes: `10485760`, `512K`, `10M`, `1G` (powers of 1024). */
+  /** A size in bytes: `10485760`, `512K`, `10M`, `1G` (powers of 1024); undefined when unset. */
   bytes(key: string): number | undefined {
-    if (!this.has(key)) return undefined
-    const raw = this.str(key, '')
+    const raw = this.str(key)
+    if (raw === '') return undefined
     const m = /^([0-9]+)\s*([kmg]?)b?$/i.exec(raw)
     const unit = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[(m?.[2] ?? '').toLowerCase()]
     const n = m && unit !== undefined ? Number(m[1]) * unit : NaN
@@ -242,24 +228,24 @@ class Reader {
     return n
   }
 
-  bool(key: string, dflt: boolean): boolean {
+  bool(key: string): boolean {
     const v = this.values[key]
-    if (v === undefined || v === '') return dflt
     if (typeof v === 'boolean') return v
-    if (typeof v !== 'string' && typeof v !== 'number') throw this.err(key, 'must be true or false')
-    const s = String(v).toLowerCase()
+    if (v !== undefined && typeof v !== 'string' && typeof v !== 'number')
+      throw this.err(key, 'must be true or false')
+    const s = this.str(key).toLowerCase()
     if (['true', 'yes', 'on', '1', 'enabled'].includes(s)) return true
     if (['false', 'no', 'off', '0', 'disabled'].includes(s)) return false
     throw this.err(key, `must be true or false, not "${s}"`)
   }
 
-  /** `macros.connect = j {daemon_name}` style keys, over a base. */
+  /** `macros.connect = j {daemon_name}` style keys (prefix `macros.`, or none in [macros]), over a base. */
   macros(prefix: string, base: MacroLists): MacroLists {
     const out = new Map(base)
     for (const [key, stage] of STAGE_KEYS) {
       const k = `${prefix}${key}`
       if (this.values[k] === undefined) continue
-      const names = this.list(k, [])
+      const names = this.list(k)
       for (const n of names) {
         if (!/^(\{[A-Za-z0-9_]+\}|[A-Za-z0-9_]+)$/.test(n))
           throw this.err(k, `invalid macro name "${n}"`)
@@ -270,8 +256,19 @@ class Reader {
   }
 }
 
-function section(ini: Ini, name: string): Record<string, unknown> {
-  return ini[name] ?? {}
+const STAGE_KEYS: ReadonlyArray<[string, MacroStage]> = [
+  ['connect', MacroStage.CONNECT],
+  ['helo', MacroStage.HELO],
+  ['mail', MacroStage.ENVFROM],
+  ['rcpt', MacroStage.ENVRCPT],
+  ['data', MacroStage.DATA],
+  ['eoh', MacroStage.EOH],
+  ['eom', MacroStage.EOM],
+]
+
+/** A section's reader (the section kind from its name). */
+function reader(file: string, ini: Ini, name: string): Reader {
+  return new Reader(file, name, sectionKind(name) ?? 'main', ini[name] ?? {})
 }
 
 function parseListen(
@@ -292,6 +289,11 @@ function parseListen(
     })
 }
 
+/**
+ * One [milter.NAME] section. Each key [main] also takes is read from the
+ * milter's section when set there, else from [main], else the table's
+ * default.
+ */
 function parseMilter(
   file: string,
   ini: Ini,
@@ -301,8 +303,10 @@ function parseMilter(
 ): MilterDef {
   const sec = `milter.${name}`
   if (!ini[sec]) throw main.err('milters', `lists "${name}" but there is no [${sec}] section`)
-  const r = new Reader(file, sec, section(ini, sec))
-  const socketText = r.str('socket', '')
+  const r = reader(file, ini, sec)
+  /** The reader a key comes from: the milter's section, else [main] when [main] takes it. */
+  const from = (key: string): Reader => (r.has(key) || !keyDef('main', key) ? r : main)
+  const socketText = r.str('socket')
   if (socketText === '')
     throw r.err('socket', 'is required (e.g. inet:8891@127.0.0.1 or unix:/run/milter.sock)')
   let endpoints: Endpoint[]
@@ -311,62 +315,50 @@ function parseMilter(
   } catch (e) {
     throw r.err('socket', e instanceof Error ? e.message : String(e))
   }
-  const first = endpoints[0]
-  if (first === undefined) throw r.err('socket', 'is required')
-  const tls = tlsOf(r, main, endpoints)
+  const tls = tlsOf(r, from, endpoints)
   return {
     name,
     socketText: endpoints.map((e) => e.text).join(', '),
-    socket: first.spec,
-    endpoints: endpoints.map((e) => e.spec),
-    endpointTexts: endpoints.map((e) => e.text),
-    balance: r.oneOf('balance', BALANCES, main.oneOf('balance', BALANCES, 'failover')),
+    endpoints,
+    balance: from('balance').oneOf<Balance>('balance'),
     ...(tls ? { tls } : {}),
-    protocol: r.int('protocol', main.int('protocol', 6, 2, 6), 2, 6),
-    defaultAction: r.oneOf(
-      'default_action',
-      DEFAULT_ACTIONS,
-      main.oneOf('default_action', DEFAULT_ACTIONS, 'tempfail'),
-    ),
+    protocol: from('protocol').int('protocol'),
+    defaultAction: from('default_action').oneOf<DefaultAction>('default_action'),
     timeouts: {
-      connectMs: r.seconds('connect_timeout', main.seconds('connect_timeout', 10) / 1000),
-      commandMs: r.seconds('command_timeout', main.seconds('command_timeout', 30) / 1000),
-      contentMs: r.seconds('content_timeout', main.seconds('content_timeout', 300) / 1000),
-      eomMs: r.seconds('eom_timeout', main.seconds('eom_timeout', 300) / 1000),
+      connectMs: from('connect_timeout').seconds('connect_timeout'),
+      commandMs: from('command_timeout').seconds('command_timeout'),
+      contentMs: from('content_timeout').seconds('content_timeout'),
+      eomMs: from('eom_timeout').seconds('eom_timeout'),
     },
-    failureScope: r.oneOf('failure_scope', SCOPES, main.oneOf('failure_scope', SCOPES, 'message')),
-    breaker: breakerOf(r, main),
-    debug: r.int('debug', main.int('debug', 0, 0, 2), 0, 2) as DebugLevel,
+    failureScope: from('failure_scope').oneOf<FailureScope>('failure_scope'),
+    breaker: breakerOf(r, from),
+    debug: from('debug').int('debug') as DebugLevel,
     macros: r.macros('macros.', macros),
-    headerFolds: r.oneOf('header_folds', FOLDS, main.oneOf('header_folds', FOLDS, 'flatten')),
-    destinationChannels: r.list('destination_channels', []),
-    optin: r.list('optin', []),
-    ...(r.has('mode') ? { mode: r.oneOf('mode', MODES, 'enforce') } : {}),
-    ...skipOf(r, main),
-    limits: limitsOf(r, main),
+    headerFolds: from('header_folds').oneOf<HeaderFolds>('header_folds'),
+    destinationChannels: r.list('destination_channels'),
+    optin: r.list('optin'),
+    ...(r.has('mode') ? { mode: r.oneOf<MilterMode>('mode') } : {}),
+    ...skipOf(from),
+    limits: limitsOf(from),
   }
 }
 
-/** The max_* keys of a milter, each defaulting to [main]'s. */
-function limitsOf(r: Reader, main: Reader): Limits {
-  const from = (key: string): Reader => (r.has(key) ? r : main)
-  const count = (key: string, dflt: number, max: number): number => from(key).int(key, dflt, 1, max)
-  const size = (key: string, dflt: number | undefined): number | undefined =>
-    from(key).bytes(key) ?? dflt
+/** The max_* keys of a milter, each defaulting to [main]'s (config-keys.ts). */
+function limitsOf(from: (key: string) => Reader): Limits {
   const d = DEFAULT_LIMITS
   return {
-    maxModifications: count('max_modifications', d.maxModifications, 10_000_000),
-    maxAddedHeaders: count('max_added_headers', d.maxAddedHeaders, 1_000_000),
-    maxHeaderBytes: size('max_header_bytes', d.maxHeaderBytes) ?? d.maxHeaderBytes,
-    maxReplacementBody: size('max_replacement_body', d.maxReplacementBody),
-    maxMacroNames: count('max_macro_names', d.maxMacroNames, 100_000),
-    maxMacroNamesTotal: count('max_macro_names_total', d.maxMacroNamesTotal, 1_000_000),
+    maxModifications: from('max_modifications').int('max_modifications'),
+    maxAddedHeaders: from('max_added_headers').int('max_added_headers'),
+    maxHeaderBytes: from('max_header_bytes').bytes('max_header_bytes') ?? d.maxHeaderBytes,
+    maxReplacementBody: from('max_replacement_body').bytes('max_replacement_body'),
+    maxMacroNames: from('max_macro_names').int('max_macro_names'),
+    maxMacroNamesTotal: from('max_macro_names_total').int('max_macro_names_total'),
   }
 }
 
 /** A domain list: lower case, without a trailing dot; `.example.com` keeps its leading dot. */
 function domains(r: Reader, key: string): string[] {
-  const out = r.list(key, []).map((d) => d.toLowerCase().replace(/\.$/, ''))
+  const out = r.list(key).map((d) => d.toLowerCase().replace(/\.$/, ''))
   for (const d of out)
     if (!/^\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*$/.test(d))
       throw r.err(key, `"${d}" is not a domain (or .domain for its subdomains)`)
@@ -374,10 +366,9 @@ function domains(r: Reader, key: string): string[] {
 }
 
 /** The skip_* keys of a milter (each defaulting to [main]'s); nothing when none is set. */
-function skipOf(r: Reader, main: Reader): { skip?: SkipRules } {
-  const from = (key: string): Reader => (r.has(key) ? r : main)
+function skipOf(from: (key: string) => Reader): { skip?: SkipRules } {
   const clients = from('skip_clients')
-    .list('skip_clients', [])
+    .list('skip_clients')
     .map((text) => {
       const n = parseNetwork(text)
       if (!n)
@@ -388,9 +379,9 @@ function skipOf(r: Reader, main: Reader): { skip?: SkipRules } {
       return n
     })
   const skip: SkipRules = {
-    authenticated: from('skip_authenticated').bool('skip_authenticated', false),
-    relaying: from('skip_relaying').bool('skip_relaying', false),
-    privateClients: from('skip_private_clients').bool('skip_private_clients', false),
+    authenticated: from('skip_authenticated').bool('skip_authenticated'),
+    relaying: from('skip_relaying').bool('skip_relaying'),
+    privateClients: from('skip_private_clients').bool('skip_private_clients'),
     clients,
     senderDomains: domains(from('skip_sender_domains'), 'skip_sender_domains'),
     recipientDomains: domains(from('skip_recipient_domains'), 'skip_recipient_domains'),
@@ -422,10 +413,12 @@ function pemFile(r: Reader, key: string, path: string, kind: RegExp, what: strin
   return text
 }
 
-function tlsOf(r: Reader, main: Reader, endpoints: readonly Endpoint[]): TlsSettings | undefined {
-  /** The reader a key comes from: the milter's section, else [main]. */
-  const from = (key: string): Reader => (r.has(key) ? r : main)
-  const on = from('tls').bool('tls', false)
+function tlsOf(
+  r: Reader,
+  from: (key: string) => Reader,
+  endpoints: readonly Endpoint[],
+): TlsSettings | undefined {
+  const on = from('tls').bool('tls')
   if (!on) {
     for (const k of TLS_KEYS)
       if (r.has(k)) throw r.err(k, 'is set but tls is not true (set tls = true to use TLS)')
@@ -434,11 +427,11 @@ function tlsOf(r: Reader, main: Reader, endpoints: readonly Endpoint[]): TlsSett
   const unix = endpoints.find((e) => e.spec.kind === 'unix')
   if (unix) throw r.err('tls', `TLS needs TCP endpoints, not "${unix.text}"`)
   const out: TlsSettings = {
-    rejectUnauthorized: from('tls_reject_unauthorized').bool('tls_reject_unauthorized', true),
+    rejectUnauthorized: from('tls_reject_unauthorized').bool('tls_reject_unauthorized'),
   }
   const read = (key: string, kind: RegExp, what: string): string | undefined => {
     const rd = from(key)
-    const path = rd.str(key, '')
+    const path = rd.str(key)
     return path === '' ? undefined : pemFile(rd, key, path, kind, what)
   }
   const ca = read('tls_ca', /-----BEGIN [A-Z0-9 ]*CERTIFICATE-----/, 'certificate')
@@ -454,7 +447,7 @@ function tlsOf(r: Reader, main: Reader, endpoints: readonly Endpoint[]): TlsSett
     out.cert = cert
     out.key = key
   }
-  const servername = r.str('tls_servername', '')
+  const servername = r.str('tls_servername')
   if (servername !== '') {
     if (ipFamily(servername) !== 0)
       throw r.err('tls_servername', `must be a host name, not an IP address ("${servername}")`)
@@ -463,13 +456,10 @@ function tlsOf(r: Reader, main: Reader, endpoints: readonly Endpoint[]): TlsSett
   return out
 }
 
-function breakerOf(r: Reader, main: Reader): BreakerSettings {
-  const failures = r.int('breaker_failures', main.int('breaker_failures', 3, 0, 1000), 0, 1000)
-  const backoffMs = r.seconds('breaker_backoff', main.seconds('breaker_backoff', 5) / 1000)
-  const backoffMaxMs = r.seconds(
-    'breaker_backoff_max',
-    main.seconds('breaker_backoff_max', 60) / 1000,
-  )
+function breakerOf(r: Reader, from: (key: string) => Reader): BreakerSettings {
+  const failures = from('breaker_failures').int('breaker_failures')
+  const backoffMs = from('breaker_backoff').seconds('breaker_backoff')
+  const backoffMaxMs = from('breaker_backoff_max').seconds('breaker_backoff_max')
   if (backoffMaxMs < backoffMs)
     throw r.err('breaker_backoff_max', `must not be less than breaker_backoff`)
   return { failures, backoffMs, backoffMaxMs }
@@ -490,21 +480,22 @@ function parseListeners(
   const out: ListenerDef[] = []
   for (const sec of Object.keys(ini)) {
     if (!sec.startsWith('listener.')) continue
-    const values = section(ini, sec)
-    const r = new Reader(file, sec, values)
-    const listenText = r.str('listen', '')
+    const r = reader(file, ini, sec)
+    const name = sec.slice('listener.'.length)
+    const listenText = r.str('listen')
     if (listenText === '')
       throw r.err('listen', 'is required (e.g. 127.0.0.1:2525, [::1]:2525 or :587)')
-    const own = values['milters'] !== undefined
-    const milters = own ? r.list('milters', []) : [...defaultMilters]
+    // no `milters` key: [main]'s; only an explicit empty `milters =` means none
+    const own = ini[sec]?.['milters'] !== undefined
+    const milters = own ? r.list('milters') : [...defaultMilters]
     for (const m of milters)
       if (!known.has(m)) throw r.err('milters', `names "${m}", which has no [milter.${m}] section`)
     out.push({
-      name: sec.slice('listener.'.length),
+      name,
       listen: parseListen(r, 'listen', listenText),
       milters,
       miltersFrom: own ? 'listener' : 'main',
-      sourceChannel: r.str('source_channel', sec.slice('listener.'.length)),
+      sourceChannel: r.has('source_channel') ? r.str('source_channel') : name,
     })
   }
   return out
@@ -527,25 +518,28 @@ export function describeListeners(cfg: MilterConfig): string[] {
   return lines
 }
 
+/** The data keys of [destination_channel] or [optin] (the keys the table does not declare). */
 function parseMap(
   file: string,
   ini: Ini,
-  sec: string,
-  skip: readonly string[],
+  sec: 'destination_channel' | 'optin',
 ): Map<string, string> {
   const out = new Map<string, string>()
-  for (const [k, v] of Object.entries(section(ini, sec))) {
-    if (skip.includes(k)) continue
-    out.set(k.toLowerCase(), new Reader(file, sec, section(ini, sec)).str(k, String(v)))
+  const r = reader(file, ini, sec)
+  for (const k of Object.keys(ini[sec] ?? {})) {
+    if (keyDef(sec, k)) continue
+    const v = (ini[sec] ?? {})[k]
+    if (typeof v !== 'string' && typeof v !== 'number') throw r.err(k, 'must be a single value')
+    out.set(k.toLowerCase(), String(v).trim())
   }
   return out
 }
 
 /** [metrics]; a listen address that is not loopback is allowed, with a warning. */
 function metricsOf(file: string, ini: Ini, warnings: string[]): MetricsSettings {
-  const r = new Reader(file, 'metrics', section(ini, 'metrics'))
-  const summaryIntervalMs = r.int('summary_interval', 0, 0, 86400) * 1000
-  const text = r.str('listen', '')
+  const r = reader(file, ini, 'metrics')
+  const summaryIntervalMs = r.int('summary_interval') * 1000
+  const text = r.str('listen')
   if (text === '') return { summaryIntervalMs }
   const [one, ...more] = parseListen(r, 'listen', text)
   if (!one || more.length > 0) throw r.err('listen', 'takes one address (e.g. 127.0.0.1:9145)')
@@ -559,24 +553,30 @@ function metricsOf(file: string, ini: Ini, warnings: string[]): MetricsSettings 
   return { listen: { host, port: one.port, text }, summaryIntervalMs }
 }
 
+/**
+ * The haraka-config options milter.ini is read with: the plugin passes them
+ * to config.get, the CLI to lib/ini.ts, so both see the same values.
+ */
+export const INI_OPTIONS = { booleans: ['main.reuse_connections'] }
+
 /** Validates milter.ini; throws MilterConfigError naming file, section and key. */
 export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
-  const main = new Reader(file, 'main', section(ini, 'main'))
-  const macros = new Reader(file, 'macros', section(ini, 'macros')).macros('', DEFAULT_MACROS)
-  const names = main.list('milters', [])
+  const main = reader(file, ini, 'main')
+  const macros = reader(file, ini, 'macros').macros('', DEFAULT_MACROS)
+  const names = main.list('milters')
   const milters = new Map<string, MilterDef>()
   for (const name of names) {
     if (!/^[A-Za-z0-9_-]+$/.test(name)) throw main.err('milters', `invalid milter name "${name}"`)
     if (milters.has(name)) throw main.err('milters', `lists "${name}" twice`)
     milters.set(name, parseMilter(file, ini, name, main, macros))
   }
-  const q = new Reader(file, 'quarantine', section(ini, 'quarantine'))
-  const dc = new Reader(file, 'destination_channel', section(ini, 'destination_channel'))
-  const opt = new Reader(file, 'optin', section(ini, 'optin'))
-  const optinEntries = parseMap(file, ini, 'optin', ['default'])
+  const q = reader(file, ini, 'quarantine')
+  const dc = reader(file, ini, 'destination_channel')
+  const opt = reader(file, ini, 'optin')
+  const optinEntries = parseMap(file, ini, 'optin')
   const warnings = lintMilterIni(ini, file, names)
   const metrics = metricsOf(file, ini, warnings)
-  const defaultMilters = main.list('default_milters', names)
+  const defaultMilters = main.has('default_milters') ? main.list('default_milters') : names
   for (const m of defaultMilters) {
     if (!milters.has(m))
       throw main.err('default_milters', `names "${m}", which has no [milter.${m}] section`)
@@ -584,25 +584,25 @@ export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
   return {
     milters,
     defaultMilters,
-    defaultSourceChannel: main.str('source_channel', 'tcp_local'),
+    defaultSourceChannel: main.str('source_channel'),
     listeners: parseListeners(file, ini, milters, defaultMilters),
-    replyCode: main.oneOf('reply_code', ['milter', 'enhanced_only'] as const, 'milter'),
-    discard: main.oneOf('discard', ['drop', 'quarantine'] as const, 'drop'),
+    replyCode: main.oneOf<MilterConfig['replyCode']>('reply_code'),
+    discard: main.oneOf<MilterConfig['discard']>('discard'),
     quarantine: {
-      action: q.oneOf('action', ['hold', 'tag', 'reject'] as const, 'hold'),
-      dir: q.str('dir', '/var/spool/haraka/milter-quarantine'),
-      tagHeader: q.str('tag_header', 'X-Milter-Quarantine'),
+      action: q.oneOf<MilterConfig['quarantine']['action']>('action'),
+      dir: q.str('dir'),
+      tagHeader: q.str('tag_header'),
     },
-    reuseConnections: main.bool('reuse_connections', false),
-    daemonName: main.str('daemon_name', 'Haraka'),
-    mixedRecipients: main.oneOf('mixed_recipients', ['defer', 'union'] as const, 'defer'),
+    reuseConnections: main.bool('reuse_connections'),
+    daemonName: main.str('daemon_name'),
+    mixedRecipients: main.oneOf<MilterConfig['mixedRecipients']>('mixed_recipients'),
     destinationChannel: {
-      local: dc.str('local', 'local'),
-      relay: dc.str('relay', 'relay'),
-      domains: parseMap(file, ini, 'destination_channel', ['local', 'relay']),
+      local: dc.str('local'),
+      relay: dc.str('relay'),
+      domains: parseMap(file, ini, 'destination_channel'),
     },
     optin: {
-      default: opt.has('default') ? opt.str('default', '') : undefined,
+      default: opt.has('default') ? opt.str('default') : undefined,
       addresses: new Map([...optinEntries].filter(([k]) => k.includes('@'))),
       domains: new Map([...optinEntries].filter(([k]) => !k.includes('@'))),
     },

@@ -16,15 +16,13 @@ import type { MilterDef } from './config'
 import { MilterConnectError, MilterLimitError, MilterUnavailableError } from './errors'
 import { openSession } from './session/open'
 import type { MilterSession, SessionObserver } from './session/session'
-import { formatSocketSpec, type Endpoint } from './transport/spec'
+import type { Endpoint } from './transport/spec'
 
-/** A milter's endpoints in the configured order (a hand-built definition: its one socket). */
-export function endpointsOf(def: MilterDef): Endpoint[] {
-  const specs = def.endpoints ?? [def.socket]
-  return specs.map((spec, i) => ({
-    spec,
-    text: def.endpointTexts?.[i] ?? (specs.length === 1 ? def.socketText : formatSocketSpec(spec)),
-  }))
+/** A milter's first endpoint (the parser guarantees one). */
+export function firstEndpoint(def: MilterDef): Endpoint {
+  const ep = def.endpoints[0]
+  if (!ep) throw new Error(`milter ${def.name} has no endpoint`)
+  return ep
 }
 
 /** Opens a negotiated session to one endpoint of a milter (its first when not given). */
@@ -33,9 +31,9 @@ export function openMilter(
   endpoint?: Endpoint,
   observer?: SessionObserver,
 ): Promise<MilterSession> {
-  const ep = endpoint ?? endpointsOf(def)[0]
+  const ep = endpoint ?? firstEndpoint(def)
   return openSession(
-    ep?.spec ?? def.socket,
+    ep.spec,
     {
       name: def.name,
       version: def.protocol,
@@ -177,8 +175,8 @@ export class MilterPool {
   }
 
   /** The endpoints in the order a new session tries them. */
-  private order(def: MilterDef): Endpoint[] {
-    const eps = endpointsOf(def)
+  private order(def: MilterDef): readonly Endpoint[] {
+    const eps = def.endpoints
     if (def.balance !== 'round_robin' || eps.length < 2) return eps
     const start = (this.turn.get(def.name) ?? 0) % eps.length
     this.turn.set(def.name, (start + 1) % eps.length)
@@ -191,13 +189,13 @@ export class MilterPool {
 
   /** The breaker of one endpoint of a milter, its first by default (settings refreshed). */
   breakerFor(def: MilterDef, endpoint?: Endpoint): Breaker {
-    const eps = endpointsOf(def)
+    const eps = def.endpoints
     const text = endpoint?.text ?? eps[0]?.text ?? def.socketText
     const key = `${def.name}|${text}`
     let b = this.breakers.get(key)
     if (!b) {
       b = new Breaker(text, def.breaker, (c) =>
-        this.opts.onBreakerChange?.(def.name, c, endpointsOf(def).length),
+        this.opts.onBreakerChange?.(def.name, c, def.endpoints.length),
       )
       this.breakers.set(key, b)
     } else {

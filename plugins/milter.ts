@@ -36,7 +36,13 @@ import {
   type ConnectionState,
 } from '../lib/adapter/state'
 import { addressKey } from '../lib/message/envelope'
-import { findListener, type Ini, type MilterConfig, type MilterDef } from '../lib/config'
+import {
+  findListener,
+  INI_OPTIONS,
+  type Ini,
+  type MilterConfig,
+  type MilterDef,
+} from '../lib/config'
 import { MilterChain, type Outcome } from '../lib/policy/chain'
 import { answerAt, REPLIES, type Stage } from '../lib/policy/replies'
 
@@ -142,9 +148,7 @@ function macros(st: Ready, c: HarakaConnection, extra?: Record<string, string | 
 
 /** Loads (and re-loads on change) milter.ini; a bad file keeps the previous config. */
 export function load_milter_ini(this: MilterPlugin): void {
-  const ini = this.config.get('milter.ini', { booleans: ['main.reuse_connections'] }, () =>
-    this.load_milter_ini(),
-  ) as Ini
+  const ini = this.config.get('milter.ini', INI_OPTIONS, () => this.load_milter_ini()) as Ini
   this.milter ??= new Runtime(this)
   const timeout = this.milter.load(ini, 'milter.ini')
   if (timeout !== undefined) this.timeout = timeout

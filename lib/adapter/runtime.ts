@@ -13,7 +13,7 @@ import {
 import { poolFigures } from '../metrics/figures'
 import type { MilterMetrics } from '../metrics/recorder'
 import { metricsWanted, MetricsService, type Role } from '../metrics/service'
-import { endpointsOf, MilterPool, type EndpointUse } from '../pool'
+import { MilterPool, type EndpointUse } from '../pool'
 import { breakerText } from './report'
 
 /** What the runtime logs through (the Haraka plugin object). */
@@ -52,14 +52,14 @@ export function hookTimeoutSeconds(cfg: MilterConfig): number {
   let ms = 0
   for (const m of cfg.milters.values()) {
     const t = m.timeouts
-    ms += t.connectMs * endpointsOf(m).length + t.commandMs + t.contentMs + (t.eomMs ?? t.contentMs)
+    ms += t.connectMs * m.endpoints.length + t.commandMs + t.contentMs + (t.eomMs ?? t.contentMs)
   }
   return Math.ceil(ms / 1000) + 10
 }
 
 /** A milter for the load line: name=endpoints, with balance and TLS when they apply. */
 function describe(m: MilterDef): string {
-  const eps = endpointsOf(m)
+  const eps = m.endpoints
   const extra = [...(eps.length > 1 ? [m.balance ?? 'failover'] : []), ...(m.tls ? ['tls'] : [])]
   return `${m.name}=${m.socketText}${extra.length ? ` (${extra.join(', ')})` : ''}`
 }

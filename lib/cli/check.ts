@@ -6,12 +6,7 @@
 import * as os from 'node:os'
 import type { MilterDef } from '../config'
 import { isMilterError } from '../errors'
-import {
-  formatHeaderBlock,
-  parseMessage,
-  type HeaderField,
-  type HeaderFolds,
-} from '../message/headers'
+import { formatHeaderBlock, parseMessage, type HeaderField } from '../message/headers'
 import {
   modificationReport,
   packetReport,
@@ -31,15 +26,17 @@ import {
 } from '../protocol/constants'
 import type { Frame } from '../protocol/frame'
 import { formatSmtpReply, type SmtpReply } from '../protocol/replycode'
-import { canonicalMacroName, DEFAULT_MACROS, type MacroLookup } from '../session/macros'
-import { openSession } from '../session/open'
+import { canonicalMacroName, type MacroLookup } from '../session/macros'
+import { openMilter } from '../pool'
 import type { MilterSession, Verdict } from '../session/session'
 import { connectAddressFor } from '../transport/address'
-import { parseSocketSpec } from '../transport/spec'
 
 /** Options of one check run. */
 export interface CheckOptions {
+  /** How the report names the milter (its socket, or its name in milter.ini). */
   milter: string
+  /** The milter as the configuration parser made it (from milter.ini, or from the flags). */
+  def: MilterDef
   message: Buffer
   from: string
   rcpts: string[]
@@ -47,13 +44,11 @@ export interface CheckOptions {
   clientName: string
   helo: string
   macros: Record<string, string>
-  protocol: number
-  timeoutMs: number
   trace: boolean
-  /** As the milter's header_folds in milter.ini (default flatten). */
-  headerFolds?: HeaderFolds
-  /** As reply_code in milter.ini (default milter). */
+  /** [main] reply_code of the configuration (default milter). */
   replyCode?: ReplyCodeMode
+  /** [main] daemon_name, the {daemon_name} macro (default haraka-milter). */
+  daemonName?: string
 }
 
 /** One stage's outcome, as the text report shows it. */
@@ -88,7 +83,7 @@ export interface CheckReport {
   reply?: string[]
   quarantine?: string
   envelope?: { from: string; rcpts: string[] }
-  error?: { code: string; message: string }
+  error?: { code: string; message: string; defaultAction?: string }
   /** Every packet both ways (--trace). */
   trace?: PacketReport[]
   /** The message as the milter's edits leave it (CRLF). */
@@ -106,7 +101,7 @@ export interface CheckJson {
   modifications: ModificationReport[]
   quarantine?: string
   envelope?: { from: string; rcpts: string[] }
-  error?: { code: string; message: string }
+  error?: { code: string; message: string; defaultAction?: string }
   trace?: PacketReport[]
   outputBytes?: number
 }
@@ -128,7 +123,7 @@ function macroLookup(opts: CheckOptions, extra: Record<string, string>): MacroLo
   const from = bare(opts.from)
   const base: Record<string, string> = {
     j: os.hostname(),
-    '{daemon_name}': 'haraka-milter',
+    '{daemon_name}': opts.daemonName ?? 'haraka-milter',
     '{daemon_addr}': '127.0.0.1',
     v: 'haraka-milter check',
     _: `${opts.clientName} [${opts.clientIp}]`,
@@ -146,7 +141,7 @@ function macroLookup(opts: CheckOptions, extra: Record<string, string>): MacroLo
   return (name) => all[name]
 }
 
-function negotiatedReport(s: MilterSession): NegotiatedReport {
+export function negotiatedReport(s: MilterSession): NegotiatedReport {
   const n = s.negotiated
   const macrosRequested: Record<string, string[]> = {}
   for (const [stage, names] of n.symlist) macrosRequested[MACRO_STAGE_NAMES[stage]] = names
@@ -160,30 +155,27 @@ function negotiatedReport(s: MilterSession): NegotiatedReport {
   }
 }
 
-/** The milter as the plugin would configure it from milter.ini, from the options. */
-function milterDef(opts: CheckOptions): MilterDef {
-  const t = opts.timeoutMs
+/** The milter with the --macro names added to what it is sent at CONNECT. */
+function withMacros(opts: CheckOptions): MilterDef {
+  const names = Object.keys(opts.macros).map(canonicalMacroName)
+  if (names.length === 0) return opts.def
+  const connect = opts.def.macros.get(MacroStage.CONNECT) ?? []
   return {
-    name: opts.milter,
-    socketText: opts.milter,
-    socket: parseSocketSpec(opts.milter),
-    protocol: opts.protocol,
-    // a failure is reported as an error (exit 2), whatever the plugin would do with it
-    defaultAction: 'tempfail',
-    timeouts: { connectMs: t, commandMs: t, contentMs: t, eomMs: t },
-    macros: new Map([
-      ...DEFAULT_MACROS,
-      [
-        MacroStage.CONNECT,
-        [...(DEFAULT_MACROS.get(MacroStage.CONNECT) ?? []), ...Object.keys(opts.macros)],
-      ],
-    ]),
-    destinationChannels: [],
-    optin: [],
-    headerFolds: opts.headerFolds ?? 'flatten',
-    failureScope: 'session',
-    breaker: { failures: 0, backoffMs: 1000, backoffMaxMs: 1000 },
+    ...opts.def,
+    macros: new Map([...opts.def.macros, [MacroStage.CONNECT, [...connect, ...names]]]),
   }
+}
+
+/**
+ * Whether a failure stops the check: not when the milter's default_action
+ * (or shadow mode) lets the mail go on without it, as the plugin does.
+ */
+function stops(error: CheckReport['error']): boolean {
+  return (
+    error !== undefined &&
+    error.defaultAction !== 'accept' &&
+    error.defaultAction !== 'none (shadow)'
+  )
 }
 
 /** Records what the client is told at `stage`; true when the transaction ends there. */
@@ -224,17 +216,12 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
   /** The stage name the text report shows for the verdict in flight (each RCPT its own). */
   let stageLabel: string | undefined
   try {
-    const def = milterDef(opts)
+    const def = withMacros(opts)
     chain = new MilterChain({
       milters: [def],
       open: async (d) => {
-        const s = await openSession(d.socket, {
-          name: d.name,
-          version: d.protocol,
-          timeouts: d.timeouts,
-          macros: d.macros,
-          ...(d.limits ? { limits: d.limits } : {}),
-          observer: { trace: (dir, frame) => packets.push({ dir, frame }) },
+        const s = await openMilter(d, undefined, {
+          trace: (dir: 'send' | 'recv', frame: Frame) => packets.push({ dir, frame }),
         })
         report.negotiated = negotiatedReport(s)
         return s
@@ -245,14 +232,15 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
         report.stages.push(s)
       },
       onEvent: (e) => {
-        if (e.level === 'error' && e.code !== undefined && !report.error) {
-          report.error = { code: e.code, message: e.message.replace(/; default_action=\w+$/, '') }
+        if (e.failure && !report.error) {
+          const { error, defaultAction } = e.failure
+          report.error = { code: error.code, message: error.message, defaultAction }
         }
       },
     })
     const macros = macroLookup(opts, {})
     const ended = (stage: Stage, o: Outcome): boolean =>
-      report.error !== undefined || answered(report, stage, o, mode)
+      stops(report.error) || answered(report, stage, o, mode)
     report.verdict = 'accept'
     if (
       ended(
@@ -264,6 +252,8 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
     if (ended('helo', await chain.helo(opts.helo, macros))) return report
     if (ended('mail', await chain.mail([bracket(opts.from)], macros))) return report
     const accepted: string[] = []
+    /** The last recipient's refusal: what the client was told when none is left. */
+    let refused: Outcome | undefined
     for (const rcpt of opts.rcpts) {
       const addr = bare(rcpt)
       stageLabel = `rcpt ${bracket(rcpt)}`
@@ -276,14 +266,15 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
         }),
       )
       stageLabel = undefined
-      if (report.error !== undefined) return report
+      if (stops(report.error)) return report
       if (o.action === 'shutdown') return (answered(report, 'rcpt', o, mode), report)
       if (o.action === 'continue' || o.action === 'discard') accepted.push(addr)
-      else answered(report, 'rcpt', o, mode) // this recipient only
+      else refused = o // this recipient only
     }
     if (accepted.length === 0) {
-      report.verdict = 'reject'
-      report.reply = ['554 5.5.1 No valid recipients']
+      // Haraka answered each RCPT with its refusal and has no transaction to go on with:
+      // the verdict is the last recipient's, with the reply the client got for it
+      if (refused) answered(report, 'rcpt', refused, mode)
       return report
     }
     report.verdict = chain.discarded ? 'discard' : 'accept'
@@ -318,7 +309,7 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
     if (result.quarantine.length > 0) {
       // one milter here: its name (the socket) before each reason says nothing
       report.quarantine = result.quarantine
-        .map((q) => (q.startsWith(`${opts.milter}: `) ? q.slice(opts.milter.length + 2) : q))
+        .map((q) => (q.startsWith(`${def.name}: `) ? q.slice(def.name.length + 2) : q))
         .join('; ')
     }
     report.envelope = {
@@ -339,7 +330,7 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
       : { code: 'ERROR', message: e instanceof Error ? e.message : String(e) }
     return report
   } finally {
-    if (report.error) {
+    if (stops(report.error)) {
       report.verdict = 'error'
       delete report.reply
     }

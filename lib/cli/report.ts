@@ -81,7 +81,12 @@ export function formatReport(r: CheckReport): string {
   }
   if (r.quarantine !== undefined) out.push(`quarantine: ${r.quarantine}`)
   if (r.envelope) out.push(`envelope: from ${r.envelope.from} to ${r.envelope.rcpts.join(' ')}`)
-  if (r.error) out.push(`error: ${r.error.code}: ${r.error.message}`)
+  if (r.error) {
+    const then = r.error.defaultAction
+    out.push(
+      `error: ${r.error.code}: ${r.error.message}${then === undefined ? '' : ` (default_action=${then}${r.verdict === 'error' ? '' : ': the mail goes on without it'})`}`,
+    )
+  }
   out.push(`verdict: ${r.verdict}${r.reply ? ` (${r.reply.join(' / ')})` : ''}`)
   return out.join('\n') + '\n'
 }

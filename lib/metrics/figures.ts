@@ -3,7 +3,7 @@
  * endpoint appears (0 sessions, up) until something happens to it.
  */
 import type { MilterConfig } from '../config'
-import { endpointsOf, type MilterPool } from '../pool'
+import type { MilterPool } from '../pool'
 import type { GaugeFigures } from './recorder'
 
 export function poolFigures(
@@ -15,7 +15,7 @@ export function poolFigures(
   for (const c of pool?.live.counts() ?? []) open.set(`${c.milter}|${c.endpoint}`, c.open)
   const idle = pool?.idleByMilter() ?? new Map<string, number>()
   for (const def of cfg?.milters.values() ?? []) {
-    for (const ep of endpointsOf(def)) {
+    for (const ep of def.endpoints) {
       const key = `${def.name}|${ep.text}`
       out.open.push({ milter: def.name, endpoint: ep.text, open: open.get(key) ?? 0 })
       open.delete(key)

@@ -14,7 +14,7 @@
  * MAIL and RCPT to milters that join late (rule milters, or reopened after
  * a failure) dispatches exactly as the stages do, so it stays beside them.
  */
-import type { MilterDef } from '../config'
+import type { DefaultAction, MilterDef } from '../config'
 import {
   MilterProtocolError,
   MilterStateError,
@@ -63,6 +63,8 @@ export interface ChainEvent {
   stage: string
   message: string
   code?: string
+  /** A milter's failure: the error itself (the message above adds endpoint and action). */
+  failure?: { error: MilterError; defaultAction: DefaultAction | 'none (shadow)' }
 }
 
 /** How the chain reaches milters and reports. */
@@ -495,6 +497,7 @@ export class MilterChain {
         stage,
         `${err.message}; endpoint=${this.endpointOf(slot.name) ?? slot.def.socketText}; shadow: not enforced`,
         err.code,
+        { error: err, defaultAction: 'none (shadow)' },
       )
       this.reports.failure(slot.def, stage, err.code, 'none (shadow)')
       slot.leave(
@@ -510,6 +513,7 @@ export class MilterChain {
       stage,
       `${err.message}; endpoint=${this.endpointOf(slot.name) ?? slot.def.socketText}; default_action=${action}`,
       err.code,
+      { error: err, defaultAction: action },
     )
     this.reports.failure(slot.def, stage, err.code, action)
     const outcome = failureOutcome(action, slot.name)
@@ -682,9 +686,11 @@ export class MilterChain {
     stage: string,
     message: string,
     code?: string,
+    failure?: ChainEvent['failure'],
   ): void {
     const e: ChainEvent = { level, milter: slot.name, stage, message }
     if (code !== undefined) e.code = code
+    if (failure !== undefined) e.failure = failure
     this.opts.onEvent?.(e)
   }
 }

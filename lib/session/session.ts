@@ -16,6 +16,7 @@
  */
 import {
   MilterClosedError,
+  MilterConnectError,
   MilterNegotiationError,
   MilterProtocolError,
   MilterSizeError,
@@ -54,6 +55,7 @@ import {
 import { macroPairs, type MacroLookup } from './macros'
 import { offerFor, validateOptneg, type Negotiated, type Offer } from './negotiate'
 import { FrameReader } from './reader'
+import { describeTlsError, isTlsError } from '../transport/tls-error'
 import { isModification, modificationProblem, verdictOf } from './verdicts'
 import type { EomResult, MilterStream, SessionObserver, SessionOptions, Verdict } from './types'
 import { FROM, IN_MESSAGE, allowed, transition, type Event, type State, type Step } from './state'
@@ -135,8 +137,18 @@ export class MilterSession {
       (f) => this.opts.observer?.trace?.('recv', f),
     )
     stream.on('data', (chunk) => this.reader.push(chunk))
-    stream.on('error', (err) =>
-      this.fail(new MilterClosedError(`${this.opts.name}: ${err.message}`, { cause: err })),
+    stream.on('error', (err: NodeJS.ErrnoException) =>
+      this.fail(
+        isTlsError(err)
+          ? // an alert after the handshake (TLS 1.3 certificate_required): a TLS connect failure
+            new MilterConnectError(
+              `${this.opts.name}: TLS with the milter failed: ${describeTlsError(err)}`,
+              {
+                cause: err,
+              },
+            )
+          : new MilterClosedError(`${this.opts.name}: ${err.message}`, { cause: err }),
+      ),
     )
     stream.on('close', () => {
       this.closedByPeer = true

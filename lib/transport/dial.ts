@@ -3,6 +3,7 @@
  */
 import * as net from 'node:net'
 import * as tls from 'node:tls'
+import { describeTlsError, isTlsError } from './tls-error'
 import { MilterConnectError, MilterTimeoutError } from '../errors'
 import { ipFamily } from './address'
 import { formatSocketSpec, type SocketSpec, type TlsSettings } from './spec'
@@ -70,19 +71,12 @@ export function dial(
     sock.once('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer)
       sock.destroy()
+      const tlsFailed = tcpUp || (ready === 'secureConnect' && isTlsError(err))
       const code = err.code !== undefined && !err.message.includes(err.code) ? ` (${err.code})` : ''
-      const what =
-        tcpUp || (ready === 'secureConnect' && isTlsError(err))
-          ? `TLS handshake with milter at ${where} failed`
-          : `cannot connect to milter at ${where}`
-      reject(new MilterConnectError(`${what}: ${err.message}${code}`, { cause: err }))
+      const text = tlsFailed
+        ? `TLS handshake with milter at ${where} failed: ${describeTlsError(err)}`
+        : `cannot connect to milter at ${where}: ${err.message}${code}`
+      reject(new MilterConnectError(text, { cause: err }))
     })
   })
-}
-
-/** An error of the TLS layer (certificate, name, protocol), not of the TCP connection. */
-function isTlsError(err: NodeJS.ErrnoException): boolean {
-  return /^(ERR_TLS_|ERR_SSL_|CERT_|UNABLE_TO_|DEPTH_ZERO|SELF_SIGNED|HOSTNAME)/.test(
-    err.code ?? '',
-  )
 }

@@ -1,12 +1,20 @@
 /**
  * One policy: the same milter conversation run through a real Haraka with
  * the plugin (real SMTP, delivered to a real receiving server) and through
- * `haraka-milter check` gives the same verdict, the same SMTP reply and the
- * same edited message. The milter is the real libmilter test filter.
+ * `haraka-milter check --config milter.ini --milter NAME` gives the same
+ * verdict, the same SMTP reply and the same edited message. The CLI reads
+ * the very milter.ini Haraka was given, takes the definition of each
+ * configured milter from it, and the envelope from the message's headers.
+ * The milter is the real libmilter test filter.
  */
 import assert from 'node:assert/strict'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
 
 import { runCheck, type CheckReport } from '../../lib/cli/check'
+import { loadConfig } from '../../lib/cli/config-file'
+import { envelopeOf } from '../../lib/cli/envelope'
 import { formatHeaderBlock, parseMessage } from '../../lib/message/headers'
 import { startHaraka, stopAllHarakas, type RunningHaraka } from '../helpers/haraka'
 import {
@@ -39,6 +47,8 @@ interface Scenario {
   script: MilterScript
   /** Extra [milter.m] keys. */
   keys?: Record<string, string>
+  /** The milter is not started. */
+  down?: boolean
 }
 
 const SCENARIOS: Scenario[] = [
@@ -90,6 +100,17 @@ const SCENARIOS: Scenario[] = [
     script: { reply: { mail: { code: '553', xcode: '5.1.8', text: 'bad sender' } } },
     keys: { reply_code: 'enhanced_only' },
   },
+  { name: 'every recipient rejected', script: { reply: { rcpt: 'reject' } } },
+  {
+    name: 'every recipient rejected with a reply code',
+    script: { reply: { rcpt: { code: '550', xcode: '5.1.1', text: 'no such user' } } },
+  },
+  {
+    name: 'default_action = accept, the milter down',
+    script: {},
+    keys: { default_action: 'accept' },
+    down: true,
+  },
 ]
 
 /** What the client was told in the end: 'accepted', or the refusing reply's lines. */
@@ -131,6 +152,7 @@ describe('one policy: haraka-milter check and the plugin answer and deliver alik
   let smtpPort: number
   let milter: StartedMilter | undefined
   let written = ''
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cli-parity-'))
 
   function ini(keys: Record<string, string> = {}): string {
     const main = keys['reply_code'] ? `reply_code = ${keys['reply_code']}\n` : ''
@@ -174,7 +196,7 @@ describe('one policy: haraka-milter check and the plugin answer and deliver alik
         await haraka.writeConfig('milter.ini', text, { waitForReload: true })
         written = text
       }
-      milter = await startScriptedMilter(sc.script, { port: milterPort })
+      milter = sc.down ? undefined : await startScriptedMilter(sc.script, { port: milterPort })
 
       // through Haraka
       const c = await SmtpClient.connect('127.0.0.1', smtpPort)
@@ -197,24 +219,33 @@ describe('one policy: haraka-milter check and the plugin answer and deliver alik
       await c.close()
       const viaHaraka = harakaOutcome(c.greeting, replies)
 
-      // through the CLI, same milter (restarted: a fresh filter state), same settings
-      await milter.stop()
-      milter = await startScriptedMilter(sc.script, { port: milterPort })
-      const report = await runCheck({
-        milter: `inet:${milterPort}@127.0.0.1`,
-        message: Buffer.from(MESSAGE),
-        from: 'alice@example.org',
-        rcpts: ['bob@example.com'],
-        clientIp: '127.0.0.1',
-        clientName: 'localhost',
-        helo: 'client.example.org',
-        macros: {},
-        protocol: 6,
-        timeoutMs: 5000,
-        trace: false,
-        headerFolds: sc.keys?.['header_folds'] === 'keep' ? 'keep' : 'flatten',
-        replyCode: sc.keys?.['reply_code'] === 'enhanced_only' ? 'enhanced_only' : 'milter',
-      })
+      // through the CLI, same milter (restarted: a fresh filter state), same milter.ini
+      await milter?.stop()
+      milter = sc.down ? undefined : await startScriptedMilter(sc.script, { port: milterPort })
+      const file = path.join(tmp, 'milter.ini')
+      fs.writeFileSync(file, text)
+      const loaded = loadConfig(file)
+      assert.ok(loaded.cfg, loaded.error)
+      const env = envelopeOf(Buffer.from(MESSAGE))
+      assert.ok(env.from !== undefined)
+      let report: CheckReport | undefined
+      for (const def of loaded.cfg.milters.values()) {
+        report = await runCheck({
+          milter: def.name,
+          def,
+          message: Buffer.from(MESSAGE),
+          from: env.from,
+          rcpts: env.rcpts,
+          clientIp: '127.0.0.1',
+          clientName: 'localhost',
+          helo: 'client.example.org',
+          macros: {},
+          trace: false,
+          replyCode: loaded.cfg.replyCode,
+          daemonName: loaded.cfg.daemonName,
+        })
+      }
+      assert.ok(report)
       const viaCli = cliOutcome(report)
 
       assert.deepEqual(viaCli, viaHaraka, 'verdict and reply')

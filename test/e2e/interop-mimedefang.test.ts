@@ -15,6 +15,7 @@
  */
 import assert from 'node:assert/strict'
 
+import { socketMilter } from '../helpers/check'
 import { runCheck } from '../../lib/cli/check'
 import {
   assertMimeDefangInstalled,
@@ -166,6 +167,7 @@ describe('interop: MIMEDefang milter (mimedefang -y with mimedefang-multiplexor)
   it('negotiates protocol 6 with the full offer (actions 0x1ff) and sets its macro lists', async () => {
     const report = await runCheck({
       milter: md.socket,
+      def: socketMilter(md.socket),
       message: Buffer.from(clean('negotiation', 'md-neg')),
       from: 'alice@example.org',
       rcpts: ['bob@example.com'],
@@ -173,8 +175,6 @@ describe('interop: MIMEDefang milter (mimedefang -y with mimedefang-multiplexor)
       clientName: 'localhost',
       helo: 'localhost',
       macros: {},
-      protocol: 6,
-      timeoutMs: 30000,
       trace: false,
     })
     assert.equal(report.verdict, 'accept', JSON.stringify(report))

@@ -14,6 +14,7 @@
  */
 import assert from 'node:assert/strict'
 
+import { socketMilter } from '../helpers/check'
 import { runCheck } from '../../lib/cli/check'
 import {
   assertRspamdInstalled,
@@ -163,6 +164,7 @@ describe('interop: rspamd milter (rspamd_proxy, milter = yes)', function () {
   it('negotiates protocol 6 with the full offer (actions 0x1ff)', async () => {
     const report = await runCheck({
       milter: rspamd.socket,
+      def: socketMilter(rspamd.socket),
       message: Buffer.from(message('negotiation', { id: 'rspamd-neg' })),
       from: 'alice@example.org',
       rcpts: ['bob@example.com'],
@@ -170,8 +172,6 @@ describe('interop: rspamd milter (rspamd_proxy, milter = yes)', function () {
       clientName: 'localhost',
       helo: 'localhost',
       macros: {},
-      protocol: 6,
-      timeoutMs: 30000,
       trace: false,
     })
     assert.equal(report.verdict, 'accept', JSON.stringify(report))

@@ -135,6 +135,8 @@ export async function startTlsProxy(opts: {
   key: string
   target: number
   clientCa?: string
+  /** The highest TLS version the proxy speaks (TLS 1.2: a missing client certificate fails the handshake itself). */
+  maxVersion?: tls.SecureVersion
 }): Promise<TlsProxy> {
   const sockets = new Set<net.Socket>()
   const proxy: TlsProxy = { port: 0, tlsErrors: [], secured: 0, stop: () => Promise.resolve() }
@@ -142,6 +144,7 @@ export async function startTlsProxy(opts: {
     {
       cert: fs.readFileSync(opts.cert),
       key: fs.readFileSync(opts.key),
+      ...(opts.maxVersion ? { maxVersion: opts.maxVersion } : {}),
       ...(opts.clientCa
         ? { ca: fs.readFileSync(opts.clientCa), requestCert: true, rejectUnauthorized: true }
         : {}),

@@ -22,6 +22,7 @@ import {
   type StartedMilter,
   type Transport,
 } from '../helpers/milter-process'
+import { makeCerts, startTlsProxy, type TestCerts, type TlsProxy } from '../helpers/tls'
 
 const CLI = path.join(repoRoot(), 'dist', 'bin', 'haraka-milter.js')
 
@@ -241,7 +242,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     assert.deepEqual(eom.headers, [['Subject', 'lf']])
     assert.equal(eom.body, 'line one\r\nline two\r\n')
     assert.match(r.stdout, /^verdict: accept$/m)
-    // with no --from / --rcpt, the defaults
+    // with no --from / --rcpt and no From / To headers, the defaults
     assert.equal(one(m, 'envfrom').sender, '<sender@example.org>')
     assert.equal(one(m, 'envrcpt').rcpt, '<recipient@example.org>')
   })
@@ -252,7 +253,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
         { op: 'insheader', index: 0, name: 'X-Top', value: 'first' },
         { op: 'chgheader', name: 'To', index: 1, value: '' },
         { op: 'addrcpt_par', rcpt: '<par@example.org>', params: 'NOTIFY=NEVER' },
-        { op: 'delrcpt', rcpt: '<recipient@example.org>' },
+        { op: 'delrcpt', rcpt: '<bob@example.net>' },
       ],
     })
     const out = path.join(dir, 'ins.eml')
@@ -265,9 +266,10 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
       '  insert header at 0 X-Top: "first"',
       '  delete header To #1',
       '  add recipient <par@example.org> NOTIFY=NEVER',
-      '  delete recipient <recipient@example.org>',
+      '  delete recipient <bob@example.net>',
     ])
-    assert.ok(l.includes('envelope: from <sender@example.org> to <par@example.org>'), r.stdout)
+    // no --from / --rcpt: the envelope from the message's From and To
+    assert.ok(l.includes('envelope: from <alice@example.com> to <par@example.org>'), r.stdout)
     assert.equal(
       fs.readFileSync(out, 'latin1'),
       'X-Top: first\r\n' +
@@ -347,7 +349,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
       address: '127.0.0.1',
     })
     assert.deepEqual(stage('helo').fields, { helo: 'localhost' })
-    assert.deepEqual(stage('mail').fields, { args: ['<sender@example.org>'] })
+    assert.deepEqual(stage('mail').fields, { args: ['<alice@example.com>'] })
     assert.deepEqual(stage('rcpt').fields, { args: ['<bob@example.net>'] })
     assert.deepEqual(stage('header').fields, { name: 'From', value: 'Alice <alice@example.com>' })
     assert.deepEqual(stage('body').fields, { bytes: Buffer.byteLength(BODY), preview: BODY })
@@ -769,12 +771,12 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
       [
         'a bad --protocol',
         (f) => ['check', '--milter', 'inet:1@127.0.0.1', '--protocol', '7', f],
-        /--protocol must be 2 to 6, not "7"/,
+        /--protocol: must be an integer from 2 to 6, not "7"/,
       ],
       [
         'a non-numeric --protocol',
         (f) => ['check', '--milter', 'inet:1@127.0.0.1', '--protocol', 'six', f],
-        /--protocol must be 2 to 6/,
+        /--protocol: must be an integer from 2 to 6, not "six"/,
       ],
       [
         'an unreadable file',
@@ -799,7 +801,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
       [
         'a bad --timeout',
         (f) => ['check', '--milter', 'inet:1@127.0.0.1', '--timeout', '0', f],
-        /--timeout must be a positive number/,
+        /--timeout: must be a number of seconds/,
       ],
       [
         'an unknown option',
@@ -935,7 +937,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     assert.ok(i > 0, r.stdout)
     assert.equal(l[i + 1], '  550 5.1.1 No such user')
     assert.equal(l[i + 2], 'rcpt <good@example.com>: continue')
-    assert.ok(l.includes('envelope: from <sender@example.org> to <good@example.com>'), r.stdout)
+    assert.ok(l.includes('envelope: from <alice@example.com> to <good@example.com>'), r.stdout)
     assert.equal(l[l.length - 1], 'verdict: accept')
     assert.deepEqual(
       m.eventsOf('envrcpt').map((e) => [e.rcpt, e.macros['{rcpt_addr}']]),
@@ -947,7 +949,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     assert.equal(one(m, 'eom').bodySha256, sha256(BODY))
   })
 
-  it('every --rcpt rejected: exit 1, no DATA', async function () {
+  it('every --rcpt rejected: exit 1, no DATA, the reply Haraka gave the last RCPT', async function () {
     const m = await start({ reply: { rcpt: 'reject' } })
     const r = await runCli([
       'check',
@@ -960,7 +962,7 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
       msgFile,
     ])
     assert.equal(r.code, 1, r.stdout + r.stderr)
-    assert.match(r.stdout, /^verdict: reject \(554 5\.5\.1 No valid recipients\)$/m)
+    assert.match(r.stdout, /^verdict: reject \(550 5\.7\.1 Command rejected\)$/m)
     assert.equal(m.eventsOf('envrcpt').length, 2)
     assert.equal(m.eventsOf('data').length, 0)
   })
@@ -987,5 +989,202 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     assert.equal(c.hostaddr[0], '2001:db8::7')
     assert.match(fs.readFileSync(out, 'latin1'), /^Subject: Edited subject\r$/m)
     assert.equal(one(m, 'eom').bodySha256, sha256(BODY))
+  })
+})
+
+describe('haraka-milter config and check --config (CLI) against libmilter (scripted.py)', function () {
+  this.timeout(30000)
+  let dir: string
+
+  before(function () {
+    assertPymilterInstalled()
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'haraka-milter-config-'))
+  })
+
+  after(async function () {
+    await stopAllMilters()
+    if (dir) fs.rmSync(dir, { recursive: true, force: true })
+  })
+
+  function writeIni(name: string, text: string): string {
+    const file = path.join(dir, name)
+    fs.writeFileSync(file, text)
+    return file
+  }
+
+  it('config --probe: the effective configuration, the warnings, each endpoint negotiated; exit 0', async function () {
+    const m = await startScriptedMilter({}, { transport: 'inet' })
+    const file = writeIni(
+      'ok.ini',
+      `[main]\nmilters = dkim\ndefualt_action = accept\n\n[milter.dkim]\nsocket = ${m.socket}\ncommand_timeout = 7\n` +
+        `[listener.submission]\nlisten = 127.0.0.1:587\nmilters = dkim\nsource_channel = tcp_auth\n`,
+    )
+    const r = await runCli(['config', '--config', file, '--probe'])
+    assert.equal(r.code, 0, r.stdout + r.stderr)
+    const l = lines(r.stdout)
+    assert.equal(l[0], `${file}: ok`)
+    assert.ok(
+      l.includes('listener submission (127.0.0.1:587): milters dkim; source_channel tcp_auth'),
+      r.stdout,
+    )
+    assert.ok(l.includes('listener * (any other address): milters dkim; source_channel tcp_local'))
+    assert.ok(l.includes(`  endpoints: ${m.socket}`))
+    assert.ok(l.includes('  default_action: tempfail; failure_scope: message'), r.stdout)
+    assert.ok(l.includes('  timeouts: connect 10s, command 7s, content 300s, eom 300s'))
+    assert.ok(l.some((x) => x.startsWith(`probe dkim ${m.socket}: ok, version 6, actions 0x1ff`)))
+    assert.ok(
+      l.includes(
+        `warning: ${file} [main] defualt_action: unknown key, ignored (did you mean default_action?)`,
+      ),
+      r.stdout,
+    )
+    const j = await runCli(['config', '--config', file, '--probe', '--json'])
+    assert.equal(j.code, 0)
+    const doc = JSON.parse(j.stdout)
+    assert.equal(doc.ok, true)
+    assert.deepEqual(doc.milters[0].endpoints, [m.socket])
+    assert.equal(doc.probes[0].ok, true)
+    assert.equal(doc.probes[0].negotiated.version, 6)
+  })
+
+  it('config: an error exits 1 and says what the plugin would log; a dead endpoint fails its probe', async function () {
+    const bad = writeIni(
+      'bad.ini',
+      '[main]\nmilters = x\n[milter.x]\nsocket = inet:1@127.0.0.1\nprotocol = 9\n',
+    )
+    const r = await runCli(['config', '--config', bad])
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    assert.match(
+      r.stdout,
+      /^error: .*bad\.ini \[milter\.x\] protocol: must be an integer from 2 to 6, not "9"$/m,
+    )
+    const down = writeIni(
+      'down.ini',
+      '[main]\nmilters = x\n[milter.x]\nsocket = inet:1@127.0.0.1\nconnect_timeout = 2\n',
+    )
+    const p = await runCli(['config', '--config', down, '--probe'])
+    assert.equal(p.code, 1, p.stdout + p.stderr)
+    assert.match(p.stdout, /^probe x inet:1@127\.0\.0\.1: FAILED MILTER_ERR_CONNECT: /m)
+  })
+
+  it('check --config --milter NAME: the configured milter with its settings, envelope from the headers', async function () {
+    const m = await startScriptedMilter(
+      { reply: { mail: { code: '553', xcode: '5.1.8', text: 'bad sender' } } },
+      { transport: 'inet' },
+    )
+    const file = writeIni(
+      'check.ini',
+      `[main]\nmilters = one\nreply_code = enhanced_only\n[milter.one]\nsocket = ${m.socket}\n`,
+    )
+    const msg = path.join(dir, 'm.eml')
+    fs.writeFileSync(
+      msg,
+      'Return-Path: <bounce@example.org>\r\nFrom: a@example.com\r\nTo: "B" <b@example.net>, c@example.net\r\nSubject: x\r\n\r\nbody\r\n',
+    )
+    const r = await runCli(['check', '--config', file, '--milter', 'one', msg])
+    assert.equal(r.code, 1, r.stdout + r.stderr)
+    // enhanced_only from [main]: 550 with the milter's enhanced code and text
+    assert.match(r.stdout, /^verdict: reject \(550 5\.1\.8 bad sender\)$/m)
+    assert.equal(one(m, 'envfrom').sender, '<bounce@example.org>')
+    const refused = await runCli([
+      'check',
+      '--config',
+      file,
+      '--milter',
+      'one',
+      '--protocol',
+      '2',
+      msg,
+    ])
+    assert.equal(refused.code, 2)
+    assert.match(refused.stderr, /--protocol cannot be used with --config/)
+    const unknown = await runCli(['check', '--config', file, '--milter', 'two', msg])
+    assert.equal(unknown.code, 2)
+    assert.match(unknown.stderr, /has no milter "two" \(milters: one\)/)
+  })
+
+  describe('check over TLS, with the milter.ini keys as flags', function () {
+    let certs: TestCerts
+    let port: number
+    const proxies: TlsProxy[] = []
+
+    before(async function () {
+      certs = makeCerts()
+      const m = await startScriptedMilter(
+        { eom: [{ op: 'addheader', name: 'X-Tls', value: 'yes' }] },
+        { transport: 'inet' },
+      )
+      port = Number(/^inet:(\d+)@/.exec(m.socket)?.[1])
+    })
+
+    after(async function () {
+      for (const p of proxies) await p.stop()
+      certs?.remove()
+    })
+
+    async function proxy(maxVersion?: 'TLSv1.2'): Promise<string> {
+      const p = await startTlsProxy({
+        cert: certs.serverCert,
+        key: certs.serverKey,
+        target: port,
+        clientCa: certs.ca,
+        ...(maxVersion ? { maxVersion } : {}),
+      })
+      proxies.push(p)
+      return `inet:${p.port}@127.0.0.1`
+    }
+
+    const msg = (): string => {
+      const f = path.join(dir, 'tls.eml')
+      fs.writeFileSync(f, MESSAGE)
+      return f
+    }
+
+    it('with the client certificate: the milter is reached over TLS and edits the message', async function () {
+      const r = await runCli([
+        'check',
+        '--milter',
+        await proxy(),
+        '--tls-ca',
+        certs.ca,
+        '--tls-cert',
+        certs.clientCert,
+        '--tls-key',
+        certs.clientKey,
+        msg(),
+      ])
+      assert.equal(r.code, 0, r.stdout + r.stderr)
+      assert.match(r.stdout, /^ {2}add header X-Tls: "yes"$/m)
+    })
+
+    for (const version of ['TLSv1.3', 'TLSv1.2'] as const)
+      it(`${version}, no client certificate: a TLS connect failure naming the alert, with the hint, on one line`, async function () {
+        const socket = await proxy(version === 'TLSv1.2' ? 'TLSv1.2' : undefined)
+        const r = await runCli(['check', '--milter', socket, '--tls-ca', certs.ca, msg()])
+        assert.equal(r.code, 2, r.stdout + r.stderr)
+        const line = lines(r.stdout).find((l) => l.startsWith('error: '))
+        assert.ok(line, r.stdout)
+        assert.match(
+          line,
+          /^error: MILTER_ERR_CONNECT: .*TLS.* failed: the milter sent the TLS alert "(certificate required|handshake failure)" \(ERR_SSL_[\w/]+\); the milter probably requires a client certificate it accepts: set tls_cert and tls_key/,
+        )
+        assert.doesNotMatch(r.stdout, /MILTER_ERR_NEGOTIATE|protocol steps/)
+        if (version === 'TLSv1.3') assert.match(line, /certificate required/)
+      })
+
+    it('config --probe reports the same failure for a configured TLS milter', async function () {
+      const socket = await proxy()
+      const file = path.join(dir, 'tls.ini')
+      fs.writeFileSync(
+        file,
+        `[main]\nmilters = t\n[milter.t]\nsocket = ${socket}\ntls = true\ntls_ca = ${certs.ca}\n`,
+      )
+      const r = await runCli(['config', '--config', file, '--probe'])
+      assert.equal(r.code, 1, r.stdout + r.stderr)
+      assert.match(
+        r.stdout,
+        /^probe t inet:\d+@127\.0\.0\.1: FAILED MILTER_ERR_CONNECT: .*TLS alert "certificate required".*set tls_cert and tls_key$/m,
+      )
+    })
   })
 })

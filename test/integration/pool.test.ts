@@ -22,7 +22,7 @@ function def(m: StartedMilter): MilterDef {
   return {
     name: 'pooled',
     socketText: m.socket,
-    socket: parseSocketSpec(m.socket),
+    endpoints: [{ spec: parseSocketSpec(m.socket), text: m.socket }],
     protocol: 6,
     defaultAction: 'tempfail',
     timeouts: { connectMs: 3000, commandMs: 3000, contentMs: 3000 },

@@ -44,11 +44,18 @@ function fakeOpener(down: Set<string>): {
 }
 
 describe('MilterPool: several endpoints', () => {
-  it('parses the list: socket is the first endpoint, endpointTexts in order', () => {
+  it('parses the list: endpoint records in order', () => {
     const d = def()
-    assert.deepEqual(d.endpointTexts, [A, B, C])
-    assert.equal(d.endpoints?.length, 3)
-    assert.deepEqual(d.socket, { kind: 'tcp', host: '127.0.0.1', port: 1001, family: 4 })
+    assert.deepEqual(
+      d.endpoints.map((e) => e.text),
+      [A, B, C],
+    )
+    assert.deepEqual(d.endpoints[0]?.spec, {
+      kind: 'tcp',
+      host: '127.0.0.1',
+      port: 1001,
+      family: 4,
+    })
     assert.equal(d.socketText, `${A}, ${B}, ${C}`)
     assert.equal(d.balance, 'failover')
   })
@@ -85,8 +92,8 @@ describe('MilterPool: several endpoints', () => {
     for (let i = 0; i < 5; i++) assert.equal(pool.endpointOf(await pool.acquire(d)), B)
     // A dialled until its breaker opened (2 failures), then never again
     assert.deepEqual(f.dials, [A, B, A, B, B, B, B])
-    assert.equal(pool.breakerFor(d, { spec: d.socket, text: A }).state, 'open')
-    assert.equal(pool.breakerFor(d, { spec: d.socket, text: B }).state, 'closed')
+    assert.equal(pool.breakerFor(d, d.endpoints[0]).state, 'open')
+    assert.equal(pool.breakerFor(d, d.endpoints[1]).state, 'closed')
   })
 
   it('every endpoint down: dialled until the breakers open, then MILTER_ERR_UNAVAILABLE at once', async () => {
@@ -156,7 +163,7 @@ describe('MilterPool: several endpoints', () => {
     const pool = new MilterPool({ reuse: false }, f.open)
     const d = def({ breaker_failures: 1, breaker_backoff: 1 })
     assert.equal(pool.endpointOf(await pool.acquire(d)), B)
-    const breakerA = pool.breakerFor(d, { spec: d.socket, text: A })
+    const breakerA = pool.breakerFor(d, d.endpoints[0])
     assert.equal(breakerA.state, 'open')
     assert.equal(pool.endpointOf(await pool.acquire(d)), B)
     down.delete(A)

@@ -90,7 +90,12 @@ describe('config: parseMilterConfig', () => {
       const a = milter(cfg, 'a')
       assert.equal(a.name, 'a')
       assert.equal(a.socketText, 'inet:8891@127.0.0.1')
-      assert.deepEqual(a.socket, { kind: 'tcp', host: '127.0.0.1', port: 8891, family: 4 })
+      assert.deepEqual(a.endpoints[0]?.spec, {
+        kind: 'tcp',
+        host: '127.0.0.1',
+        port: 8891,
+        family: 4,
+      })
       assert.equal(a.protocol, 6)
       assert.equal(a.defaultAction, 'tempfail')
       assert.deepEqual(a.timeouts, {
@@ -126,8 +131,16 @@ describe('config: parseMilterConfig', () => {
       })
       assert.deepEqual([...cfg.milters.keys()], ['zeta', 'alpha', 'mid'])
       assert.deepEqual(cfg.defaultMilters, ['zeta', 'alpha', 'mid'])
-      assert.deepEqual(milter(cfg, 'zeta').socket, { kind: 'unix', path: '/run/z.sock' })
-      assert.deepEqual(milter(cfg, 'mid').socket, { kind: 'tcp', host: '::1', port: 2, family: 6 })
+      assert.deepEqual(milter(cfg, 'zeta').endpoints[0]?.spec, {
+        kind: 'unix',
+        path: '/run/z.sock',
+      })
+      assert.deepEqual(milter(cfg, 'mid').endpoints[0]?.spec, {
+        kind: 'tcp',
+        host: '::1',
+        port: 2,
+        family: 6,
+      })
     })
   })
 
@@ -786,7 +799,12 @@ describe('config: the shipped config/milter.ini', () => {
     const ini = iniReader.parseIni('milter.ini', {}, uncommented) as Ini
     const cfg = parseMilterConfig(ini)
     const d = milter(cfg, 'opendkim')
-    assert.deepEqual(d.socket, { kind: 'tcp', host: '127.0.0.1', port: 8891, family: 4 })
+    assert.deepEqual(d.endpoints[0]?.spec, {
+      kind: 'tcp',
+      host: '127.0.0.1',
+      port: 8891,
+      family: 4,
+    })
     assert.equal(d.protocol, 6)
     assert.deepEqual(d.macros.get(MacroStage.CONNECT), ['j', '{client_addr}'])
     assert.deepEqual(cfg.listeners[0]?.listen, [

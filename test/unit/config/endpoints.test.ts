@@ -54,11 +54,15 @@ describe('config: endpoint lists and balance', () => {
     )
   })
 
-  it('one endpoint: as before (socket, socketText), endpoints of one', () => {
+  it('one endpoint: socketText, and endpoints of one record', () => {
     const d = milter({ socket: 'inet:8891@127.0.0.1' })
     assert.equal(d.socketText, 'inet:8891@127.0.0.1')
-    assert.deepEqual(d.endpointTexts, ['inet:8891@127.0.0.1'])
-    assert.deepEqual(d.endpoints, [d.socket])
+    assert.deepEqual(d.endpoints, [
+      {
+        spec: { kind: 'tcp', host: '127.0.0.1', port: 8891, family: 4 },
+        text: 'inet:8891@127.0.0.1',
+      },
+    ])
     assert.equal(d.balance, 'failover')
     assert.equal(d.tls, undefined)
   })

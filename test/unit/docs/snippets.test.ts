@@ -15,7 +15,6 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 
 import { parseMilterConfig, type Ini } from '../../../lib/config'
-import { KNOWN_KEYS } from '../../../lib/config-lint'
 import { REPO_ROOT } from '../../helpers/paths'
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -138,75 +137,8 @@ describe('docs: every ini snippet is a milter.ini the plugin accepts', () => {
   }
 })
 
-/** The backticked names in a table cell: "`a`, `b`" -> [a, b]; placeholders (_domain_) none. */
-function cellKeys(cell: string): string[] {
-  return [...cell.matchAll(/`([^`]+)`/g)].map((m) => m[1] ?? '')
-}
-
-/** The rows (cells) of the first table after the heading `## \`[SECTION]\``. */
-function tableOf(md: string, section: string): string[][] {
-  const lines = md.split('\n')
-  const at = lines.findIndex((l) => l.trim() === `## \`[${section}]\``)
-  assert.ok(at >= 0, `docs/configuration.md has a heading ## \`[${section}]\``)
-  const rows: string[][] = []
-  let i = at + 1
-  while (i < lines.length && !(lines[i] ?? '').startsWith('|')) {
-    assert.ok(
-      !(lines[i] ?? '').startsWith('## '),
-      `[${section}] has a table before the next section`,
-    )
-    i++
-  }
-  for (; i < lines.length && (lines[i] ?? '').startsWith('|'); i++)
-    rows.push(
-      (lines[i] ?? '')
-        .split('|')
-        .slice(1, -1)
-        .map((c) => c.trim()),
-    )
-  return rows
-}
-
-describe('docs: the configuration reference lists exactly the keys the plugin knows', () => {
-  const md = read('docs/configuration.md')
-  const sorted = (a: Iterable<string>): string[] => [...new Set(a)].sort()
-
-  /** Keys of a section's table, and the rows as header -> cell records. */
-  function table(section: string): Array<{ keys: string[]; cells: Record<string, string> }> {
-    const [header, , ...rows] = tableOf(md, section)
-    assert.ok(header && header[0] === 'key', `[${section}]'s table starts with a key column`)
-    return rows.map((r) => ({
-      keys: cellKeys(r[0] ?? ''),
-      cells: Object.fromEntries(header.map((h, i) => [h, r[i] ?? ''])),
-    }))
-  }
-
-  for (const section of Object.keys(KNOWN_KEYS).filter((s) => s !== 'main')) {
-    it(`[${section}]`, () => {
-      assert.deepEqual(
-        sorted(table(section).flatMap((r) => r.keys)),
-        sorted(KNOWN_KEYS[section] ?? []),
-      )
-    })
-  }
-
-  it('[main]: its own table plus the [milter.NAME] keys marked "yes" under "in [main]"', () => {
-    const shared = table('milter.NAME')
-      .filter((r) => r.cells['in [main]'] === 'yes')
-      .flatMap((r) => r.keys)
-    assert.deepEqual(
-      sorted([...table('main').flatMap((r) => r.keys), ...shared]),
-      sorted(KNOWN_KEYS['main'] ?? []),
-    )
-  })
-
-  it('every row has a type, a default, when it applies and why', () => {
-    for (const section of Object.keys(KNOWN_KEYS))
-      for (const r of table(section))
-        for (const col of ['type', 'default', 'applies', 'why'])
-          assert.ok(r.cells[col], `[${section}] ${r.keys.join(', ')}: ${col}`)
-  })
-})
+// The configuration reference is generated from the key table (lib/config-keys.ts);
+// test/unit/config/docs.test.ts fails when the committed page drifts from it.
 
 /** GitHub's anchor for a heading. */
 function slug(heading: string): string {
