@@ -9,6 +9,7 @@ import type { ListenerDef, MilterConfig, MilterDef } from '../config'
 import { isMilterError } from '../errors'
 import { openMilter } from '../pool'
 import { MACRO_STAGE_NAMES } from '../protocol/constants'
+import { DEFAULT_LIMITS } from '../session/limits'
 import type { Endpoint } from '../transport/spec'
 import { negotiatedReport, type NegotiatedReport } from './check'
 import type { LoadedConfig } from './config-file'
@@ -18,6 +19,8 @@ export interface ListenerView {
   name: string
   listen: string[]
   milters: string[]
+  /** True when the section has no `milters` key and runs [main]'s default_milters. */
+  inherited: boolean
   sourceChannel: string
 }
 
@@ -39,7 +42,7 @@ export interface MilterView {
   macros: Record<string, string[]>
   conditions: Record<string, unknown>
   recipientRules: { destinationChannels: string[]; optin: string[] }
-  /** Settings this view does not know by name (limits added later): as parsed. */
+  /** The max_* limits by their milter.ini keys, then any setting this view does not know by name. */
   limits: Record<string, unknown>
 }
 
@@ -107,8 +110,16 @@ function milterView(d: MilterDef): MilterView {
     if (s.recipientDomains.length) conditions['skip_recipient_domains'] = s.recipientDomains
     if (s.largerThan !== undefined) conditions['skip_larger_than'] = s.largerThan
   }
-  const limits: Record<string, unknown> = {}
-  for (const [k, v] of Object.entries(d)) if (!SHOWN.has(k)) limits[k] = v
+  const l = d.limits ?? DEFAULT_LIMITS
+  const limits: Record<string, unknown> = {
+    max_modifications: l.maxModifications,
+    max_added_headers: l.maxAddedHeaders,
+    max_header_bytes: l.maxHeaderBytes,
+    max_replacement_body: l.maxReplacementBody ?? "Haraka's connection.ini [max] bytes",
+    max_macro_names: l.maxMacroNames,
+    max_macro_names_total: l.maxMacroNamesTotal,
+  }
+  for (const [k, v] of Object.entries(d)) if (!SHOWN.has(k) && k !== 'limits') limits[k] = v
   return {
     name: d.name,
     endpoints: d.endpoints.map((e) => e.text),
@@ -184,12 +195,14 @@ export function configView(loaded: LoadedConfig): ConfigView {
       name: l.name,
       listen: l.listen.map(listenText),
       milters: l.milters,
+      inherited: l.miltersFrom === 'main',
       sourceChannel: l.sourceChannel,
     })),
     {
       name: '*',
       listen: [],
       milters: cfg.defaultMilters,
+      inherited: false,
       sourceChannel: cfg.defaultSourceChannel,
     },
   ]
@@ -239,7 +252,10 @@ export function formatConfigView(v: ConfigView): string {
   if (v.ok) {
     for (const l of v.listeners) {
       const where = l.name === '*' ? '* (any other address)' : `${l.name} (${l.listen.join(' ')})`
-      out.push(`listener ${where}: milters ${list(l.milters)}; source_channel ${l.sourceChannel}`)
+      const from = l.inherited ? ' (inherited from [main])' : ''
+      out.push(
+        `listener ${where}: milters ${list(l.milters)}${from}; source_channel ${l.sourceChannel}`,
+      )
     }
     if (v.milters.length === 0) out.push('milters: (none)')
     for (const m of v.milters) {
@@ -273,7 +289,11 @@ export function formatConfigView(v: ConfigView): string {
         out.push(
           `  recipient rules: destination_channels ${list(r.destinationChannels)}; optin ${list(r.optin)}`,
         )
-      for (const [k, x] of Object.entries(m.limits)) out.push(`  ${k}: ${JSON.stringify(x)}`)
+      out.push(
+        `  limits: ${Object.entries(m.limits)
+          .map(([k, x]) => `${k} ${typeof x === 'string' ? x : JSON.stringify(x)}`)
+          .join('; ')}`,
+      )
     }
     for (const [name, keys] of Object.entries(v.sections ?? {}))
       out.push(
