@@ -1,12 +1,13 @@
 /**
  * What a milter's verdict, or its failure, means for the SMTP client: the
  * outcome the chain answers with. Postfix milter8.c's single mapping, as
- * data. Pure: the chain applies the side effects (retiring a milter,
- * keeping a refusal).
+ * data, and what an enforced verdict does to the milter's part in the
+ * connection. Pure: the chain applies the effects (retiring a milter,
+ * keeping a refusal). Failures: failure.ts; shadow milters: shadow.ts.
  */
-import type { DefaultAction } from '../config'
 import type { Verdict } from '../session/types'
 import { REPLIES, type Outcome } from './replies'
+import type { SlotEffect } from './slot'
 
 /** CONNECT and HELO concern the whole connection; the rest one message. */
 export function isConnectionStage(stage: string): boolean {
@@ -44,21 +45,6 @@ export function outcomeOf(stage: string, v: Verdict, milter: string): Outcome {
   }
 }
 
-/** The outcome of a failure under a milter's default_action. */
-export function failureOutcome(action: DefaultAction, milter: string): Outcome {
-  switch (action) {
-    case 'accept':
-    case 'quarantine':
-      return { action: 'continue' }
-    case 'tempfail':
-      return { action: 'tempfail', reply: REPLIES.tempfail, milter, cause: 'failure' }
-    case 'reject':
-      return { action: 'reject', reply: REPLIES.failReject, milter, cause: 'failure' }
-    case 'shutdown':
-      return { action: 'shutdown', reply: REPLIES.failShutdown, milter, cause: 'failure' }
-  }
-}
-
 /**
  * A refusal of the client given after the greeting (at MAIL, or at the
  * recipient that brought a late milter in): a 554, legal only as the
@@ -69,4 +55,54 @@ export function laterRefusal(o: Outcome): Outcome {
     return { ...o, reply: REPLIES.reject }
   }
   return o
+}
+
+/**
+ * What an enforced milter's verdict does besides its outcome: an accept at
+ * CONNECT/HELO retires the milter for the connection; a refusal there holds
+ * for every later MAIL; SHUTDOWN and CONN_FAIL end its part.
+ */
+export function verdictEffect(stage: string, v: Verdict, o: Outcome): SlotEffect {
+  const connection = isConnectionStage(stage)
+  switch (v.kind) {
+    case 'accept':
+      return {
+        outcome: o,
+        event: {
+          level: 'info',
+          message: connection ? 'accepted the connection' : 'accepted the message',
+        },
+        ...(connection ? { next: { kind: 'done' } } : {}),
+      }
+    case 'discard':
+      return {
+        outcome: o,
+        event: {
+          level: 'info',
+          message: connection ? 'discard at CONNECT/HELO ignored' : 'discard',
+        },
+      }
+    case 'reject':
+    case 'tempfail':
+    case 'replycode':
+      // the milter is done with this connection; its refusal holds for every later MAIL
+      if (!connection) return { outcome: o }
+      return {
+        outcome: o,
+        next: o.action === 'shutdown' ? { kind: 'done' } : { kind: 'refused', outcome: o },
+      }
+    case 'shutdown':
+    case 'conn_fail':
+      return {
+        outcome: o,
+        event: {
+          level: 'warn',
+          message: `${v.kind === 'shutdown' ? 'SMFIR_SHUTDOWN' : 'SMFIR_CONN_FAIL'}: closing the SMTP session`,
+        },
+        next: { kind: 'done' },
+      }
+    case 'continue':
+    case 'skip':
+      return { outcome: o }
+  }
 }
