@@ -38,6 +38,7 @@ import { addressKey } from '../lib/message/envelope'
 import { findListener, type Ini, type MilterConfig, type MilterDef } from '../lib/config'
 import { MilterChain, type Outcome } from '../lib/policy/chain'
 import { answerAt, REPLIES, type Stage } from '../lib/policy/replies'
+import { formatReplyLine } from '../lib/protocol/replycode'
 
 /** The plugin object with our state. */
 export interface MilterPlugin extends HarakaPlugin {
@@ -73,9 +74,7 @@ function answer(
       : undefined
   reportOutcome(this, c, stage, decided, answered, endpoint)
   if (st?.kind === 'milters' && answered.action !== 'continue' && answered.action !== 'discard') {
-    const r = answered.reply
-    const text = r.lines.map((l) => [l.enhanced, l.text].filter(Boolean).join(' ')).join(' / ')
-    st.refusal = { milter: answered.milter, reply: `${r.code} ${text}` }
+    st.refusal = { milter: answered.milter, reply: formatReplyLine(answered.reply) }
   }
   const r = toHookResult(answered)
   if (r.kind === 'cont') next()

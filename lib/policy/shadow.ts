@@ -6,6 +6,7 @@
  */
 import type { MilterDef } from '../config'
 import { MilterUnavailableError, type MilterError } from '../errors'
+import { formatReplyLine } from '../protocol/replycode'
 import type { Verdict } from '../session/types'
 import type { MilterEdits } from './content'
 import type { Outcome } from './replies'
@@ -33,7 +34,7 @@ export function shadowVerdict(stage: string, v: Verdict, o: Outcome): SlotEffect
         : `${v.kind} (no effect here)`
       : o.action === 'discard'
         ? 'discard'
-        : `${o.action} with ${o.reply.code} ${o.reply.lines.map((l) => [l.enhanced, l.text].filter(Boolean).join(' ')).join(' / ')}`
+        : `${o.action} with ${formatReplyLine(o.reply)}`
   const fx: SlotEffect = {
     outcome: CONTINUE,
     event: { level: 'notice', message: `shadow: would ${would}; not enforced` },
