@@ -37,7 +37,8 @@ import {
 import { addressKey } from '../lib/message/envelope'
 import { findListener, type Ini, type MilterConfig, type MilterDef } from '../lib/config'
 import { MilterChain, type Outcome } from '../lib/policy/chain'
-import { answerAt, REPLIES, type Stage } from '../lib/policy/replies'
+import { answerAt, REPLIES } from '../lib/policy/replies'
+import { isConnectionStage, type Stage } from '../lib/policy/stage'
 import { formatReplyLine } from '../lib/protocol/replycode'
 
 /** The plugin object with our state. */
@@ -93,7 +94,7 @@ function crash(
     this,
     `internal error at ${stage}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`,
   )
-  const early = stage === 'connect' || stage === 'helo'
+  const early = isConnectionStage(stage)
   answer.call(this, next, c, stage, {
     action: early ? 'shutdown' : 'tempfail',
     reply: early ? REPLIES.internalShutdown : REPLIES.internal,

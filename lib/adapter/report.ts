@@ -6,7 +6,7 @@
 import type { BreakerChange } from '../breaker'
 import type { ChainEvent, MilterReport, Outcome } from '../policy/chain'
 import { formatMilterReport } from '../policy/report'
-import type { Stage } from '../policy/replies'
+import type { Stage } from '../policy/stage'
 import { formatReplyLine } from '../protocol/replycode'
 import type { HarakaConnection } from './haraka'
 

@@ -8,6 +8,7 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 
 import type { MilterReport, ReportOutcome } from '../policy/report'
+import { SCOPE } from '../policy/stage'
 
 /** What the gauges show, read at scrape time (from the pool and its breakers). */
 export interface GaugeFigures {
@@ -41,12 +42,6 @@ export const METRIC = {
   sessionsPooled: `${P}sessions_pooled`,
   endpointUp: `${P}endpoint_up`,
 } as const
-
-/**
- * Stages of a message: a milter asked at none of them (it only saw the
- * connection, or could not be reached) took part in no message.
- */
-const MESSAGE_STAGES: ReadonlySet<string> = new Set(['mail', 'rcpt', 'data', 'eom'])
 
 /** The verdict label: a replycode counts as the reject or tempfail it is. */
 export function verdictLabel(o: ReportOutcome): string {
@@ -160,7 +155,9 @@ export class MilterMetrics {
     for (const r of reports) {
       const { milter, endpoint } = r
       const mode = r.mode
-      if (r.waits.some((w) => MESSAGE_STAGES.has(w.stage)))
+      // a milter asked at no message stage (it only saw the connection, or could not be reached)
+      // took part in no message
+      if (r.waits.some((w) => SCOPE[w.stage] === 'message'))
         this.messages.inc({ milter, endpoint, mode })
       for (const o of r.outcomes) {
         if (o.kind === 'failed')

@@ -39,11 +39,13 @@ import { Replay, replaySteps, type ReplayStep } from './replay'
 import { MilterReports, type MilterReport } from './report'
 import { shadowEdits, shadowVerdict } from './shadow'
 import { Slot, type SlotEffect } from './slot'
-import { isConnectionStage, laterRefusal, outcomeOf, verdictEffect } from './verdicts'
+import { SCOPE, type Stage } from './stage'
+import { laterRefusal, outcomeOf, verdictEffect } from './verdicts'
 
 export type { ClientFacts, MessageFacts } from './conditions'
 export type { MessageInput, MessageResult, MilterEdits } from './content'
 export type { Outcome } from './replies'
+export type { Stage } from './stage'
 export type { RecipientFacts } from './routing'
 export type { MilterReport } from './report'
 
@@ -52,7 +54,7 @@ export interface ChainEvent {
   /** info: detail (Haraka's debug log); notice: for the operator's log (a shadow milter's wishes). */
   level: 'info' | 'notice' | 'warn' | 'error'
   milter: string
-  stage: string
+  stage: Stage
   message: string
   code?: string
 }
@@ -68,9 +70,9 @@ export interface ChainOptions {
   release?: (def: MilterDef, session: MilterSession) => void
   onEvent?: (e: ChainEvent) => void
   /** A milter not contacted because of a skip_* condition, and why (for Haraka's results). */
-  onSkip?: (milter: string, stage: string, reason: string) => void
+  onSkip?: (milter: string, stage: Stage, reason: string) => void
   /** Every verdict a milter gives, as it gives it (for the CLI and per-message logs). */
-  onVerdict?: (milter: string, stage: string, verdict: Verdict) => void
+  onVerdict?: (milter: string, stage: Stage, verdict: Verdict) => void
   /** Each step's verdict or failure code, the endpoint, and the ms waited for it when it was waited (debug). */
   onStep?: (step: Step) => void
   /** Directory for spooled replacement bodies. */
@@ -87,7 +89,7 @@ export interface Step {
   milter: string
   /** The endpoint its session is on (its configured socket(s) when it has none). */
   endpoint: string
-  stage: string
+  stage: Stage
   result: StepResult
   /** Milliseconds waited for it; undefined when nothing was waited for (it could not be opened). */
   ms: number | undefined
@@ -321,11 +323,12 @@ export class MilterChain {
   }
 
   /** Does this milter take part in this stage of the current message? */
-  private participates(slot: Slot, stage: string): boolean {
-    if (slot.skipped !== undefined && !isConnectionStage(stage) && stage !== 'unknown') return false
+  private participates(slot: Slot, stage: Stage): boolean {
+    const scope = SCOPE[stage]
+    if (slot.skipped !== undefined && scope === 'message') return false
     if (!slot.lazy) return true
-    if (stage === 'connect' || stage === 'helo' || stage === 'unknown')
-      return slot.session !== undefined
+    // a rule milter: told of the connection once open, of a message from its first recipient (activate)
+    if (scope !== 'message') return slot.session !== undefined
     if (stage === 'mail') return false
     return this.messageSet?.has(slot) ?? false
   }
@@ -335,7 +338,7 @@ export class MilterChain {
    * wins and later milters are not asked, except shadow milters, which see
    * every command the client sent (their answers are never the outcome).
    */
-  private async each(stage: string, run: (s: MilterSession) => Promise<Verdict>): Promise<Outcome> {
+  private async each(stage: Stage, run: (s: MilterSession) => Promise<Verdict>): Promise<Outcome> {
     let decided: Outcome | undefined
     for (const slot of this.slots) {
       if (!this.participates(slot, stage)) continue
@@ -352,7 +355,7 @@ export class MilterChain {
   /** One milter's answer at a stage, or what its state (failed, refused) stands for. */
   private async ask(
     slot: Slot,
-    stage: string,
+    stage: Stage,
     run: (s: MilterSession) => Promise<Verdict>,
   ): Promise<Outcome> {
     const st = slot.state
@@ -368,7 +371,7 @@ export class MilterChain {
   }
 
   /** Awaits a milter's answer, counting the stage and the time spent waiting. */
-  private async timed<T>(slot: Slot, stage: string, pending: Promise<T>): Promise<T> {
+  private async timed<T>(slot: Slot, stage: Stage, pending: Promise<T>): Promise<T> {
     const started = performance.now()
     try {
       return await pending
@@ -379,7 +382,7 @@ export class MilterChain {
     }
   }
 
-  private step(slot: Slot, stage: string, result: StepResult): void {
+  private step(slot: Slot, stage: Stage, result: StepResult): void {
     if (!this.opts.onStep) return
     const ms = this.lastWait.get(slot)
     this.lastWait.delete(slot)
@@ -388,7 +391,7 @@ export class MilterChain {
   }
 
   /** The outcome of a verdict, with its effect on the milter (verdicts.ts, shadow.ts). */
-  private verdict(slot: Slot, stage: string, v: Verdict): Outcome {
+  private verdict(slot: Slot, stage: Stage, v: Verdict): Outcome {
     this.opts.onVerdict?.(slot.name, stage, v)
     this.step(slot, stage, v)
     this.reports.verdict(slot.def, stage, v)
@@ -401,7 +404,7 @@ export class MilterChain {
   }
 
   /** A failure: the milter's default_action, or nothing for a shadow milter (failure.ts). */
-  private failed(slot: Slot, stage: string, e: unknown): Outcome {
+  private failed(slot: Slot, stage: Stage, e: unknown): Outcome {
     const f = failureOf(slot.def, e, this.endpointOf(slot.name) ?? slot.def.socketText)
     this.step(slot, stage, { kind: 'failed', code: f.error.code })
     this.reports.failure(slot.def, stage, f.error.code, f.action)
@@ -409,13 +412,13 @@ export class MilterChain {
   }
 
   /** Logs an effect's event and moves the milter to its next state. */
-  private apply(slot: Slot, stage: string, fx: SlotEffect): Outcome {
+  private apply(slot: Slot, stage: Stage, fx: SlotEffect): Outcome {
     if (fx.event) this.event(fx.event.level, slot, stage, fx.event.message, fx.event.code)
     if (fx.next) slot.leave(fx.next)
     return fx.outcome
   }
 
-  private async ensureOpen(slot: Slot, stage: string): Promise<void> {
+  private async ensureOpen(slot: Slot, stage: Stage): Promise<void> {
     if (slot.state.kind !== 'idle') return
     this.endpoints.delete(slot.name)
     try {
@@ -443,7 +446,7 @@ export class MilterChain {
    * and replays CONNECT and HELO with the macros they had. A refusal there
    * is the milter's refusal of the client.
    */
-  private async reconnect(slot: Slot, stage: string): Promise<Outcome> {
+  private async reconnect(slot: Slot, stage: Stage): Promise<Outcome> {
     await this.ensureOpen(slot, stage)
     const o = await replaySteps(this.replayed.client, (r) => this.replay(slot, r))
     if (o.action !== 'continue') return o
@@ -525,7 +528,7 @@ export class MilterChain {
   }
 
   /** A milter left out by a skip_* condition. */
-  private skip(slot: Slot, stage: string, reason: string): void {
+  private skip(slot: Slot, stage: Stage, reason: string): void {
     this.reports.skipped(slot.def, stage, reason)
     this.opts.onSkip?.(slot.name, stage, reason)
   }
@@ -533,7 +536,7 @@ export class MilterChain {
   private event(
     level: ChainEvent['level'],
     slot: Slot,
-    stage: string,
+    stage: Stage,
     message: string,
     code?: string,
   ): void {

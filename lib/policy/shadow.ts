@@ -11,7 +11,7 @@ import type { Verdict } from '../session/types'
 import type { MilterEdits } from './content'
 import type { Outcome } from './replies'
 import type { SlotEffect } from './slot'
-import { isConnectionStage } from './verdicts'
+import { isConnectionStage, type Stage } from './stage'
 
 const CONTINUE: Outcome = { action: 'continue' }
 
@@ -25,7 +25,7 @@ export function enforced(def: MilterDef): boolean {
  * milter's part as it would have (the whole connection at CONNECT/HELO,
  * or the message), so it is not asked what it has already decided.
  */
-export function shadowVerdict(stage: string, v: Verdict, o: Outcome): SlotEffect {
+export function shadowVerdict(stage: Stage, v: Verdict, o: Outcome): SlotEffect {
   if (v.kind === 'continue' || v.kind === 'skip') return { outcome: CONTINUE }
   const would =
     o.action === 'continue'

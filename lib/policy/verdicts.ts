@@ -6,16 +6,25 @@
  * keeping a refusal). Failures: failure.ts; shadow milters: shadow.ts.
  */
 import type { Verdict } from '../session/types'
+import type { SmtpReply } from '../protocol/replycode'
 import { REPLIES, type Outcome } from './replies'
 import type { SlotEffect } from './slot'
+import { isConnectionStage, type Stage } from './stage'
 
-/** CONNECT and HELO concern the whole connection; the rest one message. */
-export function isConnectionStage(stage: string): boolean {
-  return stage === 'connect' || stage === 'helo'
-}
+/** A reject without text of its own: the greeting's 554, end of message's 554, else 550. */
+const REJECT_REPLY = {
+  connect: REPLIES.rejectConnect,
+  helo: REPLIES.reject,
+  mail: REPLIES.reject,
+  rcpt: REPLIES.reject,
+  data: REPLIES.reject,
+  eom: REPLIES.rejectEom,
+  unknown: REPLIES.reject,
+  abort: REPLIES.reject,
+} as const satisfies Record<Stage, SmtpReply>
 
 /** The outcome of a verdict at a stage. */
-export function outcomeOf(stage: string, v: Verdict, milter: string): Outcome {
+export function outcomeOf(stage: Stage, v: Verdict, milter: string): Outcome {
   switch (v.kind) {
     case 'continue':
     case 'skip':
@@ -24,15 +33,8 @@ export function outcomeOf(stage: string, v: Verdict, milter: string): Outcome {
     case 'discard':
       // DISCARD at CONNECT/HELO is meaningless: carry on
       return isConnectionStage(stage) ? { action: 'continue' } : { action: 'discard', milter }
-    case 'reject': {
-      const reply =
-        stage === 'eom'
-          ? REPLIES.rejectEom
-          : stage === 'connect'
-            ? REPLIES.rejectConnect
-            : REPLIES.reject
-      return { action: 'reject', reply, milter, cause: 'verdict' }
-    }
+    case 'reject':
+      return { action: 'reject', reply: REJECT_REPLY[stage], milter, cause: 'verdict' }
     case 'tempfail':
       return { action: 'tempfail', reply: REPLIES.tempfail, milter, cause: 'verdict' }
     case 'replycode': {
@@ -62,7 +64,7 @@ export function laterRefusal(o: Outcome): Outcome {
  * CONNECT/HELO retires the milter for the connection; a refusal there holds
  * for every later MAIL; SHUTDOWN and CONN_FAIL end its part.
  */
-export function verdictEffect(stage: string, v: Verdict, o: Outcome): SlotEffect {
+export function verdictEffect(stage: Stage, v: Verdict, o: Outcome): SlotEffect {
   const connection = isConnectionStage(stage)
   switch (v.kind) {
     case 'accept':

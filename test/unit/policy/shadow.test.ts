@@ -7,10 +7,11 @@ import assert from 'node:assert/strict'
 import { MilterConnectError } from '../../../lib/errors'
 import { outcomeOf } from '../../../lib/policy/verdicts'
 import { enforced, shadowEdits, shadowFailure, shadowVerdict } from '../../../lib/policy/shadow'
+import type { Stage } from '../../../lib/policy/stage'
 import type { Verdict } from '../../../lib/session/types'
 import { milterDef } from './defs'
 
-const at = (stage: string, v: Verdict) => shadowVerdict(stage, v, outcomeOf(stage, v, 'm'))
+const at = (stage: Stage, v: Verdict) => shadowVerdict(stage, v, outcomeOf(stage, v, 'm'))
 
 describe('policy: shadow mode', () => {
   it('enforced: only mode = shadow is not', () => {
@@ -21,7 +22,7 @@ describe('policy: shadow mode', () => {
 
   it('continue and skip: nothing to log, nothing changes', () => {
     assert.deepEqual(at('rcpt', { kind: 'continue' }), { outcome: { action: 'continue' } })
-    assert.deepEqual(at('body', { kind: 'skip' }), { outcome: { action: 'continue' } })
+    assert.deepEqual(at('eom', { kind: 'skip' }), { outcome: { action: 'continue' } })
   })
 
   it('a reject at RCPT: the reply it would have given, for the message only', () => {
