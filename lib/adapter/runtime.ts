@@ -20,10 +20,7 @@ export interface RuntimeLog {
 }
 
 /** The log line for a new session's endpoint: info after a failover, else debug. */
-export function endpointText(
-  milter: string,
-  use: EndpointUse,
-): { level: 'info' | 'debug'; text: string } {
+function endpointText(milter: string, use: EndpointUse): { level: 'info' | 'debug'; text: string } {
   const before = [
     ...use.failed.map((f) => `${f.endpoint} failed (${f.reason})`),
     ...use.skipped.map((t) => `${t} marked down, skipped`),
@@ -42,7 +39,7 @@ export function endpointText(
  * on each of its endpoints (failover within one open), then its command,
  * content and end-of-message time.
  */
-export function hookTimeoutSeconds(cfg: MilterConfig): number {
+function hookTimeoutSeconds(cfg: MilterConfig): number {
   let ms = 0
   for (const m of cfg.milters.values()) {
     const t = m.timeouts

@@ -24,7 +24,7 @@ export interface GaugeFigures {
 export type MetricJson = Awaited<ReturnType<Registry['getMetricsAsJSON']>>[number]
 
 /** Latency buckets in seconds: loopback milters answer in well under 1 ms, content scanners take seconds. */
-export const LATENCY_BUCKETS: readonly number[] = [
+const LATENCY_BUCKETS: readonly number[] = [
   0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 ]
 
@@ -44,7 +44,7 @@ export const METRIC = {
 } as const
 
 /** The verdict label: a replycode counts as the reject or tempfail it is. */
-export function verdictLabel(o: ReportOutcome): string {
+function verdictLabel(o: ReportOutcome): string {
   if (o.kind !== 'replycode') return o.kind
   return o.code?.startsWith('4') ? 'tempfail' : 'reject'
 }

@@ -43,7 +43,7 @@ import { SCOPE, type Stage } from './stage'
 import { laterRefusal, outcomeOf, verdictEffect } from './verdicts'
 
 export type { ClientFacts, MessageFacts } from './conditions'
-export type { MessageInput, MessageResult, MilterEdits } from './content'
+export type { MessageInput, MessageResult } from './content'
 export type { Outcome } from './replies'
 export type { Stage } from './stage'
 export type { RecipientFacts } from './routing'

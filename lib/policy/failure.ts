@@ -40,7 +40,7 @@ export function asMilterError(milter: string, e: unknown): MilterError {
 }
 
 /** The outcome of a failure under a milter's default_action. */
-export function failureOutcome(action: DefaultAction, milter: string): Outcome {
+function failureOutcome(action: DefaultAction, milter: string): Outcome {
   switch (action) {
     case 'accept':
     case 'quarantine':

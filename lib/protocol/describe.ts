@@ -145,7 +145,7 @@ function commandFields(c: Command): Fields {
 }
 
 /** How much of a body chunk its fields show (`preview`); `bytes` is its whole size. */
-export const BODY_PREVIEW_BYTES = 64
+const BODY_PREVIEW_BYTES = 64
 
 /** A body chunk (SMFIC_BODY, SMFIR_REPLBODY): its size and its first bytes as text. */
 function bodyFields(chunk: Buffer): Fields {

@@ -27,9 +27,9 @@ export type ReplyCodeResult = { ok: true; reply: SmtpReply } | { ok: false; erro
 const LINE = /^([45][0-9][0-9])(?:([ -])(.*))?$/s
 
 /** RFC 5321 4.5.3.1.5: a reply line is at most 512 octets, CRLF included. */
-export const MAX_REPLY_LINE = 512
+const MAX_REPLY_LINE = 512
 /** libmilter's smfi_setmlreply takes at most 32 lines. */
-export const MAX_REPLY_LINES = 32
+const MAX_REPLY_LINES = 32
 const ENHANCED = /^([245])\.([0-9]{1,3})\.([0-9]{1,3})(?:[ \t]+|$)/
 
 /**

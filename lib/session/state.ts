@@ -52,7 +52,7 @@ export const FROM: Readonly<Record<Step, readonly State[]>> = {
 }
 
 /** The state reached by completing a step with CONTINUE (or by omitting it). */
-export const AFTER: Readonly<Partial<Record<Step, State>>> = {
+const AFTER: Readonly<Partial<Record<Step, State>>> = {
   connect: 'ready',
   helo: 'ready',
   mail: 'mail',
