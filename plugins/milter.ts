@@ -20,9 +20,14 @@ import {
   macroLookup,
   rcptExtras,
   recipientFacts,
-  type LocalDomain,
 } from '../lib/adapter/facts'
-import type { HarakaAddress, HarakaConnection, HarakaPlugin, Next } from '../lib/adapter/haraka'
+import type {
+  HarakaAddress,
+  HarakaConnection,
+  HarakaPlugin,
+  LocalDomain,
+  Next,
+} from '../lib/adapter/haraka'
 import { ConnectionDebug } from '../lib/adapter/debug'
 import { hookCode, toHookResult } from '../lib/adapter/reply'
 import { reportEvent, reportMessage, reportOutcome } from '../lib/adapter/report'

@@ -9,8 +9,7 @@
  */
 import type { MilterConfig } from '../config'
 import type { MilterChain } from '../policy/chain'
-import type { LocalDomain } from './facts'
-import type { HarakaConnection, HarakaTransaction } from './haraka'
+import type { HarakaConnection, HarakaTransaction, LocalDomain } from './haraka'
 
 /** What happens to an accepted message at queue time. */
 export type Disposition =
