@@ -5,6 +5,7 @@
  * lib/policy/replies.ts (answerAt).
  */
 import type { Outcome } from '../policy/replies'
+import type { Next } from './haraka'
 import { replyTexts, smtpLines, type SmtpReply } from '../protocol/replycode'
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -56,6 +57,13 @@ export function toHookResult(o: Outcome): HookResult {
     case 'shutdown':
       return { kind: 'denysoftdisconnect', msg: toDsn(o.reply) }
   }
+}
+
+/** Answers the hook with the outcome (as answerAt made it): `next()`, or its code and DSN. */
+export function respond(next: Next, o: Outcome): void {
+  const r = toHookResult(o)
+  if (r.kind === 'cont') next()
+  else next(hookCode(r.kind), r.msg)
 }
 
 /** Haraka's return constant for a hook result kind (or `ok`). */
