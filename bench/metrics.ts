@@ -7,7 +7,7 @@
  */
 import { parseMilterConfig } from '../lib/config'
 import { MilterMetrics } from '../lib/metrics/recorder'
-import { MilterReports, type MilterReport } from '../lib/policy/report'
+import { MilterReports, type MilterReport } from '../lib/policy/milter-reports'
 
 const cfg = parseMilterConfig({
   main: { milters: 'opendkim rspamd' },

@@ -5,7 +5,7 @@
  */
 import type { BreakerChange } from '../breaker'
 import type { ChainEvent, MilterReport, Outcome } from '../policy/chain'
-import { formatMilterReport } from '../policy/report'
+import { formatMilterReport } from '../policy/milter-reports'
 import type { Stage } from '../policy/stage'
 import { formatReplyLine } from '../protocol/replycode'
 import type { HarakaConnection } from './haraka'

@@ -7,7 +7,7 @@
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 
-import type { MilterReport, ReportOutcome } from '../policy/report'
+import type { MilterReport, ReportOutcome } from '../policy/milter-reports'
 import { SCOPE } from '../policy/stage'
 
 /** What the gauges show, read at scrape time (from the pool and its breakers). */

@@ -11,7 +11,7 @@
  * (what a milter joining late is told again), verdicts.ts (a verdict's
  * outcome and effect), failure.ts (a failure's outcome, state and wording),
  * shadow.ts (what shadow mode changes), content.ts (one milter's content
- * phase and edits), replies.ts (what the client is told), report.ts (what
+ * phase and edits), replies.ts (what the client is told), milter-reports.ts (what
  * each milter did, per message).
  *
  * Why this file is longer than the others: each SMTP stage has its entry
@@ -36,7 +36,7 @@ import type { Outcome } from './replies'
 import { enabledFor, route, type MixedRecipients, type RecipientFacts } from './routing'
 import { failureOf } from './failure'
 import { Replay, replaySteps, type ReplayStep } from './replay'
-import { MilterReports, type MilterReport } from './report'
+import { MilterReports, type MilterReport } from './milter-reports'
 import { shadowEdits, shadowVerdict } from './shadow'
 import { Slot, type SlotEffect } from './slot'
 import { SCOPE, type Stage } from './stage'
@@ -47,7 +47,7 @@ export type { MessageInput, MessageResult } from './content'
 export type { Outcome } from './replies'
 export type { Stage } from './stage'
 export type { RecipientFacts } from './routing'
-export type { MilterReport } from './report'
+export type { MilterReport } from './milter-reports'
 
 /** Something worth logging, with the milter and stage it concerns. */
 export interface ChainEvent {

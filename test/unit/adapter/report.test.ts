@@ -8,7 +8,7 @@ import assert from 'node:assert/strict'
 import { reportMessage } from '../../../lib/adapter/report'
 import type { HarakaConnection } from '../../../lib/adapter/haraka'
 import { parseMilterConfig } from '../../../lib/config'
-import { MilterReports } from '../../../lib/policy/report'
+import { MilterReports } from '../../../lib/policy/milter-reports'
 
 const CFG = parseMilterConfig({
   main: { milters: 'down spam' },

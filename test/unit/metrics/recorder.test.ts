@@ -10,7 +10,7 @@ import { MilterConnectError } from '../../../lib/errors'
 import { aggregate } from '../../../lib/metrics/cluster'
 import { poolFigures } from '../../../lib/metrics/figures'
 import { METRIC, MilterMetrics, type MetricJson } from '../../../lib/metrics/recorder'
-import { MilterReports, type MilterReport } from '../../../lib/policy/report'
+import { MilterReports, type MilterReport } from '../../../lib/policy/milter-reports'
 import { MilterPool } from '../../../lib/pool'
 import type { MilterSession } from '../../../lib/session/session'
 

@@ -3,7 +3,7 @@
  * collector (MilterReports) so that they carry every field a real one has.
  */
 import { parseMilterConfig } from '../../../lib/config'
-import { MilterReports, type MilterReport } from '../../../lib/policy/report'
+import { MilterReports, type MilterReport } from '../../../lib/policy/milter-reports'
 import type { Stage } from '../../../lib/policy/stage'
 import type { Verdict } from '../../../lib/session/types'
 
