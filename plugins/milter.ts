@@ -30,7 +30,7 @@ import type {
 } from '../lib/adapter/haraka'
 import { ConnectionDebug } from '../lib/adapter/debug'
 import { hookCode, respond } from '../lib/adapter/reply'
-import { reportEvent, reportMessage, reportOutcome } from '../lib/adapter/report'
+import { reportEvent, reportMessage, reportOutcome } from '../lib/adapter/log'
 import { Runtime } from '../lib/adapter/runtime'
 import {
   connectionState,

@@ -8,7 +8,7 @@ import { poolFigures } from '../metrics/figures'
 import type { MilterMetrics } from '../metrics/recorder'
 import { metricsWanted, MetricsService, type Role } from '../metrics/service'
 import { endpointsOf, MilterPool, type EndpointUse } from '../pool'
-import { breakerText } from './report'
+import { breakerText } from './log'
 
 /** What the runtime logs through (the Haraka plugin object). */
 export interface RuntimeLog {
