@@ -4,7 +4,7 @@
  */
 import { parseReplyCode } from '../protocol/replycode'
 import type { CheckJson, CheckReport } from './check'
-import { formatPacket, type ModificationReport } from '../protocol/describe'
+import { formatPacket, type ModificationReport } from '../debug/packet-trace'
 
 /** Exit status: 0 accepted (or discarded), 1 rejected or temp-failed, 2 error. */
 export function exitCode(r: CheckReport): number {
