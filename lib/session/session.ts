@@ -9,8 +9,9 @@
  * Why this file is longer than the others: it is the protocol's state
  * machine with one method per step (go-milter's layout), and splitting the
  * steps apart would scatter one conversation. What is not a step lives
- * beside it: state.ts (transitions), reader.ts (frames, flow control,
- * timers), verdicts.ts (what a reply means), types.ts, negotiate.ts.
+ * beside it: state.ts (transitions, SKIP and QUIT_NC included), reader.ts
+ * (frames, flow control, timers), verdicts.ts (what a reply means),
+ * types.ts, negotiate.ts.
  *
  * § references are to docs/milter-protocol.md.
  */
