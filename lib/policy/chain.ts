@@ -37,7 +37,7 @@ import { enabledFor, route, type MixedRecipients, type RecipientFacts } from './
 import { failureOf } from './failure'
 import { Replay, replaySteps, type ReplayStep } from './replay'
 import { MilterReports, type MilterReport } from './milter-reports'
-import { shadowEdits, shadowVerdict } from './shadow'
+import { shadowEdits } from './shadow'
 import { Slot, type SlotEffect } from './slot'
 import { SCOPE, type Stage } from './stage'
 import { laterRefusal, outcomeOf, verdictEffect } from './verdicts'
@@ -252,8 +252,9 @@ export class MilterChain {
         this.abortOne(slot)
         continue
       }
+      // a shadow milter's outcome is always continue (shadow.ts): it never decides
       const outcome = await this.contentOf(slot, s, input, result)
-      if (slot.shadow || outcome.action === 'continue') continue
+      if (outcome.action === 'continue') continue
       result.outcome = outcome
       if (outcome.action === 'discard') this.messageDiscarded = true
     }
@@ -345,7 +346,7 @@ export class MilterChain {
       // a discard at an earlier stage ends the message for enforcing milters (helo() and mail() reset it)
       if (!slot.shadow && (decided !== undefined || this.messageDiscarded)) continue
       const outcome = await this.ask(slot, stage, run)
-      if (slot.shadow || outcome.action === 'continue') continue
+      if (outcome.action === 'continue') continue
       if (outcome.action === 'discard') this.messageDiscarded = true
       decided = outcome
     }
@@ -396,11 +397,7 @@ export class MilterChain {
     this.step(slot, stage, v)
     this.reports.verdict(slot.def, stage, v)
     const o = outcomeOf(stage, v, slot.name)
-    return this.apply(
-      slot,
-      stage,
-      slot.shadow ? shadowVerdict(stage, v, o) : verdictEffect(stage, v, o),
-    )
+    return this.apply(slot, stage, verdictEffect(slot.def, stage, v, o))
   }
 
   /** A failure: the milter's default_action, or nothing for a shadow milter (failure.ts). */

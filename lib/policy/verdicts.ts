@@ -6,8 +6,10 @@
  * keeping a refusal). Failures: failure.ts; shadow milters: shadow.ts.
  */
 import type { Verdict } from '../session/types'
+import type { MilterDef } from '../config'
 import type { SmtpReply } from '../protocol/replycode'
 import { REPLIES, type Outcome } from './replies'
+import { enforced, shadowVerdict } from './shadow'
 import type { SlotEffect } from './slot'
 import { isConnectionStage, type Stage } from './stage'
 
@@ -60,11 +62,13 @@ export function laterRefusal(o: Outcome): Outcome {
 }
 
 /**
- * What an enforced milter's verdict does besides its outcome: an accept at
+ * What a milter's verdict does besides its outcome: an accept at
  * CONNECT/HELO retires the milter for the connection; a refusal there holds
- * for every later MAIL; SHUTDOWN and CONN_FAIL end its part.
+ * for every later MAIL; SHUTDOWN and CONN_FAIL end its part. A shadow
+ * milter's verdict is only logged (shadow.ts).
  */
-export function verdictEffect(stage: Stage, v: Verdict, o: Outcome): SlotEffect {
+export function verdictEffect(def: MilterDef, stage: Stage, v: Verdict, o: Outcome): SlotEffect {
+  if (!enforced(def)) return shadowVerdict(stage, v, o)
   const connection = isConnectionStage(stage)
   switch (v.kind) {
     case 'accept':

@@ -5,7 +5,8 @@
 import assert from 'node:assert/strict'
 
 import { MilterConnectError } from '../../../lib/errors'
-import { outcomeOf } from '../../../lib/policy/verdicts'
+import { STAGES } from '../../../lib/policy/stage'
+import { outcomeOf, verdictEffect } from '../../../lib/policy/verdicts'
 import { enforced, shadowEdits, shadowFailure, shadowVerdict } from '../../../lib/policy/shadow'
 import type { Stage } from '../../../lib/policy/stage'
 import type { Verdict } from '../../../lib/session/types'
@@ -102,5 +103,23 @@ describe('policy: shadow mode', () => {
       ),
       'shadow: would edit addheader=2 delrcpt=1 replbody=1 quarantine (spam); not applied',
     )
+  })
+
+  it('never decides: every verdict at every stage is a continue for the chain', () => {
+    const def = milterDef({ mode: 'shadow', default_action: 'reject' })
+    const verdicts: Verdict[] = [
+      { kind: 'accept' },
+      { kind: 'reject' },
+      { kind: 'tempfail' },
+      { kind: 'discard' },
+      { kind: 'shutdown' },
+      { kind: 'conn_fail' },
+      { kind: 'replycode', reply: { code: 421, lines: [{ text: 'bye' }] } },
+    ]
+    for (const stage of STAGES)
+      for (const v of verdicts)
+        assert.deepEqual(verdictEffect(def, stage, v, outcomeOf(stage, v, 'm')).outcome, {
+          action: 'continue',
+        })
   })
 })
