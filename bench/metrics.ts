@@ -7,7 +7,7 @@
  */
 import { parseMilterConfig } from '../lib/config'
 import { MilterMetrics } from '../lib/metrics/recorder'
-import { MilterReports, type MilterReport } from '../lib/policy/report'
+import { MilterReports, type MilterReport } from '../lib/policy/milter-reports'
 
 const cfg = parseMilterConfig({
   main: { milters: 'opendkim rspamd' },
@@ -20,7 +20,7 @@ function message(): MilterReport[] {
   const r = new MilterReports()
   const defs = [...cfg.milters.values()]
   for (const def of defs) {
-    for (const stage of ['connect', 'helo', 'mail', 'rcpt', 'rcpt', 'data', 'eom'])
+    for (const stage of ['connect', 'helo', 'mail', 'rcpt', 'rcpt', 'data', 'eom'] as const)
       r.waited(def, stage, 0.4)
     r.edits(def, {
       milter: def.name,

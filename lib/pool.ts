@@ -19,7 +19,7 @@ import type { MilterSession, SessionObserver } from './session/session'
 import type { Endpoint } from './transport/spec'
 
 /** A milter's first endpoint (the parser guarantees one). */
-export function firstEndpoint(def: MilterDef): Endpoint {
+function firstEndpoint(def: MilterDef): Endpoint {
   const ep = def.endpoints[0]
   if (!ep) throw new Error(`milter ${def.name} has no endpoint`)
   return ep

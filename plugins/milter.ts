@@ -21,16 +21,22 @@ import {
   macroLookup,
   rcptExtras,
   recipientFacts,
-  type LocalDomain,
 } from '../lib/adapter/facts'
-import type { HarakaAddress, HarakaConnection, HarakaPlugin, Next } from '../lib/adapter/haraka'
+import type {
+  HarakaAddress,
+  HarakaConnection,
+  HarakaPlugin,
+  LocalDomain,
+  Next,
+} from '../lib/adapter/haraka'
 import { ConnectionDebug } from '../lib/adapter/debug'
-import { hookCode, toHookResult } from '../lib/adapter/reply'
-import { reportEvent, reportMessage, reportOutcome } from '../lib/adapter/report'
+import { hookCode, respond } from '../lib/adapter/reply'
+import { reportEvent, reportMessage, reportOutcome } from '../lib/adapter/log'
 import { endpointText, Runtime } from '../lib/adapter/runtime'
 import {
   connectionState,
   dropConnectionState,
+  noteDiscard,
   setConnectionState,
   transactionState,
   type ConnectionState,
@@ -44,7 +50,9 @@ import {
   type MilterDef,
 } from '../lib/config'
 import { MilterChain, type Outcome } from '../lib/policy/chain'
-import { answerAt, REPLIES, type Stage } from '../lib/policy/replies'
+import { answerAt, REPLIES } from '../lib/policy/replies'
+import { isConnectionStage, type Stage } from '../lib/policy/stage'
+import { formatReplyLine } from '../lib/protocol/replycode'
 
 /** The plugin object with our state. */
 export interface MilterPlugin extends HarakaPlugin {
@@ -57,7 +65,11 @@ type Ready = Extract<ConnectionState, { kind: 'milters' }>
 
 // ---- answering ---------------------------------------------------------------
 
-/** Tells the client what the chain decided, legally for this stage, and records it. */
+/**
+ * Tells the client what the chain decided, legally for this stage
+ * (answerAt), and records it: a discard for the queue hook, the outcome
+ * in the results and the log, the refusal for the message's report lines.
+ */
 function answer(
   this: MilterPlugin,
   next: Next,
@@ -66,27 +78,32 @@ function answer(
   o: Outcome,
 ): void {
   const st = connectionState(c)
-  const mode = st?.kind === 'milters' ? st.cfg.replyCode : 'milter'
-  const answered = answerAt(stage, o, mode)
-  if (answered.action === 'discard' && c.transaction) {
-    transactionState(c.transaction).disposition ??= { kind: 'discard', milter: answered.milter }
-  }
+  const ready = st?.kind === 'milters' ? st : undefined
+  const answered = answerAt(stage, o, ready?.cfg.replyCode ?? 'milter')
+  if (c.transaction) noteDiscard(transactionState(c.transaction), answered)
   // what the milter decided is recorded where it happened, even when the reply waits for MAIL
-  const decided = stage === 'connect' ? o : answered
+  record.call(this, c, ready, stage, stage === 'connect' ? o : answered, answered)
+  respond(next, answered)
+}
+
+/** The outcome in the results and the log, and the refusal kept for the report lines. */
+function record(
+  this: MilterPlugin,
+  c: HarakaConnection,
+  st: Ready | undefined,
+  stage: Stage,
+  decided: Outcome,
+  answered: Outcome,
+): void {
   // the endpoint of a milter's own outcome; none for the plugin's (configuration, recipient rules)
   const endpoint =
-    st?.kind === 'milters' && decided.action !== 'continue' && decided.action !== 'discard'
+    st && decided.action !== 'continue' && decided.action !== 'discard'
       ? st.chain.endpointOf(decided.milter)
       : undefined
   reportOutcome(this, c, stage, decided, answered, endpoint)
-  if (st?.kind === 'milters' && answered.action !== 'continue' && answered.action !== 'discard') {
-    const r = answered.reply
-    const text = r.lines.map((l) => [l.enhanced, l.text].filter(Boolean).join(' ')).join(' / ')
-    st.refusal = { milter: answered.milter, reply: `${r.code} ${text}` }
+  if (st && answered.action !== 'continue' && answered.action !== 'discard') {
+    st.refusal = { milter: answered.milter, reply: formatReplyLine(answered.reply) }
   }
-  const r = toHookResult(answered)
-  if (r.kind === 'cont') next()
-  else next(hookCode(r.kind), r.msg)
 }
 
 /** An internal error: 451 4.3.0 (421 at CONNECT and HELO, the one refusal legal there). */
@@ -101,7 +118,7 @@ function crash(
     this,
     `internal error at ${stage}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`,
   )
-  const early = stage === 'connect' || stage === 'helo'
+  const early = isConnectionStage(stage)
   answer.call(this, next, c, stage, {
     action: early ? 'shutdown' : 'tempfail',
     reply: early ? REPLIES.internalShutdown : REPLIES.internal,

@@ -128,9 +128,7 @@ function splitArgs(args: string | undefined): string[] | undefined {
  * when it has some, else its RCPT TO's (recorded at the rcpt hook: Haraka
  * keeps no ESMTP parameters).
  */
-export function storedEnvelope(
-  t: HarakaTransaction,
-): Pick<QuarantineMeta, 'sender' | 'recipients'> {
+function storedEnvelope(t: HarakaTransaction): Pick<QuarantineMeta, 'sender' | 'recipients'> {
   const notes = t.notes['milter_envelope_args'] as
     { mail?: string; rcpt?: Record<string, string> } | undefined
   const rcptArgs = new Map(

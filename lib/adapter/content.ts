@@ -64,7 +64,7 @@ function positive(v: unknown): number | undefined {
  * edits never make a message Haraka would not accept on input (more header
  * lines than [headers] max_lines, a body over [max] bytes).
  */
-export function mtaBounds(cfg: unknown): MtaBounds {
+function mtaBounds(cfg: unknown): MtaBounds {
   const c = (typeof cfg === 'object' && cfg !== null ? cfg : {}) as {
     headers?: { max_lines?: unknown }
     max?: { bytes?: unknown }

@@ -12,7 +12,7 @@
  */
 import type { DebugLevel } from '../config'
 import type { Step, StepResult } from '../policy/chain'
-import { describePacket, packetText } from '../protocol/describe'
+import { describePacket, packetText } from '../debug/packet-trace'
 import type { Frame } from '../protocol/frame'
 import { formatSmtpReply } from '../protocol/replycode'
 import type { SessionObserver } from '../session/types'

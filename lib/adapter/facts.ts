@@ -7,7 +7,7 @@ import type { MilterConfig } from '../config'
 import type { ConnectAddress } from '../protocol/commands'
 import { connectAddressFor, isIpLiteral, normalizeIp } from '../transport/address'
 import type { MacroLookup } from '../session/macros'
-import type { HarakaAddress, HarakaConnection, HarakaTransaction } from './haraka'
+import type { HarakaAddress, HarakaConnection, HarakaTransaction, LocalDomain } from './haraka'
 import { transactionState } from './state'
 
 /** The client's address and rDNS name, worked out once per connection (ipaddr.js parsing is not free). */
@@ -62,9 +62,6 @@ function cipherBits(name: string | undefined): string | undefined {
   if (/AES_?128/i.test(name)) return '128'
   return undefined
 }
-
-/** Is the domain one of ours (Haraka's host_list)? */
-export type LocalDomain = (domain: string) => boolean
 
 export type { RecipientFacts } from '../policy/routing'
 

@@ -3,6 +3,9 @@
  * TypeScript declarations; these mirror haraka-plugin-api.md (verified).
  */
 
+/** Is the domain one of ours (Haraka's host_list)? */
+export type LocalDomain = (domain: string) => boolean
+
 /** `next(code, msg)` of a hook. */
 export type Next = (code?: number, msg?: unknown) => void
 

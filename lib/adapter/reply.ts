@@ -5,7 +5,8 @@
  * lib/policy/replies.ts (answerAt).
  */
 import type { Outcome } from '../policy/replies'
-import type { SmtpReply } from '../protocol/replycode'
+import type { Next } from './haraka'
+import { replyTexts, smtpLines, type SmtpReply } from '../protocol/replycode'
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const constants = require('haraka-constants') as Record<string, number>
@@ -28,10 +29,7 @@ export class DSN {
    * `sender ... msg=` and `recipient ... msg=` notices).
    */
   toString(): string {
-    const last = this.reply.length - 1
-    return this.reply
-      .map((line, i) => `${this.code}${i < last ? '-' : ' '}${line}`.trimEnd())
-      .join(' / ')
+    return smtpLines(this.code, this.reply).join(' / ')
   }
 }
 
@@ -42,9 +40,7 @@ export type HookResult =
 
 /** The reply lines as Haraka will send them after the code. */
 export function toDsn(reply: SmtpReply): DSN {
-  const lines = reply.lines.map((l) =>
-    [l.enhanced, l.text].filter((s) => s !== undefined && s !== '').join(' '),
-  )
+  const lines = replyTexts(reply)
   return new DSN(reply.code, lines.length > 0 ? lines : [''])
 }
 
@@ -61,6 +57,13 @@ export function toHookResult(o: Outcome): HookResult {
     case 'shutdown':
       return { kind: 'denysoftdisconnect', msg: toDsn(o.reply) }
   }
+}
+
+/** Answers the hook with the outcome (as answerAt made it): `next()`, or its code and DSN. */
+export function respond(next: Next, o: Outcome): void {
+  const r = toHookResult(o)
+  if (r.kind === 'cont') next()
+  else next(hookCode(r.kind), r.msg)
 }
 
 /** Haraka's return constant for a hook result kind (or `ok`). */

@@ -14,7 +14,7 @@ import { poolFigures } from '../metrics/figures'
 import type { MilterMetrics } from '../metrics/recorder'
 import { metricsWanted, MetricsService, type Role } from '../metrics/service'
 import { MilterPool, type EndpointUse } from '../pool'
-import { breakerText } from './report'
+import { breakerText } from './log'
 
 /** What the runtime logs through (the Haraka plugin object). */
 export interface RuntimeLog {
@@ -48,7 +48,7 @@ export function endpointText(
  * on each of its endpoints (failover within one open), then its command,
  * content and end-of-message time.
  */
-export function hookTimeoutSeconds(cfg: MilterConfig): number {
+function hookTimeoutSeconds(cfg: MilterConfig): number {
   let ms = 0
   for (const m of cfg.milters.values()) {
     const t = m.timeouts

@@ -8,9 +8,8 @@
  * and queue plugins may read `transaction.notes.milter_envelope_args`.
  */
 import type { MilterConfig } from '../config'
-import type { MilterChain } from '../policy/chain'
-import type { LocalDomain } from './facts'
-import type { HarakaConnection, HarakaTransaction } from './haraka'
+import type { MilterChain, Outcome } from '../policy/chain'
+import type { HarakaConnection, HarakaTransaction, LocalDomain } from './haraka'
 
 /** What happens to an accepted message at queue time. */
 export type Disposition =
@@ -57,6 +56,11 @@ export function dropConnectionState(c: HarakaConnection): ConnectionState | unde
   const st = CONNECTIONS.get(c)
   CONNECTIONS.delete(c)
   return st
+}
+
+/** A discard the client was answered 250 for: the queue hook takes the message (the first one counts). */
+export function noteDiscard(st: TransactionState, answered: Outcome): void {
+  if (answered.action === 'discard') st.disposition ??= { kind: 'discard', milter: answered.milter }
 }
 
 /** The transaction's state, made on first use. */

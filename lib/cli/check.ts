@@ -14,7 +14,7 @@ import {
   type ModificationReport,
   type PacketReport,
   type StagePacketsReport,
-} from '../protocol/describe'
+} from '../debug/packet-trace'
 import { MilterChain, type MessageResult, type Outcome } from '../policy/chain'
 import { answerAt, type ReplyCodeMode, type Stage } from '../policy/replies'
 import {

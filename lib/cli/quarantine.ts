@@ -24,7 +24,7 @@ import {
 } from '../quarantine/store'
 
 /** Where the plugin stores held messages when milter.ini names no dir. */
-export const DEFAULT_QUARANTINE_DIR = '/var/spool/haraka/milter-quarantine'
+const DEFAULT_QUARANTINE_DIR = '/var/spool/haraka/milter-quarantine'
 
 export const QUARANTINE_USAGE = `usage: haraka-milter quarantine list [--dir DIR | --config milter.ini] [--json]
        haraka-milter quarantine show ID [--dir DIR | --config milter.ini] [--json]
@@ -331,7 +331,7 @@ async function release(
 }
 
 /** A --rcpt address: `user@domain` or `<user@domain>`, no spaces, brackets or line breaks. */
-export function parseAddress(text: string): string {
+function parseAddress(text: string): string {
   const a = /^<(.*)>$/.exec(text)?.[1] ?? text
   if (!/^[^\s<>@]+@[^\s<>@]+$/.test(a))
     throw new UsageError(`--rcpt must be an address like user@example.com, not "${text}"`)

@@ -4,7 +4,7 @@
  */
 import { parseReplyCode } from '../protocol/replycode'
 import type { CheckJson, CheckReport } from './check'
-import { formatPacket, type ModificationReport } from '../protocol/describe'
+import { formatPacket, type ModificationReport } from '../debug/packet-trace'
 
 /** Exit status: 0 accepted (or discarded), 1 rejected or temp-failed, 2 error. */
 export function exitCode(r: CheckReport): number {
@@ -34,7 +34,7 @@ export function jsonReport(r: CheckReport): CheckJson {
 }
 
 /** One line per modification, for the text report. */
-export function describeModificationReport(m: ModificationReport): string {
+function describeModificationReport(m: ModificationReport): string {
   switch (m.kind) {
     case 'addheader':
       return `add header ${m.name}: ${JSON.stringify(m.value)}`

@@ -51,7 +51,7 @@ export function addressKey(raw: string): string {
 const BAD_CHARS = /[\x00-\x1f\x7f<>\s]/
 
 /** Checks an address a milter sent: no control characters, spaces or brackets inside. */
-export function checkAddress(raw: string, what: string): string {
+function checkAddress(raw: string, what: string): string {
   const a = stripAddress(raw)
   if (BAD_CHARS.test(a))
     throw new EnvelopeEditError(`invalid ${what} address ${JSON.stringify(raw)} from milter`)

@@ -59,7 +59,7 @@ export function checkHeaderName(name: string): void {
 }
 
 /** Largest header value a milter may set (bytes). */
-export const MAX_HEADER_VALUE = 64 * 1024
+const MAX_HEADER_VALUE = 64 * 1024
 
 const UTF8 = new TextDecoder('utf-8', { fatal: true })
 
@@ -183,7 +183,7 @@ const MAX_LINE = 998
  * injected and no line is whitespace only. A word (with the blanks before
  * it) too long to fit in 998 octets cannot be folded: HeaderEditError.
  */
-export function foldLongValue(value: string, prefix: number): string {
+function foldLongValue(value: string, prefix: number): string {
   if (prefix + Buffer.byteLength(value) <= MAX_LINE) return value
   const out: string[] = []
   let line = ''

@@ -7,7 +7,8 @@
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 
-import type { MilterReport, ReportOutcome } from '../policy/report'
+import type { MilterReport, ReportOutcome } from '../policy/milter-reports'
+import { SCOPE } from '../policy/stage'
 
 /** What the gauges show, read at scrape time (from the pool and its breakers). */
 export interface GaugeFigures {
@@ -23,7 +24,7 @@ export interface GaugeFigures {
 export type MetricJson = Awaited<ReturnType<Registry['getMetricsAsJSON']>>[number]
 
 /** Latency buckets in seconds: loopback milters answer in well under 1 ms, content scanners take seconds. */
-export const LATENCY_BUCKETS: readonly number[] = [
+const LATENCY_BUCKETS: readonly number[] = [
   0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 ]
 
@@ -42,14 +43,8 @@ export const METRIC = {
   endpointUp: `${P}endpoint_up`,
 } as const
 
-/**
- * Stages of a message: a milter asked at none of them (it only saw the
- * connection, or could not be reached) took part in no message.
- */
-const MESSAGE_STAGES: ReadonlySet<string> = new Set(['mail', 'rcpt', 'data', 'eom'])
-
 /** The verdict label: a replycode counts as the reject or tempfail it is. */
-export function verdictLabel(o: ReportOutcome): string {
+function verdictLabel(o: ReportOutcome): string {
   if (o.kind !== 'replycode') return o.kind
   return o.code?.startsWith('4') ? 'tempfail' : 'reject'
 }
@@ -160,7 +155,9 @@ export class MilterMetrics {
     for (const r of reports) {
       const { milter, endpoint } = r
       const mode = r.mode
-      if (r.waits.some((w) => MESSAGE_STAGES.has(w.stage)))
+      // a milter asked at no message stage (it only saw the connection, or could not be reached)
+      // took part in no message
+      if (r.waits.some((w) => SCOPE[w.stage] === 'message'))
         this.messages.inc({ milter, endpoint, mode })
       for (const o of r.outcomes) {
         if (o.kind === 'failed')

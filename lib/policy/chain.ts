@@ -5,25 +5,21 @@
  * the content phase each milter sees the message as the previous ones left
  * it. Knows nothing of Haraka: the plugin and the CLI both run it.
  *
- * Its parts: slot.ts (each milter's state), routing.ts (which milters a
- * recipient needs), content.ts (one milter's content phase and edits),
- * verdicts.ts (verdicts and failures as outcomes), replies.ts (what the
- * client is told), report.ts (what each milter did, per message).
+ * This file orders the milters and routes each stage to those taking
+ * part; every decision it applies is made elsewhere: slot.ts (each
+ * milter's state), routing.ts (which milters a recipient needs), replay.ts
+ * (what a milter joining late is told again), verdicts.ts (a verdict's
+ * outcome and effect), failure.ts (a failure's outcome, state and wording),
+ * shadow.ts (what shadow mode changes), content.ts (one milter's content
+ * phase and edits), replies.ts (what the client is told), milter-reports.ts (what
+ * each milter did, per message).
  *
- * Why this file is longer than the others: the replay of CONNECT, HELO,
- * MAIL and RCPT to milters that join late (rule milters, or reopened after
- * a failure) dispatches exactly as the stages do, so it stays beside them.
+ * Why this file is longer than the others: each SMTP stage has its entry
+ * point here with its routing rules (conditions, rule milters joining at
+ * RCPT, the content phase milter by milter), and the dispatch they share.
  */
 import type { DefaultAction, MilterDef } from '../config'
-import {
-  MilterProtocolError,
-  MilterStateError,
-  MilterUnavailableError,
-  isMilterError,
-  type MilterError,
-} from '../errors'
-import { EnvelopeEditError } from '../message/envelope'
-import { HeaderEditError } from '../message/headers'
+import type { MilterError } from '../errors'
 import { openMilter } from '../pool'
 import type { ConnectAddress } from '../protocol/commands'
 import type { MacroLookup } from '../session/macros'
@@ -36,31 +32,30 @@ import {
   type ClientFacts,
   type MessageFacts,
 } from './conditions'
-import {
-  runContent,
-  startResult,
-  type MessageInput,
-  type MessageResult,
-  type MilterEdits,
-} from './content'
+import { runContent, startResult, type MessageInput, type MessageResult } from './content'
 import type { Outcome } from './replies'
 import { enabledFor, route, type MixedRecipients, type RecipientFacts } from './routing'
-import { MilterReports, type MilterReport } from './report'
-import { Slot } from './slot'
-import { laterRefusal, failureOutcome, isConnectionStage, outcomeOf } from './verdicts'
+import { failureOf } from './failure'
+import { Replay, replaySteps, type ReplayStep } from './replay'
+import { MilterReports, type MilterReport } from './milter-reports'
+import { shadowEdits } from './shadow'
+import { Slot, type SlotEffect } from './slot'
+import { SCOPE, type Stage } from './stage'
+import { laterRefusal, outcomeOf, verdictEffect } from './verdicts'
 
 export type { ClientFacts, MessageFacts } from './conditions'
-export type { MessageInput, MessageResult, MilterEdits } from './content'
+export type { MessageInput, MessageResult } from './content'
 export type { Outcome } from './replies'
+export type { Stage } from './stage'
 export type { RecipientFacts } from './routing'
-export type { MilterReport } from './report'
+export type { MilterReport } from './milter-reports'
 
 /** Something worth logging, with the milter and stage it concerns. */
 export interface ChainEvent {
   /** info: detail (Haraka's debug log); notice: for the operator's log (a shadow milter's wishes). */
   level: 'info' | 'notice' | 'warn' | 'error'
   milter: string
-  stage: string
+  stage: Stage
   message: string
   code?: string
   /** A milter's failure: the error itself (the message above adds endpoint and action). */
@@ -78,9 +73,9 @@ export interface ChainOptions {
   release?: (def: MilterDef, session: MilterSession) => void
   onEvent?: (e: ChainEvent) => void
   /** A milter not contacted because of a skip_* condition, and why (for Haraka's results). */
-  onSkip?: (milter: string, stage: string, reason: string) => void
+  onSkip?: (milter: string, stage: Stage, reason: string) => void
   /** Every verdict a milter gives, as it gives it (for the CLI and per-message logs). */
-  onVerdict?: (milter: string, stage: string, verdict: Verdict) => void
+  onVerdict?: (milter: string, stage: Stage, verdict: Verdict) => void
   /** Each step's verdict or failure code, the endpoint, and the ms waited for it when it was waited (debug). */
   onStep?: (step: Step) => void
   /** Directory for spooled replacement bodies. */
@@ -97,18 +92,10 @@ export interface Step {
   milter: string
   /** The endpoint its session is on (its configured socket(s) when it has none). */
   endpoint: string
-  stage: string
+  stage: Stage
   result: StepResult
   /** Milliseconds waited for it; undefined when nothing was waited for (it could not be opened). */
   ms: number | undefined
-}
-
-/** Facts kept to replay CONNECT/HELO/MAIL/RCPT to milters that join late. */
-interface Replay {
-  connect?: { hostname: string; addr: ConnectAddress; macros: MacroLookup | undefined }
-  helo?: { helo: string; macros: MacroLookup | undefined }
-  mail?: { args: readonly string[]; macros: MacroLookup | undefined }
-  rcpts: Array<{ args: readonly string[]; macros: MacroLookup | undefined }>
 }
 
 const CONTINUE: Outcome = { action: 'continue' }
@@ -116,7 +103,7 @@ const CONTINUE: Outcome = { action: 'continue' }
 /** The milters of one SMTP connection. */
 export class MilterChain {
   private readonly slots: Slot[]
-  private readonly replayed: Replay = { rcpts: [] }
+  private readonly replayed = new Replay()
   /** Rule milters taking part in the current message (undefined until the first RCPT). */
   private messageSet: Set<Slot> | undefined
   private messageDiscarded = false
@@ -146,7 +133,7 @@ export class MilterChain {
     macros?: MacroLookup,
     client?: ClientFacts,
   ): Promise<Outcome> {
-    this.replayed.connect = { hostname, addr, macros }
+    this.replayed.connect(hostname, addr, macros)
     for (const slot of this.slots) {
       const why = client && clientSkip(slot.def.skip, client)
       if (why === undefined) continue
@@ -159,7 +146,7 @@ export class MilterChain {
 
   /** HELO/EHLO (again after STARTTLS). */
   helo(helo: string, macros?: MacroLookup): Promise<Outcome> {
-    this.replayed.helo = { helo, macros }
+    this.replayed.helo(helo, macros)
     this.newMessage()
     return this.each('helo', (s) => s.helo(helo, macros))
   }
@@ -176,7 +163,7 @@ export class MilterChain {
     facts?: MessageFacts,
   ): Promise<Outcome> {
     this.newMessage()
-    this.replayed.mail = { args, macros }
+    this.replayed.mail(args, macros)
     for (const slot of this.slots) {
       if (!facts || slot.state.kind === 'done') continue
       slot.skipped = messageSkip(slot.def.skip, facts)
@@ -225,8 +212,7 @@ export class MilterChain {
       }
     }
     const o = await this.each('rcpt', (s) => s.rcpt(args, macros))
-    if (o.action === 'continue' || o.action === 'discard')
-      this.replayed.rcpts.push({ args, macros })
+    if (o.action === 'continue' || o.action === 'discard') this.replayed.rcpt(args, macros)
     else this.undo(r.join, before)
     return o
   }
@@ -269,8 +255,9 @@ export class MilterChain {
         this.abortOne(slot)
         continue
       }
+      // a shadow milter's outcome is always continue (shadow.ts): it never decides
       const outcome = await this.contentOf(slot, s, input, result)
-      if (slot.shadow || outcome.action === 'continue') continue
+      if (outcome.action === 'continue') continue
       result.outcome = outcome
       if (outcome.action === 'discard') this.messageDiscarded = true
     }
@@ -336,16 +323,16 @@ export class MilterChain {
     for (const slot of this.slots) slot.newMessage()
     this.messageDiscarded = false
     this.messageSet = undefined
-    this.replayed.rcpts = []
-    delete this.replayed.mail
+    this.replayed.newMessage()
   }
 
   /** Does this milter take part in this stage of the current message? */
-  private participates(slot: Slot, stage: string): boolean {
-    if (slot.skipped !== undefined && !isConnectionStage(stage) && stage !== 'unknown') return false
+  private participates(slot: Slot, stage: Stage): boolean {
+    const scope = SCOPE[stage]
+    if (slot.skipped !== undefined && scope === 'message') return false
     if (!slot.lazy) return true
-    if (stage === 'connect' || stage === 'helo' || stage === 'unknown')
-      return slot.session !== undefined
+    // a rule milter: told of the connection once open, of a message from its first recipient (activate)
+    if (scope !== 'message') return slot.session !== undefined
     if (stage === 'mail') return false
     return this.messageSet?.has(slot) ?? false
   }
@@ -355,14 +342,14 @@ export class MilterChain {
    * wins and later milters are not asked, except shadow milters, which see
    * every command the client sent (their answers are never the outcome).
    */
-  private async each(stage: string, run: (s: MilterSession) => Promise<Verdict>): Promise<Outcome> {
+  private async each(stage: Stage, run: (s: MilterSession) => Promise<Verdict>): Promise<Outcome> {
     let decided: Outcome | undefined
     for (const slot of this.slots) {
       if (!this.participates(slot, stage)) continue
       // a discard at an earlier stage ends the message for enforcing milters (helo() and mail() reset it)
       if (!slot.shadow && (decided !== undefined || this.messageDiscarded)) continue
       const outcome = await this.ask(slot, stage, run)
-      if (slot.shadow || outcome.action === 'continue') continue
+      if (outcome.action === 'continue') continue
       if (outcome.action === 'discard') this.messageDiscarded = true
       decided = outcome
     }
@@ -372,7 +359,7 @@ export class MilterChain {
   /** One milter's answer at a stage, or what its state (failed, refused) stands for. */
   private async ask(
     slot: Slot,
-    stage: string,
+    stage: Stage,
     run: (s: MilterSession) => Promise<Verdict>,
   ): Promise<Outcome> {
     const st = slot.state
@@ -388,7 +375,7 @@ export class MilterChain {
   }
 
   /** Awaits a milter's answer, counting the stage and the time spent waiting. */
-  private async timed<T>(slot: Slot, stage: string, pending: Promise<T>): Promise<T> {
+  private async timed<T>(slot: Slot, stage: Stage, pending: Promise<T>): Promise<T> {
     const started = performance.now()
     try {
       return await pending
@@ -399,7 +386,7 @@ export class MilterChain {
     }
   }
 
-  private step(slot: Slot, stage: string, result: StepResult): void {
+  private step(slot: Slot, stage: Stage, result: StepResult): void {
     if (!this.opts.onStep) return
     const ms = this.lastWait.get(slot)
     this.lastWait.delete(slot)
@@ -407,131 +394,36 @@ export class MilterChain {
     this.opts.onStep({ milter: slot.name, endpoint, stage, result, ms })
   }
 
-  /** The outcome of a verdict; a milter that answered the whole connection is done with it. */
-  private verdict(slot: Slot, stage: string, v: Verdict): Outcome {
+  /** The outcome of a verdict, with its effect on the milter (verdicts.ts, shadow.ts). */
+  private verdict(slot: Slot, stage: Stage, v: Verdict): Outcome {
     this.opts.onVerdict?.(slot.name, stage, v)
     this.step(slot, stage, v)
     this.reports.verdict(slot.def, stage, v)
     const o = outcomeOf(stage, v, slot.name)
-    const connection = isConnectionStage(stage)
-    if (slot.shadow) return this.shadowVerdict(slot, stage, v, o)
-    switch (v.kind) {
-      case 'accept':
-        this.event(
-          'info',
-          slot,
-          stage,
-          connection ? 'accepted the connection' : 'accepted the message',
-        )
-        if (connection) slot.leave({ kind: 'done' })
-        break
-      case 'discard':
-        this.event('info', slot, stage, connection ? 'discard at CONNECT/HELO ignored' : 'discard')
-        break
-      case 'reject':
-      case 'tempfail':
-      case 'replycode':
-        // the milter is done with this connection; its refusal holds for every later MAIL
-        if (connection)
-          slot.leave(o.action === 'shutdown' ? { kind: 'done' } : { kind: 'refused', outcome: o })
-        break
-      case 'shutdown':
-      case 'conn_fail':
-        this.event(
-          'warn',
-          slot,
-          stage,
-          `${v.kind === 'shutdown' ? 'SMFIR_SHUTDOWN' : 'SMFIR_CONN_FAIL'}: closing the SMTP session`,
-        )
-        slot.leave({ kind: 'done' })
-        break
-      case 'continue':
-      case 'skip':
-        break
-    }
-    return o
+    return this.apply(slot, stage, verdictEffect(slot.def, stage, v, o))
   }
 
-  /**
-   * A shadow milter's verdict: logged, never the outcome. It ends the
-   * milter's part as it would have (the whole connection at CONNECT/HELO,
-   * or the message), so it is not asked what it has already decided.
-   */
-  private shadowVerdict(slot: Slot, stage: string, v: Verdict, o: Outcome): Outcome {
-    if (v.kind === 'continue' || v.kind === 'skip') return CONTINUE
-    const would =
-      o.action === 'continue'
-        ? v.kind === 'accept'
-          ? 'accept'
-          : `${v.kind} (no effect here)`
-        : o.action === 'discard'
-          ? 'discard'
-          : `${o.action} with ${o.reply.code} ${o.reply.lines.map((l) => [l.enhanced, l.text].filter(Boolean).join(' ')).join(' / ')}`
-    this.event('notice', slot, stage, `shadow: would ${would}; not enforced`)
-    if (isConnectionStage(stage) || v.kind === 'shutdown' || v.kind === 'conn_fail')
-      slot.leave({ kind: 'done' })
-    return CONTINUE
+  /** A failure: the milter's default_action, or nothing for a shadow milter (failure.ts). */
+  private failed(slot: Slot, stage: Stage, e: unknown): Outcome {
+    const f = failureOf(slot.def, e, this.endpointOf(slot.name) ?? slot.def.socketText)
+    this.step(slot, stage, { kind: 'failed', code: f.error.code })
+    this.reports.failure(slot.def, stage, f.error.code, f.action)
+    return this.apply(slot, stage, f, { error: f.error, defaultAction: f.action })
   }
 
-  /**
-   * Applies the milter's default_action to an error. With failure_scope =
-   * session the outcome holds for the rest of the SMTP connection (Postfix);
-   * with message it holds for the message in flight, and the milter is
-   * opened again for the next one.
-   */
-  private failed(slot: Slot, stage: string, e: unknown): Outcome {
-    const err: MilterError = isMilterError(e)
-      ? e
-      : e instanceof HeaderEditError || e instanceof EnvelopeEditError
-        ? new MilterProtocolError(`${slot.name}: ${e.message}`, { cause: e })
-        : new MilterStateError(`unexpected: ${String(e)}`, { cause: e })
-    this.step(slot, stage, { kind: 'failed', code: err.code })
-    const action = slot.def.defaultAction
-    // A milter marked down was logged once when it was; each session notes it quietly.
-    const level = err instanceof MilterUnavailableError ? 'info' : slot.shadow ? 'warn' : 'error'
-    if (slot.shadow) {
-      // a shadow milter's failure never touches the mail: carry on without it
-      this.event(
-        level,
-        slot,
-        stage,
-        `${err.message}; endpoint=${this.endpointOf(slot.name) ?? slot.def.socketText}; shadow: not enforced`,
-        err.code,
-        { error: err, defaultAction: 'none (shadow)' },
-      )
-      this.reports.failure(slot.def, stage, err.code, 'none (shadow)')
-      slot.leave(
-        slot.def.failureScope === 'session'
-          ? { kind: 'done' }
-          : { kind: 'failed', outcome: CONTINUE, quarantine: undefined, scope: 'message' },
-      )
-      return CONTINUE
-    }
-    this.event(
-      level,
-      slot,
-      stage,
-      `${err.message}; endpoint=${this.endpointOf(slot.name) ?? slot.def.socketText}; default_action=${action}`,
-      err.code,
-      { error: err, defaultAction: action },
-    )
-    this.reports.failure(slot.def, stage, err.code, action)
-    const outcome = failureOutcome(action, slot.name)
-    const scope = action === 'shutdown' ? 'session' : slot.def.failureScope
-    const quarantine =
-      action === 'quarantine' ? `${slot.name}: milter failed (${err.code})` : undefined
-    if (outcome.action === 'continue' && quarantine === undefined) {
-      // accept: carry on without it, for the message or for the session
-      slot.leave(
-        scope === 'session' ? { kind: 'done' } : { kind: 'failed', outcome, quarantine, scope },
-      )
-    } else {
-      slot.leave({ kind: 'failed', outcome, quarantine, scope })
-    }
-    return outcome
+  /** Logs an effect's event and moves the milter to its next state. */
+  private apply(
+    slot: Slot,
+    stage: Stage,
+    fx: SlotEffect,
+    failure?: ChainEvent['failure'],
+  ): Outcome {
+    if (fx.event) this.event(fx.event.level, slot, stage, fx.event.message, fx.event.code, failure)
+    if (fx.next) slot.leave(fx.next)
+    return fx.outcome
   }
 
-  private async ensureOpen(slot: Slot, stage: string): Promise<void> {
+  private async ensureOpen(slot: Slot, stage: Stage): Promise<void> {
     if (slot.state.kind !== 'idle') return
     this.endpoints.delete(slot.name)
     try {
@@ -559,19 +451,10 @@ export class MilterChain {
    * and replays CONNECT and HELO with the macros they had. A refusal there
    * is the milter's refusal of the client.
    */
-  private async reconnect(slot: Slot, stage: string): Promise<Outcome> {
+  private async reconnect(slot: Slot, stage: Stage): Promise<Outcome> {
     await this.ensureOpen(slot, stage)
-    const { connect, helo } = this.replayed
-    if (connect) {
-      const o = await this.replay(slot, 'connect', (s) =>
-        s.connect(connect.hostname, connect.addr, connect.macros),
-      )
-      if (o.action !== 'continue') return o
-    }
-    if (helo) {
-      const o = await this.replay(slot, 'helo', (s) => s.helo(helo.helo, helo.macros))
-      if (o.action !== 'continue') return o
-    }
+    const o = await replaySteps(this.replayed.client, (r) => this.replay(slot, r))
+    if (o.action !== 'continue') return o
     const st = slot.state
     return st.kind === 'failed' ? st.outcome : CONTINUE
   }
@@ -586,31 +469,18 @@ export class MilterChain {
     if (st.kind === 'refused') return laterRefusal(st.outcome)
     if (st.kind === 'failed') return st.outcome
     if (st.kind !== 'open') return CONTINUE
-    const { mail, rcpts } = this.replayed
-    if (mail) {
-      const o = await this.replay(slot, 'mail', (s) => s.mail(mail.args, mail.macros))
-      if (o.action !== 'continue') return o
-    }
-    for (const r of rcpts) {
-      // union policy: the milter learns of recipients already accepted; it can no longer refuse them
-      await this.replay(slot, 'rcpt', (s) => s.rcpt(r.args, r.macros))
-    }
-    return CONTINUE
+    return replaySteps(this.replayed.message, (r) => this.replay(slot, r))
   }
 
   /** A replayed step: its refusal applies to the recipient (or MAIL) that brought the milter in. */
-  private async replay(
-    slot: Slot,
-    stage: string,
-    run: (s: MilterSession) => Promise<Verdict>,
-  ): Promise<Outcome> {
+  private async replay(slot: Slot, r: ReplayStep): Promise<Outcome> {
     const s = slot.session
     if (!s) return CONTINUE
     let o: Outcome
     try {
-      o = this.verdict(slot, stage, await this.timed(slot, stage, run(s)))
+      o = this.verdict(slot, r.stage, await this.timed(slot, r.stage, r.run(s)))
     } catch (e) {
-      o = this.failed(slot, stage, e)
+      o = this.failed(slot, r.stage, e)
     }
     return laterRefusal(o)
   }
@@ -647,8 +517,12 @@ export class MilterChain {
       )
       if (answer.kind === 'edited') {
         if (answer.edits) this.reports.edits(slot.def, answer.edits)
-        if (slot.shadow) this.shadowEdits(slot, answer.edits, answer.quarantine)
-        else if (answer.quarantine) result.quarantine.push(answer.quarantine)
+        if (!slot.shadow) {
+          if (answer.quarantine) result.quarantine.push(answer.quarantine)
+        } else {
+          const would = shadowEdits(answer.edits, answer.quarantine)
+          if (would !== undefined) this.event('notice', slot, 'eom', would)
+        }
       }
       return this.verdict(slot, 'eom', answer.verdict)
     } catch (e) {
@@ -659,23 +533,8 @@ export class MilterChain {
     }
   }
 
-  /** What a shadow milter would have changed: logged, not applied. */
-  private shadowEdits(
-    slot: Slot,
-    edits: MilterEdits | undefined,
-    quarantine: string | undefined,
-  ): void {
-    const kinds = new Map<string, number>()
-    for (const m of edits?.modifications ?? []) kinds.set(m.kind, (kinds.get(m.kind) ?? 0) + 1)
-    if (edits?.bodyReplaced) kinds.set('replbody', 1)
-    const what = [...kinds].map(([k, n]) => `${k}=${n}`)
-    if (quarantine !== undefined) what.push(`quarantine (${quarantine})`)
-    if (what.length > 0)
-      this.event('notice', slot, 'eom', `shadow: would edit ${what.join(' ')}; not applied`)
-  }
-
   /** A milter left out by a skip_* condition. */
-  private skip(slot: Slot, stage: string, reason: string): void {
+  private skip(slot: Slot, stage: Stage, reason: string): void {
     this.reports.skipped(slot.def, stage, reason)
     this.opts.onSkip?.(slot.name, stage, reason)
   }
@@ -683,7 +542,7 @@ export class MilterChain {
   private event(
     level: ChainEvent['level'],
     slot: Slot,
-    stage: string,
+    stage: Stage,
     message: string,
     code?: string,
     failure?: ChainEvent['failure'],

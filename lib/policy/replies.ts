@@ -5,6 +5,7 @@
  * nothing of Haraka; the plugin and the CLI both answer through it.
  */
 import type { SmtpReply } from '../protocol/replycode'
+import { isConnectionStage, type Stage } from './stage'
 
 /** What the chain decided for one SMTP command. */
 export type Outcome =
@@ -17,8 +18,7 @@ export type Outcome =
     }
   | { action: 'discard'; milter: string }
 
-/** The stages a reply can be given at. */
-export type Stage = 'connect' | 'helo' | 'mail' | 'rcpt' | 'data' | 'eom' | 'unknown'
+export type { Stage } from './stage'
 
 function fixed(code: number, enhanced: string, text: string): SmtpReply {
   return { code, enhanced, lines: [{ enhanced, text }] }
@@ -67,7 +67,7 @@ export function answerAt(stage: Stage, o: Outcome, mode: ReplyCodeMode): Outcome
   if (mode === 'enhanced_only' && reply.code !== 421) {
     reply = withCode(reply, reply.code >= 500 ? 550 : 451)
   }
-  if (o.action !== 'shutdown' && (stage === 'connect' || stage === 'helo')) {
+  if (o.action !== 'shutdown' && isConnectionStage(stage)) {
     if (o.action === 'tempfail' || o.cause === 'failure') return { action: 'continue' }
     reply = withCode(reply, stage === 'connect' ? 554 : 550)
   }

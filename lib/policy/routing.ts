@@ -20,7 +20,7 @@ export interface RecipientFacts {
 export type MixedRecipients = 'defer' | 'union'
 
 /** Recipient rules (destination channel, opt-in) enable a milter for some recipients only. */
-export function hasRecipientRules(def: MilterDef): boolean {
+function hasRecipientRules(def: MilterDef): boolean {
   return def.destinationChannels.length > 0 || def.optin.length > 0
 }
 

@@ -26,6 +26,14 @@ export type SlotState =
   /** Failed: its default_action's outcome, and a quarantine reason under `quarantine`. */
   | { kind: 'failed'; outcome: Outcome; quarantine: string | undefined; scope: FailureScope }
 
+/** What an answer or a failure does: the outcome, a line for the log, the state the milter moves to. */
+export interface SlotEffect {
+  outcome: Outcome
+  event?: { level: 'info' | 'notice' | 'warn' | 'error'; message: string; code?: string }
+  /** The state the milter leaves for (its session dropped); absent: it stays as it is. */
+  next?: SlotState
+}
+
 /** One milter of the chain. */
 export class Slot {
   state: SlotState = { kind: 'idle' }

@@ -1,20 +1,32 @@
 /**
  * What a milter's verdict, or its failure, means for the SMTP client: the
  * outcome the chain answers with. Postfix milter8.c's single mapping, as
- * data. Pure: the chain applies the side effects (retiring a milter,
- * keeping a refusal).
+ * data, and what an enforced verdict does to the milter's part in the
+ * connection. Pure: the chain applies the effects (retiring a milter,
+ * keeping a refusal). Failures: failure.ts; shadow milters: shadow.ts.
  */
-import type { DefaultAction } from '../config'
 import type { Verdict } from '../session/types'
+import type { MilterDef } from '../config'
+import type { SmtpReply } from '../protocol/replycode'
 import { REPLIES, type Outcome } from './replies'
+import { enforced, shadowVerdict } from './shadow'
+import type { SlotEffect } from './slot'
+import { isConnectionStage, type Stage } from './stage'
 
-/** CONNECT and HELO concern the whole connection; the rest one message. */
-export function isConnectionStage(stage: string): boolean {
-  return stage === 'connect' || stage === 'helo'
-}
+/** A reject without text of its own: the greeting's 554, end of message's 554, else 550. */
+const REJECT_REPLY = {
+  connect: REPLIES.rejectConnect,
+  helo: REPLIES.reject,
+  mail: REPLIES.reject,
+  rcpt: REPLIES.reject,
+  data: REPLIES.reject,
+  eom: REPLIES.rejectEom,
+  unknown: REPLIES.reject,
+  abort: REPLIES.reject,
+} as const satisfies Record<Stage, SmtpReply>
 
 /** The outcome of a verdict at a stage. */
-export function outcomeOf(stage: string, v: Verdict, milter: string): Outcome {
+export function outcomeOf(stage: Stage, v: Verdict, milter: string): Outcome {
   switch (v.kind) {
     case 'continue':
     case 'skip':
@@ -23,15 +35,8 @@ export function outcomeOf(stage: string, v: Verdict, milter: string): Outcome {
     case 'discard':
       // DISCARD at CONNECT/HELO is meaningless: carry on
       return isConnectionStage(stage) ? { action: 'continue' } : { action: 'discard', milter }
-    case 'reject': {
-      const reply =
-        stage === 'eom'
-          ? REPLIES.rejectEom
-          : stage === 'connect'
-            ? REPLIES.rejectConnect
-            : REPLIES.reject
-      return { action: 'reject', reply, milter, cause: 'verdict' }
-    }
+    case 'reject':
+      return { action: 'reject', reply: REJECT_REPLY[stage], milter, cause: 'verdict' }
     case 'tempfail':
       return { action: 'tempfail', reply: REPLIES.tempfail, milter, cause: 'verdict' }
     case 'replycode': {
@@ -41,21 +46,6 @@ export function outcomeOf(stage: string, v: Verdict, milter: string): Outcome {
     case 'shutdown':
     case 'conn_fail':
       return { action: 'shutdown', reply: REPLIES.shutdown, milter, cause: 'verdict' }
-  }
-}
-
-/** The outcome of a failure under a milter's default_action. */
-export function failureOutcome(action: DefaultAction, milter: string): Outcome {
-  switch (action) {
-    case 'accept':
-    case 'quarantine':
-      return { action: 'continue' }
-    case 'tempfail':
-      return { action: 'tempfail', reply: REPLIES.tempfail, milter, cause: 'failure' }
-    case 'reject':
-      return { action: 'reject', reply: REPLIES.failReject, milter, cause: 'failure' }
-    case 'shutdown':
-      return { action: 'shutdown', reply: REPLIES.failShutdown, milter, cause: 'failure' }
   }
 }
 
@@ -69,4 +59,56 @@ export function laterRefusal(o: Outcome): Outcome {
     return { ...o, reply: REPLIES.reject }
   }
   return o
+}
+
+/**
+ * What a milter's verdict does besides its outcome: an accept at
+ * CONNECT/HELO retires the milter for the connection; a refusal there holds
+ * for every later MAIL; SHUTDOWN and CONN_FAIL end its part. A shadow
+ * milter's verdict is only logged (shadow.ts).
+ */
+export function verdictEffect(def: MilterDef, stage: Stage, v: Verdict, o: Outcome): SlotEffect {
+  if (!enforced(def)) return shadowVerdict(stage, v, o)
+  const connection = isConnectionStage(stage)
+  switch (v.kind) {
+    case 'accept':
+      return {
+        outcome: o,
+        event: {
+          level: 'info',
+          message: connection ? 'accepted the connection' : 'accepted the message',
+        },
+        ...(connection ? { next: { kind: 'done' } } : {}),
+      }
+    case 'discard':
+      return {
+        outcome: o,
+        event: {
+          level: 'info',
+          message: connection ? 'discard at CONNECT/HELO ignored' : 'discard',
+        },
+      }
+    case 'reject':
+    case 'tempfail':
+    case 'replycode':
+      // the milter is done with this connection; its refusal holds for every later MAIL
+      if (!connection) return { outcome: o }
+      return {
+        outcome: o,
+        next: o.action === 'shutdown' ? { kind: 'done' } : { kind: 'refused', outcome: o },
+      }
+    case 'shutdown':
+    case 'conn_fail':
+      return {
+        outcome: o,
+        event: {
+          level: 'warn',
+          message: `${v.kind === 'shutdown' ? 'SMFIR_SHUTDOWN' : 'SMFIR_CONN_FAIL'}: closing the SMTP session`,
+        },
+        next: { kind: 'done' },
+      }
+    case 'continue':
+    case 'skip':
+      return { outcome: o }
+  }
 }

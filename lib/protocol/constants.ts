@@ -64,8 +64,7 @@ export const Act = {
 } as const
 export type Act = (typeof Act)[keyof typeof Act]
 
-/** SMFI_V1_ACTS, SMFI_V2_ACTS, SMFI_CURR_ACTS. */
-export const ACTS_V1 = 0x0f
+/** SMFI_V2_ACTS, SMFI_CURR_ACTS (SMFI_V1_ACTS, 0x0f, is not needed: version 1 is never offered). */
 export const ACTS_V2 = 0x3f
 export const ACTS_V6 = 0x1ff
 
@@ -97,9 +96,7 @@ export const Proto = {
 } as const
 export type Proto = (typeof Proto)[keyof typeof Proto]
 
-/** SMFI_V1_PROT, SMFI_V2_PROT, SMFI_CURR_PROT, SMFI_INTERNAL. */
-export const PROTO_V1 = 0x3f
-export const PROTO_V2 = 0x7f
+/** SMFI_CURR_PROT, SMFI_INTERNAL (the v1/v2 masks are not needed: the offer is built from flags). */
 export const PROTO_V6 = 0x1fffff
 export const PROTO_INTERNAL = 0x70000000
 
@@ -148,8 +145,6 @@ export const MACRO_STAGE_NAMES: Readonly<Record<MacroStage, string>> = {
 
 /** The 4-byte length prefix (MILTER_LEN_BYTES). */
 export const LEN_BYTES = 4
-/** Fixed part of an OPTNEG payload (MILTER_OPTLEN). */
-export const OPTNEG_LEN = 12
 /** Largest BODY chunk and default largest packet data (MILTER_CHUNK_SIZE). */
 export const CHUNK_SIZE = 65535
 /** Packet data limits by negotiated MDS bit. */

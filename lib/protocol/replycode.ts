@@ -27,9 +27,9 @@ export type ReplyCodeResult = { ok: true; reply: SmtpReply } | { ok: false; erro
 const LINE = /^([45][0-9][0-9])(?:([ -])(.*))?$/s
 
 /** RFC 5321 4.5.3.1.5: a reply line is at most 512 octets, CRLF included. */
-export const MAX_REPLY_LINE = 512
+const MAX_REPLY_LINE = 512
 /** libmilter's smfi_setmlreply takes at most 32 lines. */
-export const MAX_REPLY_LINES = 32
+const MAX_REPLY_LINES = 32
 const ENHANCED = /^([245])\.([0-9]{1,3})\.([0-9]{1,3})(?:[ \t]+|$)/
 
 /**
@@ -97,11 +97,31 @@ export function parseReplyCode(raw: string): ReplyCodeResult {
   return { ok: true, reply: enhanced ? { code, enhanced, lines } : { code, lines } }
 }
 
-/** The reply as SMTP lines (`550-5.7.1 a`, `550 5.7.1 b`), for logs and the CLI. */
+/*
+ * The one formatter of an SmtpReply, for every place that answers a client,
+ * logs a reply or shows one (plugin, adapter logs, chain events, CLI).
+ * Haraka's DSN is the model: a code and the text of each line.
+ */
+
+/** Each line's text after the code: its enhanced code (if any) and its text (`5.7.1 Denied`). */
+export function replyTexts(reply: SmtpReply): string[] {
+  return reply.lines.map((l) =>
+    [l.enhanced, l.text].filter((s) => s !== undefined && s !== '').join(' '),
+  )
+}
+
+/** SMTP lines from a code and the text of each line: `550-a`, `550 b` (no CRLF). */
+export function smtpLines(code: number, texts: readonly string[]): string[] {
+  const last = texts.length - 1
+  return texts.map((t, i) => `${code}${i < last ? '-' : ' '}${t}`.trimEnd())
+}
+
+/** The reply as SMTP lines (`550-5.7.1 a`, `550 5.7.1 b`), for the CLI and the wire. */
 export function formatSmtpReply(reply: SmtpReply): string[] {
-  return reply.lines.map((l, i) => {
-    const sep = i === reply.lines.length - 1 ? ' ' : '-'
-    const body = [l.enhanced, l.text].filter((s) => s !== undefined && s !== '').join(' ')
-    return `${reply.code}${sep}${body}`.trimEnd()
-  })
+  return smtpLines(reply.code, replyTexts(reply))
+}
+
+/** The reply on one log line: the code once, then each line's text (`550 5.7.1 a / 5.7.1 b`). */
+export function formatReplyLine(reply: SmtpReply): string {
+  return `${reply.code} ${replyTexts(reply).join(' / ')}`
 }

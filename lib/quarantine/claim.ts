@@ -46,7 +46,7 @@ import {
 /** A claim not refreshed for this long is taken back (10 minutes). */
 export const CLAIM_STALE_MS = 10 * 60 * 1000
 /** How often a live claim refreshes its mtime (1 minute). */
-export const CLAIM_REFRESH_MS = 60 * 1000
+const CLAIM_REFRESH_MS = 60 * 1000
 
 /** What the claim is for. */
 export type ClaimOp = 'release' | 'delete'
@@ -137,7 +137,7 @@ export async function readClaim(file: string, nowMs = Date.now()): Promise<Claim
 }
 
 /** `pid 4711 on mx1 since <time>`. */
-export function ownerOf(c: ClaimState): string {
+function ownerOf(c: ClaimState): string {
   const r = c.record
   return r ? `pid ${r.pid} on ${r.host} since ${r.time}` : `an unreadable claim (${c.file})`
 }

@@ -20,7 +20,7 @@ function errno(e: unknown): string | undefined {
 }
 
 /** `a symbolic link`, `a directory`, ...: what a path is, for a refusal. */
-export function kindOf(st: Stats): string {
+function kindOf(st: Stats): string {
   if (st.isSymbolicLink()) return 'a symbolic link'
   if (st.isDirectory()) return 'a directory'
   if (st.isFIFO()) return 'a FIFO'

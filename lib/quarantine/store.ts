@@ -28,7 +28,7 @@ import {
 import { QuarantineError } from './errors'
 import { assertDirectory, readRegular, regularOrUndefined, unsafe, writeOnce } from './files'
 
-export { QuarantineError, type QuarantineErrorCode } from './errors'
+export { QuarantineError } from './errors'
 export { CLAIM_STALE_MS, type Claim, type ClaimOp } from './claim'
 
 /** The format version written in every sidecar. */
@@ -89,7 +89,7 @@ export function checkId(id: string): string {
 }
 
 /** `YYYYMMDD` of a date, UTC. */
-export function dayOf(d: Date): string {
+function dayOf(d: Date): string {
   return d.toISOString().slice(0, 10).replace(/-/g, '')
 }
 

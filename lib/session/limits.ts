@@ -36,7 +36,7 @@ export const DEFAULT_LIMITS: Limits = {
 }
 
 /** The replacement body bound when neither milter.ini nor Haraka gives one (Haraka's default). */
-export const FALLBACK_MAX_BODY = 26_214_400
+const FALLBACK_MAX_BODY = 26_214_400
 
 /** The bounds of one end of message, with the MTA's own folded in. */
 export interface EomLimits {

@@ -9,8 +9,9 @@
  * Why this file is longer than the others: it is the protocol's state
  * machine with one method per step (go-milter's layout), and splitting the
  * steps apart would scatter one conversation. What is not a step lives
- * beside it: state.ts (transitions), reader.ts (frames, flow control,
- * timers), verdicts.ts (what a reply means), types.ts, negotiate.ts.
+ * beside it: state.ts (transitions, SKIP and QUIT_NC included), reader.ts
+ * (frames, flow control, timers), verdicts.ts (what a reply means),
+ * types.ts, negotiate.ts.
  *
  * § references are to docs/milter-protocol.md.
  */
@@ -58,7 +59,17 @@ import { FrameReader } from './reader'
 import { describeTlsError, isTlsError } from '../transport/tls-error'
 import { isModification, modificationProblem, verdictOf } from './verdicts'
 import type { EomResult, MilterStream, SessionObserver, SessionOptions, Verdict } from './types'
-import { FROM, IN_MESSAGE, allowed, transition, type Event, type State, type Step } from './state'
+import {
+  FROM,
+  IN_MESSAGE,
+  NEGOTIATED,
+  allowed,
+  next,
+  type Event,
+  type SessionState,
+  type State,
+  type Step,
+} from './state'
 
 /** What a step sends: omitted by which NO* bit, unanswered under which NR_* bit. */
 interface StepSpec {
@@ -101,11 +112,10 @@ export type {
 
 /** One milter connection. Create it with MilterSession.negotiate(). */
 export class MilterSession {
-  private state: State = 'negotiated'
+  /** Changed only by go(), through the table in state.ts. */
+  private position: SessionState = NEGOTIATED
   private readonly reader: FrameReader
   private failure: MilterError | undefined
-  private afterEob = false
-  private skipping: Step | undefined
   private closedByPeer = false
   /** Kept after QUIT_NC and no reply read since: nothing yet shows the milter handled QUIT_NC. */
   private unprovenReuse = false
@@ -213,7 +223,11 @@ export class MilterSession {
 
   /** Current state, for logs and the caller's chain logic. */
   get currentState(): State {
-    return this.state
+    return this.position.at
+  }
+
+  private get state(): State {
+    return this.position.at
   }
 
   /** True while the milter is inside a message it has not finished with. */
@@ -224,7 +238,7 @@ export class MilterSession {
   /** False once the milter needs no more body: NOBODY, SKIP, or it ended the message. */
   get wantsBody(): boolean {
     if ((this.negotiated.protocol & Proto.NOBODY) !== 0) return false
-    return this.skipping !== 'body' && this.inMessage
+    return this.position.skipping !== 'body' && this.inMessage
   }
 
   /** The sticky error, once the session failed. */
@@ -254,7 +268,12 @@ export class MilterSession {
 
   /** True when QUIT_NC may be sent (directly after a completed EOB, milter-protocol.md §5.6). */
   get reusable(): boolean {
-    return this.afterEob && this.state === 'ready' && !this.failure && this.negotiated.version >= 6
+    return (
+      this.position.afterEob === true &&
+      this.state === 'ready' &&
+      !this.failure &&
+      this.negotiated.version >= 6
+    )
   }
 
   // ---- steps -------------------------------------------------------------
@@ -295,7 +314,6 @@ export class MilterSession {
   /** SMFIC_MAIL: `<addr>` and one string per ESMTP parameter. */
   async mail(args: readonly Bytes[], macros?: MacroLookup): Promise<Verdict> {
     if (this.state === 'connectionDone') return CONTINUE
-    this.afterEob = false
     const v = await this.step({
       step: 'mail',
       macroStage: MacroStage.ENVFROM,
@@ -333,7 +351,6 @@ export class MilterSession {
         return v
       case 'skip':
         this.go({ kind: 'skipped', step: 'rcpt' })
-        this.skipping = 'rcpt'
         return CONTINUE
       default:
         return this.afterMessageStep(v, 'rcpt')
@@ -411,7 +428,6 @@ export class MilterSession {
       })
       if (v.kind === 'skip') {
         this.go({ kind: 'skipped', step: 'body' })
-        this.skipping = 'body'
         return CONTINUE
       }
       if (v.kind !== 'continue') return this.afterMessageStep(v, 'body')
@@ -477,12 +493,10 @@ export class MilterSession {
         continue
       }
       const verdict = this.toVerdict(reply, 'SMFIC_BODYEOB')
-      this.skipping = undefined
       if (verdict.kind === 'shutdown' || verdict.kind === 'conn_fail') {
         this.close()
       } else {
         this.go({ kind: 'eomAnswered' })
-        this.afterEob = true
       }
       const result: EomResult = { verdict, modifications: mods, bodyReplaced }
       if (bodyReplaced && !onReplaceBody) result.replacementBody = Buffer.concat(collected)
@@ -514,8 +528,6 @@ export class MilterSession {
     if (!this.inMessage) return
     this.send(encodeBare(Cmd.ABORT))
     this.go({ kind: 'reset' })
-    this.afterEob = false
-    this.skipping = undefined
   }
 
   /**
@@ -528,7 +540,6 @@ export class MilterSession {
     this.send(encodeBare(Cmd.QUIT_NC))
     this.flush()
     this.go({ kind: 'quitNc' })
-    this.afterEob = false
     this.unprovenReuse = true
     return true
   }
@@ -567,21 +578,19 @@ export class MilterSession {
 
   /** The one place the state changes: by an event, per the table in state.ts. */
   private go(e: Event): void {
-    const to = transition(this.state, e)
+    const to = next(this.position, e)
     if (to === undefined) {
       throw this.fail(
         new MilterStateError(`${this.opts.name}: ${e.kind} is not possible in state ${this.state}`),
       )
     }
-    this.state = to
+    this.position = to
   }
 
   /** In decided states message steps are answered without I/O; skipped event types too. */
   private passThrough(step: Step): boolean {
     if (this.state === 'connectionDone' || this.state === 'messageDone') return true
-    if (this.skipping === step) return true
-    if (this.skipping !== undefined) this.skipping = undefined
-    return false
+    return this.position.skipping === step
   }
 
   private check(step: Step): void {
@@ -663,8 +672,7 @@ export class MilterSession {
         return v
       case 'skip':
         // SKIP after a non-body event: Postfix skips further events of that type.
-        this.advance(step)
-        this.skipping = step
+        this.go({ kind: 'skipped', step })
         return CONTINUE
       case 'shutdown':
       case 'conn_fail':
@@ -672,7 +680,6 @@ export class MilterSession {
         return v
       default:
         this.go({ kind: 'messageEnded' })
-        this.skipping = undefined
         return v
     }
   }
@@ -827,7 +834,8 @@ export class MilterSession {
     if (this.failure) return this.failure
     if (this.state === 'closed' && err instanceof MilterClosedError) return err
     this.failure = err
-    this.state = 'failed' // any state may fail: the one change outside go()
+    // every state may fail (the table says so), so this go() cannot throw back into fail()
+    this.go({ kind: 'failed' })
     this.reader.stop(err)
     this.stream.destroy()
     return err

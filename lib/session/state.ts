@@ -52,7 +52,7 @@ export const FROM: Readonly<Record<Step, readonly State[]>> = {
 }
 
 /** The state reached by completing a step with CONTINUE (or by omitting it). */
-export const AFTER: Readonly<Partial<Record<Step, State>>> = {
+const AFTER: Readonly<Partial<Record<Step, State>>> = {
   connect: 'ready',
   helo: 'ready',
   mail: 'mail',
@@ -97,7 +97,7 @@ export type Event =
   | { kind: 'reset' }
   /** SMFIC_QUIT_NC: the next SMTP session starts at CONNECT. */
   | { kind: 'quitNc' }
-  /** An UNKNOWN answered: the state before it stands. */
+  /** An UNKNOWN answered: the state before it stands (legal only if it is the state UNKNOWN was sent in). */
   | { kind: 'restored'; state: State }
   /** QUIT sent, SHUTDOWN, or the connection went away. */
   | { kind: 'closed' }
@@ -106,8 +106,10 @@ export type Event =
 
 /** The state an event leads to from `from`; undefined when the event is not legal there. */
 export function transition(from: State, e: Event): State | undefined {
-  if (from === 'failed') return e.kind === 'failed' ? 'failed' : undefined
-  if (from === 'closed') return e.kind === 'closed' || e.kind === 'failed' ? from : undefined
+  // any state may fail, a closed one too (a late error on a closing socket)
+  if (e.kind === 'failed') return 'failed'
+  if (from === 'failed') return undefined
+  if (from === 'closed') return e.kind === 'closed' ? from : undefined
   switch (e.kind) {
     case 'continued':
     case 'skipped':
@@ -128,11 +130,53 @@ export function transition(from: State, e: Event): State | undefined {
     case 'quitNc':
       return allowed('quit_nc', from) ? 'negotiated' : undefined
     case 'restored':
-      return e.state
+      return e.state === from && allowed('unknown', from) ? from : undefined
     case 'closed':
       // a milter that ended the connection stays answered-without-I/O after its socket closes
       return from === 'connectionDone' ? from : 'closed'
-    case 'failed':
-      return 'failed'
   }
+}
+
+/** The steps that repeat within a message, which SKIP can cut short. */
+export type Skippable = 'rcpt' | 'header' | 'body'
+
+function isSkippable(step: Step): step is Skippable {
+  return step === 'rcpt' || step === 'header' || step === 'body'
+}
+
+/**
+ * A session's whole state: where it stands, and the two facts about how it
+ * got there that change what it may do next. Both are set and cleared by
+ * next() alone, from the same events, so no flag outside the table can
+ * disagree with the state.
+ */
+export interface SessionState {
+  readonly at: State
+  /**
+   * The milter answered SKIP at this step: later ones of the kind are
+   * answered without I/O until another step (Postfix skips further events
+   * of that type; milter-protocol.md §3.3).
+   */
+  readonly skipping?: Skippable
+  /**
+   * `ready` reached by a completed end of message (and HELO or UNKNOWN
+   * since): the only point where QUIT_NC may be sent (milter-protocol.md
+   * §5.6). XXX HELO keeps it, as it always has; libmilter's table lists
+   * only MAIL, QUIT, QUIT_NC and UNKNOWN after EOB.
+   */
+  readonly afterEob?: true
+}
+
+/** A fresh session: negotiated, nothing skipped, no message finished. */
+export const NEGOTIATED: SessionState = { at: 'negotiated' }
+
+/** The state an event leads to, qualifiers included; undefined when the event is not legal. */
+export function next(from: SessionState, e: Event): SessionState | undefined {
+  const at = transition(from.at, e)
+  if (at === undefined) return undefined
+  if (e.kind === 'restored') return from
+  const to: { at: State; skipping?: Skippable; afterEob?: true } = { at }
+  if (e.kind === 'skipped' && isSkippable(e.step)) to.skipping = e.step
+  if (e.kind === 'eomAnswered' || (from.afterEob && at === 'ready')) to.afterEob = true
+  return to
 }

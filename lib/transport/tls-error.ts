@@ -28,10 +28,7 @@ const CLIENT_CERT_ALERTS = new Set([
 ])
 
 /** The alert a TLS error reports (`certificate required`), if it is one from the peer. */
-export function tlsAlertName(err: {
-  code?: string | undefined
-  message: string
-}): string | undefined {
+function tlsAlertName(err: { code?: string | undefined; message: string }): string | undefined {
   const fromCode = /_ALERT_([A-Z0-9_]+)$/.exec(err.code ?? '')?.[1]
   if (fromCode) return fromCode.toLowerCase().replace(/_/g, ' ')
   return /(?:sslv3|tlsv1[0-9]*) alert ([a-z ]+)/i.exec(err.message)?.[1]?.trim().toLowerCase()

@@ -9,7 +9,7 @@ import type { MilterDef } from '../../lib/config'
 import { parseSocketSpec } from '../../lib/transport/spec'
 import { MilterPool, PROBATION_IDLE_MS } from '../../lib/pool'
 import { sendContent } from '../../lib/session/content'
-import { describePacket } from '../../lib/protocol/describe'
+import { describePacket } from '../../lib/debug/packet-trace'
 import type { MilterSession, SessionObserver } from '../../lib/session/session'
 import {
   assertPymilterInstalled,

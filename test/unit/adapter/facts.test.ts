@@ -14,8 +14,8 @@ import {
   macroLookup,
   rcptExtras,
   recipientFacts,
-  type LocalDomain,
 } from '../../../lib/adapter/facts'
+import type { LocalDomain } from '../../../lib/adapter/haraka'
 import { parseMilterConfig, type Ini } from '../../../lib/config'
 import { addr, connection, transaction, type FixtureConnection } from './fixture'
 

@@ -4,7 +4,15 @@
  */
 import assert from 'node:assert/strict'
 
-import { DSN, toDsn, toHookResult, type HookResult } from '../../../lib/adapter/reply'
+import {
+  DSN,
+  hookCode,
+  respond,
+  toDsn,
+  toHookResult,
+  type HookResult,
+} from '../../../lib/adapter/reply'
+import { noteDiscard, type TransactionState } from '../../../lib/adapter/state'
 import type { Outcome } from '../../../lib/policy/chain'
 import type { SmtpReply } from '../../../lib/protocol/replycode'
 
@@ -97,5 +105,30 @@ describe('adapter: reply', () => {
         assert.equal(d.reply[1], 'line 2')
       })
     }
+  })
+
+  describe('respond', () => {
+    it('continue and discard: next() with nothing; a reject: DENY and the DSN', () => {
+      const calls: unknown[][] = []
+      const next = (...args: unknown[]): void => void calls.push(args)
+      respond(next, { action: 'continue' })
+      respond(next, { action: 'discard', milter: 'm' })
+      respond(next, { action: 'reject', reply: R550, milter: 'm', cause: 'verdict' })
+      assert.deepEqual(calls.slice(0, 2), [[], []])
+      assert.equal(calls[2]?.[0], hookCode('deny'))
+      assert.ok(calls[2]?.[1] instanceof DSN)
+      assert.equal(String(calls[2]?.[1]), '550 5.7.1 Command rejected')
+    })
+  })
+
+  describe('noteDiscard', () => {
+    it('the first discard of a transaction is the one taken at queue', () => {
+      const st: TransactionState = { mailArgs: {} }
+      noteDiscard(st, { action: 'continue' })
+      assert.equal(st.disposition, undefined)
+      noteDiscard(st, { action: 'discard', milter: 'a' })
+      noteDiscard(st, { action: 'discard', milter: 'b' })
+      assert.deepEqual(st.disposition, { kind: 'discard', milter: 'a' })
+    })
   })
 })

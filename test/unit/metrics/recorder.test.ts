@@ -10,7 +10,7 @@ import { MilterConnectError } from '../../../lib/errors'
 import { aggregate } from '../../../lib/metrics/cluster'
 import { poolFigures } from '../../../lib/metrics/figures'
 import { METRIC, MilterMetrics, type MetricJson } from '../../../lib/metrics/recorder'
-import { MilterReports, type MilterReport } from '../../../lib/policy/report'
+import { MilterReports, type MilterReport } from '../../../lib/policy/milter-reports'
 import { MilterPool } from '../../../lib/pool'
 import type { MilterSession } from '../../../lib/session/session'
 
@@ -39,7 +39,8 @@ function value(json: MetricJson[], name: string, labels: Record<string, string |
 /** The reports of one message as the chain records them. */
 function message(): MilterReport[] {
   const r = new MilterReports()
-  for (const stage of ['connect', 'helo', 'mail', 'rcpt', 'rcpt', 'data']) r.waited(A, stage, 0.3)
+  for (const stage of ['connect', 'helo', 'mail', 'rcpt', 'rcpt', 'data'] as const)
+    r.waited(A, stage, 0.3)
   r.waited(A, 'eom', 4)
   r.edits(A, {
     milter: 'a',

@@ -3,7 +3,8 @@
  * collector (MilterReports) so that they carry every field a real one has.
  */
 import { parseMilterConfig } from '../../../lib/config'
-import { MilterReports, type MilterReport } from '../../../lib/policy/report'
+import { MilterReports, type MilterReport } from '../../../lib/policy/milter-reports'
+import type { Stage } from '../../../lib/policy/stage'
 import type { Verdict } from '../../../lib/session/types'
 
 export const CFG = parseMilterConfig({
@@ -16,7 +17,7 @@ export const CFG = parseMilterConfig({
 export function report(
   milter: 'one' | 'two',
   waitMs: number,
-  then: { verdict?: Verdict; failure?: { stage: string; code: string } } = {},
+  then: { verdict?: Verdict; failure?: { stage: Stage; code: string } } = {},
 ): MilterReport {
   const def = CFG.milters.get(milter)
   if (!def) throw new Error(`no milter ${milter}`)

@@ -1,6 +1,13 @@
 import assert from 'node:assert/strict'
 
-import { formatSmtpReply, parseReplyCode, type SmtpReply } from '../../../lib/protocol/replycode'
+import {
+  formatReplyLine,
+  formatSmtpReply,
+  parseReplyCode,
+  replyTexts,
+  smtpLines,
+  type SmtpReply,
+} from '../../../lib/protocol/replycode'
 
 function ok(raw: string): SmtpReply {
   const r = parseReplyCode(raw)
@@ -159,5 +166,33 @@ describe('protocol: REPLYCODE text made fit for SMTP (RFC 5321)', () => {
     assert.equal(r.ok, false)
     const ok32 = lines.slice(0, 31).concat('550 5.7.1 last')
     assert.equal(ok(ok32.join('\r\n')).lines.length, 32)
+  })
+})
+
+describe('protocol: the one SMTP reply formatter', () => {
+  const reply = {
+    code: 550,
+    enhanced: '5.7.1',
+    lines: [
+      { enhanced: '5.7.1', text: 'first' },
+      { text: 'second' },
+      { enhanced: '5.7.1', text: '' },
+    ],
+  }
+
+  it('replyTexts: each line as Haraka sends it after the code', () => {
+    assert.deepEqual(replyTexts(reply), ['5.7.1 first', 'second', '5.7.1'])
+  })
+
+  it('formatSmtpReply: SMTP lines, `-` on all but the last', () => {
+    assert.deepEqual(formatSmtpReply(reply), ['550-5.7.1 first', '550-second', '550 5.7.1'])
+  })
+
+  it('smtpLines: a line with no text has no trailing space', () => {
+    assert.deepEqual(smtpLines(451, ['']), ['451'])
+  })
+
+  it('formatReplyLine: the code once, the lines joined for a log line', () => {
+    assert.equal(formatReplyLine(reply), '550 5.7.1 first / second / 5.7.1')
   })
 })

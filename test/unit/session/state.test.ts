@@ -4,7 +4,14 @@
  */
 import assert from 'node:assert/strict'
 
-import { transition, type Event, type State } from '../../../lib/session/state'
+import {
+  NEGOTIATED,
+  next,
+  transition,
+  type Event,
+  type SessionState,
+  type State,
+} from '../../../lib/session/state'
 
 const ALL: State[] = [
   'negotiated',
@@ -103,5 +110,69 @@ describe('session: state transitions', () => {
       ['ready', 'messageDone'],
     )
     for (const s of ALL) assert.ok(transition(s, { kind: 'failed' }) !== undefined, s)
+  })
+
+  it('a restored state is validated: only the state UNKNOWN was sent in, and one UNKNOWN is legal from', () => {
+    assert.equal(transition('rcpt', { kind: 'restored', state: 'rcpt' }), 'rcpt')
+    assert.equal(transition('rcpt', { kind: 'restored', state: 'ready' }), undefined)
+    assert.equal(transition('body', { kind: 'restored', state: 'body' }), undefined)
+    assert.equal(transition('negotiated', { kind: 'restored', state: 'negotiated' }), undefined)
+  })
+
+  it('failing is legal from every state, closed and failed included', () => {
+    for (const s of ALL) assert.equal(transition(s, { kind: 'failed' }), 'failed', s)
+  })
+})
+
+describe('session: qualified state (next)', () => {
+  function run(events: Event[], start: SessionState = NEGOTIATED): SessionState {
+    let s = start
+    for (const e of events) {
+      const to = next(s, e)
+      assert.ok(to, `${e.kind} from ${s.at}`)
+      s = to
+    }
+    return s
+  }
+  const toRcpt: Event[] = [
+    { kind: 'continued', step: 'connect' },
+    { kind: 'continued', step: 'mail' },
+    { kind: 'continued', step: 'rcpt' },
+  ]
+
+  it('SKIP at a repeated step is remembered until the next step, an abort or the end of the message', () => {
+    const skipped = run([...toRcpt, { kind: 'skipped', step: 'rcpt' }])
+    assert.deepEqual(skipped, { at: 'rcpt', skipping: 'rcpt' })
+    assert.deepEqual(run([{ kind: 'restored', state: 'rcpt' }], skipped), skipped)
+    assert.deepEqual(run([{ kind: 'continued', step: 'data' }], skipped), { at: 'data' })
+    assert.deepEqual(run([{ kind: 'reset' }], skipped), { at: 'ready' })
+    assert.deepEqual(run([{ kind: 'messageEnded' }], skipped), { at: 'messageDone' })
+  })
+
+  it('SKIP at a step that does not repeat (MAIL, DATA, EOH) leaves nothing to skip', () => {
+    assert.deepEqual(run([...toRcpt.slice(0, 1), { kind: 'skipped', step: 'mail' }]), {
+      at: 'mail',
+    })
+  })
+
+  it('QUIT_NC is possible only after a completed end of message, until the next MAIL', () => {
+    const body: Event[] = [
+      ...toRcpt,
+      { kind: 'continued', step: 'data' },
+      { kind: 'continued', step: 'eoh' },
+      { kind: 'skipped', step: 'body' },
+    ]
+    assert.deepEqual(run(body), { at: 'body', skipping: 'body' })
+    const done = run([...body, { kind: 'eomAnswered' }])
+    assert.deepEqual(done, { at: 'ready', afterEob: true })
+    assert.deepEqual(run([{ kind: 'restored', state: 'ready' }], done), done)
+    assert.deepEqual(run([{ kind: 'continued', step: 'helo' }], done), done)
+    assert.deepEqual(run([{ kind: 'continued', step: 'mail' }], done), { at: 'mail' })
+    assert.deepEqual(run([{ kind: 'quitNc' }], done), NEGOTIATED)
+    assert.deepEqual(run([{ kind: 'failed' }], done), { at: 'failed' })
+  })
+
+  it('an illegal event is refused with the qualifiers as they were', () => {
+    assert.equal(next({ at: 'ready', afterEob: true }, { kind: 'eomAnswered' }), undefined)
   })
 })

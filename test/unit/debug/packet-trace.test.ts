@@ -24,7 +24,7 @@ import {
   packetReport,
   packetText,
   stagesFromPackets,
-} from '../../../lib/protocol/describe'
+} from '../../../lib/debug/packet-trace'
 import { encodeReply } from '../../../lib/protocol/replies'
 
 /** A whole packet (length, code, data) -> the frame the session observes. */

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict'
 
 import { parseMilterConfig } from '../../../lib/config'
-import { MilterReports, formatMilterReport } from '../../../lib/policy/report'
+import { MilterReports, formatMilterReport } from '../../../lib/policy/milter-reports'
 
 const cfg = parseMilterConfig({
   main: { milters: 'a b' },

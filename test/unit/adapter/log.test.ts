@@ -1,14 +1,14 @@
 /**
- * The per-message INFO lines (lib/adapter/report.ts reportMessage): the
+ * The per-message INFO lines (lib/adapter/log.ts reportMessage): the
  * SMTP reply goes on the line of the milter that decided it, not on its
  * neighbours'.
  */
 import assert from 'node:assert/strict'
 
-import { reportMessage } from '../../../lib/adapter/report'
+import { reportMessage } from '../../../lib/adapter/log'
 import type { HarakaConnection } from '../../../lib/adapter/haraka'
 import { parseMilterConfig } from '../../../lib/config'
-import { MilterReports } from '../../../lib/policy/report'
+import { MilterReports } from '../../../lib/policy/milter-reports'
 
 const CFG = parseMilterConfig({
   main: { milters: 'down spam' },

@@ -5,8 +5,9 @@
  */
 import type { BreakerChange } from '../breaker'
 import type { ChainEvent, MilterReport, Outcome } from '../policy/chain'
-import { formatMilterReport } from '../policy/report'
-import type { Stage } from '../policy/replies'
+import { formatMilterReport } from '../policy/milter-reports'
+import type { Stage } from '../policy/stage'
+import { formatReplyLine } from '../protocol/replycode'
 import type { HarakaConnection } from './haraka'
 
 /** The plugin as Haraka's loggers want it. */
@@ -30,15 +31,12 @@ export function reportOutcome(
   if (decided.action === 'continue' || decided.action === 'discard') return
   const failure = decided.cause === 'failure' ? ',failure' : ''
   c.results.add(plugin, { fail: `${decided.milter}(${stage}:${decided.action}${failure})` })
-  const text = decided.reply.lines
-    .map((l) => [l.enhanced, l.text].filter(Boolean).join(' '))
-    .join(' / ')
   const later =
     answered.action === 'continue' ? ' (given at MAIL: a greeting may not carry it)' : ''
   const where = endpoint === undefined ? '' : ` (${endpoint})`
   c.loginfo(
     plugin,
-    `${decided.milter}${where} ${decided.action} at ${stage}: ${decided.reply.code} ${text}${later}`,
+    `${decided.milter}${where} ${decided.action} at ${stage}: ${formatReplyLine(decided.reply)}${later}`,
   )
 }
 

@@ -5,7 +5,7 @@
  * One wording for `haraka-milter check --trace` / --json and the plugin's
  * `debug = 2` packet trace. Pure: takes frames.
  */
-import { decodeCommand, type Command } from './commands'
+import { decodeCommand, type Command } from '../protocol/commands'
 import {
   actionNames,
   cmdName,
@@ -16,10 +16,10 @@ import {
   protocolNames,
   Rep,
   repName,
-} from './constants'
-import type { Frame } from './frame'
-import { decodeReply, type Modification, type Reply } from './replies'
-import { parseReplyCode, type SmtpReply } from './replycode'
+} from '../protocol/constants'
+import type { Frame } from '../protocol/frame'
+import { decodeReply, type Modification, type Reply } from '../protocol/replies'
+import { parseReplyCode, type SmtpReply } from '../protocol/replycode'
 
 /** A decoded field value: text, a number, a list or a name -> value table. */
 export type FieldValue =
@@ -145,7 +145,7 @@ function commandFields(c: Command): Fields {
 }
 
 /** How much of a body chunk its fields show (`preview`); `bytes` is its whole size. */
-export const BODY_PREVIEW_BYTES = 64
+const BODY_PREVIEW_BYTES = 64
 
 /** A body chunk (SMFIC_BODY, SMFIR_REPLBODY): its size and its first bytes as text. */
 function bodyFields(chunk: Buffer): Fields {

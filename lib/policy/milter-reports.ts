@@ -7,6 +7,7 @@
 import type { MilterDef } from '../config'
 import type { Verdict } from '../session/types'
 import type { MilterEdits } from './content'
+import type { Stage } from './stage'
 
 /** One milter's part in one message. */
 export interface MilterReport {
@@ -15,7 +16,7 @@ export interface MilterReport {
   mode: 'enforce' | 'shadow'
   endpoint: string
   /** Stages it was consulted at, in order (a repeated stage once: rcpt for every recipient). */
-  stages: string[]
+  stages: Stage[]
   /** Its answers other than continue, as `kind@stage` (`failed CODE@stage (default_action=X)`); `continue` when none. */
   verdict: string
   /** Modifications by kind (addheader, chgheader, replbody, ...). */
@@ -23,14 +24,14 @@ export interface MilterReport {
   /** Milliseconds spent waiting for its answers. */
   waitMs: number
   /** Each wait for an answer, in order (rcpt once per recipient): for latency figures. */
-  waits: Array<{ stage: string; ms: number }>
+  waits: Array<{ stage: Stage; ms: number }>
   /** `verdict` as data: each answer other than continue, and each failure with its error code. */
   outcomes: ReportOutcome[]
 }
 
 /** One decision in a report: a verdict (its kind; a reply code's code) or a failure (its error code). */
 export interface ReportOutcome {
-  stage: string
+  stage: Stage
   kind: Exclude<Verdict['kind'], 'continue'> | 'failed' | 'skipped'
   /** The SMTP code of a replycode verdict, or the error code of a failure. */
   code?: string
@@ -64,7 +65,7 @@ export class MilterReports {
     this.of(def).endpoint = endpoint
   }
 
-  waited(def: MilterDef, stage: string, ms: number): void {
+  waited(def: MilterDef, stage: Stage, ms: number): void {
     const r = this.of(def)
     if (r.stages[r.stages.length - 1] !== stage) r.stages.push(stage)
     r.waitMs += ms
@@ -75,7 +76,7 @@ export class MilterReports {
     r.verdict = r.verdict === 'continue' ? what : `${r.verdict}, ${what}`
   }
 
-  verdict(def: MilterDef, stage: string, v: Verdict): void {
+  verdict(def: MilterDef, stage: Stage, v: Verdict): void {
     if (v.kind === 'continue') return
     const r = this.of(def)
     this.decide(r, `${v.kind === 'replycode' ? `replycode ${v.reply.code}` : v.kind}@${stage}`)
@@ -86,7 +87,7 @@ export class MilterReports {
     )
   }
 
-  failure(def: MilterDef, stage: string, code: string, action: string): void {
+  failure(def: MilterDef, stage: Stage, code: string, action: string): void {
     const r = this.of(def)
     if (r.stages[r.stages.length - 1] !== stage) r.stages.push(stage)
     this.decide(r, `failed ${code}@${stage} (default_action=${action})`)
@@ -94,7 +95,7 @@ export class MilterReports {
   }
 
   /** Left out by a skip_* condition (the stage where it was decided, and why). */
-  skipped(def: MilterDef, stage: string, reason: string): void {
+  skipped(def: MilterDef, stage: Stage, reason: string): void {
     const r = this.of(def)
     this.decide(r, `skipped (${reason})@${stage}`)
     r.outcomes.push({ stage, kind: 'skipped' })
