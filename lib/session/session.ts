@@ -27,7 +27,7 @@ import {
 } from '../errors'
 import {
   encodeBare,
-  encodeBody,
+  encodeBodyHead,
   encodeConnect,
   encodeHeader,
   encodeHelo,
@@ -57,6 +57,8 @@ interface StepSpec {
   noReply: number
   phase: Phase
   packet: () => Buffer
+  /** Payload written after packet() as it is (a body chunk: no copy into the packet). */
+  tail?: Buffer | undefined
   label: string
 }
 
@@ -64,6 +66,12 @@ const CONTINUE: Verdict = { kind: 'continue' }
 
 /** Gathered packets are written at once when they reach this size (a body under NR_BODY). */
 const FLUSH_BYTES = 64 * 1024
+
+/**
+ * Gathered pieces up to this many bytes in all are joined into one buffer for the write;
+ * above it (a body chunk) they are written corked, as they are, in one writev.
+ */
+const JOIN_MAX = 4 * 1024
 
 /** NUL cannot travel in a `str\0` field: client-supplied text loses it (milter-protocol.md §1.5). */
 function noNul(v: Bytes): Bytes {
@@ -372,7 +380,8 @@ export class MilterSession {
         omit: Proto.NOBODY,
         noReply: Proto.NR_BODY,
         phase: 'content',
-        packet: () => encodeBody(chunk),
+        packet: () => encodeBodyHead(chunk),
+        tail: chunk,
         label: 'SMFIC_BODY',
       })
       if (v.kind === 'skip') {
@@ -556,7 +565,7 @@ export class MilterSession {
       this.advance(spec.step)
       return CONTINUE
     }
-    this.send(spec.packet())
+    this.send(spec.packet(), spec.tail)
     if ((this.negotiated.protocol & spec.noReply) !== 0) {
       this.advance(spec.step)
       return CONTINUE
@@ -700,9 +709,10 @@ export class MilterSession {
     return phase === 'connect' ? t.connectMs : phase === 'command' ? t.commandMs : t.contentMs
   }
 
-  private send(packet: Buffer): void {
+  /** Gathers one packet for the next flush(): `packet`, then `tail` (its payload's end) if any. */
+  private send(packet: Buffer, tail?: Buffer): void {
     if (this.failure) throw this.failure
-    const dataLen = packet.length - LEN_BYTES - 1
+    const dataLen = packet.length - LEN_BYTES - 1 + (tail?.length ?? 0)
     if (dataLen > this.negotiated.maxDataBytes) {
       throw this.fail(
         new MilterSizeError(
@@ -711,13 +721,18 @@ export class MilterSession {
       )
     }
     if (this.opts.observer?.trace) {
+      const head = packet.subarray(LEN_BYTES + 1)
       this.opts.observer.trace('send', {
         code: packet.readUInt8(LEN_BYTES),
-        data: packet.subarray(LEN_BYTES + 1),
+        data: tail ? (head.length === 0 ? tail : Buffer.concat([head, tail])) : head,
       })
     }
     this.outgoing.push(packet)
     this.outgoingBytes += packet.length
+    if (tail) {
+      this.outgoing.push(tail)
+      this.outgoingBytes += tail.length
+    }
     if (this.outgoingBytes >= FLUSH_BYTES) this.flush()
   }
 
@@ -731,19 +746,30 @@ export class MilterSession {
   private flush(written?: () => void): void {
     const n = this.outgoing.length
     if (n === 0) return
-    const data =
-      n === 1 ? (this.outgoing[0] as Buffer) : Buffer.concat(this.outgoing, this.outgoingBytes)
+    const pieces = this.outgoing
+    const bytes = this.outgoingBytes
     this.outgoing = []
     this.outgoingBytes = 0
-    if (!written) {
-      this.stream.write(data)
-      return
-    }
+    const s = this.stream
     let queued = false
-    this.stream.write(data, () => {
-      if (queued) written()
-    })
-    if ((this.stream.writableLength ?? 0) > 0) queued = true
+    const done = written
+      ? () => {
+          if (queued) written()
+        }
+      : undefined
+    if (n === 1 || bytes <= JOIN_MAX || !s.cork || !s.uncork) {
+      // small: one copy is cheaper than a writev of many pieces
+      const data = n === 1 ? (pieces[0] as Buffer) : Buffer.concat(pieces, bytes)
+      s.write(data, done)
+    } else {
+      // a body chunk (and what was gathered before it): one writev, no copy of the chunk
+      s.cork()
+      for (let i = 0; i < n - 1; i++) s.write(pieces[i] as Buffer)
+      s.write(pieces[n - 1] as Buffer, done)
+      s.uncork()
+    }
+    if (!written) return
+    if ((s.writableLength ?? 0) > 0) queued = true
     else written()
   }
 
