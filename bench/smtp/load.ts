@@ -24,12 +24,17 @@ export interface LoadSpec {
   perSession: number
   /** Body bytes (headers come on top, about 300 bytes). */
   size: number
+  /** Count failed sessions in LoadResult.errors instead of failing the run. */
+  countErrors?: boolean
 }
 
 export interface LoadResult {
   ms: number
   /** Per-message latency, ms (Node generator only). */
   latencies: number[]
+  /** Sessions that failed (countErrors only), and the first error. */
+  errors?: number
+  firstError?: string
 }
 
 /** A whole message as sent after DATA: CRLF lines, no line starting with '.', final dot. */
@@ -147,16 +152,29 @@ export async function nodeLoad(spec: LoadSpec): Promise<LoadResult> {
   const msg = buildMessage(spec.size)
   const lat: number[] = []
   let left = spec.total
+  let errors = 0
+  let firstError: string | undefined
   const t0 = performance.now()
   const worker = async (): Promise<void> => {
     while (left > 0) {
       const n = Math.min(spec.perSession, left)
       left -= n
-      await session(spec.port, n, msg, lat)
+      try {
+        await session(spec.port, n, msg, lat)
+      } catch (e) {
+        if (!spec.countErrors) throw e
+        errors++
+        firstError ??= e instanceof Error ? e.message : String(e)
+      }
     }
   }
   await Promise.all(Array.from({ length: spec.concurrency }, worker))
-  return { ms: performance.now() - t0, latencies: lat }
+  const r: LoadResult = { ms: performance.now() - t0, latencies: lat }
+  if (spec.countErrors) {
+    r.errors = errors
+    if (firstError !== undefined) r.firstError = firstError
+  }
+  return r
 }
 
 /** Per-message latency of `count` messages sent one at a time (one session at a time). */
