@@ -106,12 +106,12 @@ export function encodeBody(chunk: Buffer): Buffer {
 }
 
 /**
- * SMFIC_BODY without copying the chunk: the packet's first 5 bytes, to be written followed
- * by `chunk` itself (same bytes on the wire as encodeBody(chunk)).
+ * SMFIC_BODY without copying the chunk: the packet's first 5 bytes for a chunk of `length`
+ * bytes, to be written followed by the chunk itself (the same bytes as encodeBody(chunk)).
  */
-export function encodeBodyHead(chunk: Buffer): Buffer {
-  if (chunk.length === 0) throw new RangeError('an empty BODY packet kills libmilter sessions')
-  return frameHead(Cmd.BODY, chunk.length)
+export function encodeBodyHead(length: number): Buffer {
+  if (length === 0) throw new RangeError('an empty BODY packet kills libmilter sessions')
+  return frameHead(Cmd.BODY, length)
 }
 
 /** SMFIC_UNKNOWN: the whole unrecognised command line without CRLF. */

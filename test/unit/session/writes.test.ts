@@ -188,6 +188,56 @@ describe('session: writes', () => {
   }
 })
 
+describe('session: body packets from pieces of any size', () => {
+  for (const seed of [1, 2, 3]) {
+    it(`pieces of 1 byte to 150 KB become packets of 65535 bytes, the same bytes (seed ${seed})`, async () => {
+      let x = seed * 7919
+      const rnd = (n: number): number => {
+        x = (x * 1103515245 + 12345) % 2147483648
+        return x % n
+      }
+      const pieces: Buffer[] = []
+      let total = 0
+      while (total < 1_000_000) {
+        const n = 1 + rnd(rnd(4) === 0 ? 150_000 : 300)
+        const b = Buffer.alloc(n)
+        for (let i = 0; i < n; i++) b[i] = 0x41 + ((total + i) % 26)
+        pieces.push(b)
+        total += n
+      }
+      const chunks: Buffer[] = []
+      const decoder = new FrameDecoder()
+      const stream = new CorkingStream((c) =>
+        c === 'optneg'
+          ? optneg(0)
+          : c === 'macro' || c === 'quit'
+            ? undefined
+            : encodeReply({ kind: 'continue' }),
+      )
+      const write = stream.write.bind(stream)
+      stream.write = (data: Uint8Array): boolean => {
+        for (const f of decoder.push(Buffer.from(data)))
+          if (f.code === 0x42) chunks.push(Buffer.from(f.data))
+        return write(data)
+      }
+      const s = await MilterSession.negotiate(stream, OPTS)
+      await s.connect('client', { family: 'inet', address: '192.0.2.1', port: 1 }, () => undefined)
+      await s.helo('client', () => undefined)
+      await s.mail(['<a@example.org>'], () => undefined)
+      await s.rcpt(['<b@example.com>'], () => undefined)
+      await s.data(() => undefined)
+      const eom = await sendContent(s, { headers: [], body: pieces })
+      assert.equal(eom.verdict.kind, 'continue')
+      s.quit()
+      assert.deepEqual(Buffer.concat(chunks), Buffer.concat(pieces))
+      chunks.forEach((c, i) => {
+        if (i < chunks.length - 1) assert.equal(c.length, 65535, `packet ${i} is full`)
+        else assert.ok(c.length > 0 && c.length <= 65535)
+      })
+    })
+  }
+})
+
 /** A stream with cork()/uncork() that keeps every written piece as given. */
 class CorkingStream extends CountingStream {
   readonly pieces: Buffer[] = []
