@@ -26,6 +26,8 @@ export interface LoadSpec {
   size: number
   /** Count failed sessions in LoadResult.errors instead of failing the run. */
   countErrors?: boolean
+  /** Give up on a session after this many ms (a failed session); default: no limit. */
+  sessionTimeoutMs?: number
 }
 
 export interface LoadResult {
@@ -118,6 +120,12 @@ class Client {
   close(): void {
     this.sock.destroy()
   }
+
+  /** Fails the session: the pending ask() rejects with `e`. */
+  abort(e: Error): void {
+    this.fail(e)
+    this.sock.destroy()
+  }
 }
 
 function describe(data: string | Buffer | undefined): string {
@@ -127,9 +135,19 @@ function describe(data: string | Buffer | undefined): string {
 }
 
 /** One session: connect, EHLO, `count` messages, QUIT; pushes each message's latency. */
-async function session(port: number, count: number, msg: Buffer, lat: number[]): Promise<void> {
+async function session(
+  port: number,
+  count: number,
+  msg: Buffer,
+  lat: number[],
+  timeoutMs?: number,
+): Promise<void> {
   let t = performance.now()
   const c = await Client.open(port)
+  const timer =
+    timeoutMs === undefined
+      ? undefined
+      : setTimeout(() => c.abort(new Error(`session timed out after ${timeoutMs} ms`)), timeoutMs)
   try {
     await c.ask(undefined, 220)
     await c.ask(`EHLO ${HELO}\r\n`, 250)
@@ -143,6 +161,7 @@ async function session(port: number, count: number, msg: Buffer, lat: number[]):
     }
     await c.ask('QUIT\r\n', 221)
   } finally {
+    clearTimeout(timer)
     c.close()
   }
 }
@@ -160,7 +179,7 @@ export async function nodeLoad(spec: LoadSpec): Promise<LoadResult> {
       const n = Math.min(spec.perSession, left)
       left -= n
       try {
-        await session(spec.port, n, msg, lat)
+        await session(spec.port, n, msg, lat, spec.sessionTimeoutMs)
       } catch (e) {
         if (!spec.countErrors) throw e
         errors++

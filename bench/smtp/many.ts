@@ -88,6 +88,7 @@ export async function manyRuns(
           perSession: 1,
           size: 2048,
           countErrors: true,
+          sessionTimeoutMs: 60_000,
         })
       } finally {
         clearInterval(timer)
@@ -127,7 +128,8 @@ export async function manyRuns(
     legend: [
       'Node generator; latency per message from connect to the reply to the final dot; RSS: Haraka peak',
       '(VmHWM reset before the run, summed over its processes); milter conns: most established TCP',
-      'connections to the milter seen (sampled every 50 ms); Postfix with its default process limit (100)',
+      'connections to the milter seen (sampled every 50 ms); Postfix with its default process limit (100);',
+      'a session not done within 60 s counts as failed',
       ...rows.filter((r) => r.errors > 0).map((r) => `${r.variant}: first error: ${r.firstError}`),
     ],
     data: rows,
