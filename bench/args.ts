@@ -47,9 +47,23 @@ export interface Options {
   /** smtp: only the memory runs. */
   smtpMemoryOnly: boolean
   smtpMemoryMiB: number
+  /** smtp: the issue's goals run (variants, sizes, memory and many-sessions runs) and its table. */
+  smtpGoals: boolean
+  /** smtp: concurrent SMTP sessions of the many-sessions run (0: skip it). */
+  smtpSessions: number
   /** smtp: write a V8 CPU profile of each Haraka process of these variants into this dir. */
   cpuProfDir: string | undefined
 }
+
+/** The variants --smtp-goals runs. */
+export const GOAL_VARIANTS = [
+  'haraka',
+  'haraka+noop',
+  'haraka+noop-nr',
+  'postfix',
+  'postfix+noop',
+  'postfix+noop-nr',
+] as const
 
 const USAGE = `usage: node dist/bench/bench.js [flags]
   --quick               smaller counts (codec 250 ms per figure, 100 small / 5 large
@@ -76,6 +90,13 @@ const USAGE = `usage: node dist/bench/bench.js [flags]
   --smtp-load=WHICH     auto (smtp-source if installed), smtp-source or node
   --smtp-memory-mib=N   body size of the memory runs (default 50; 0 = skip them)
   --smtp-memory-only    only the memory runs (also in --quick)
+  --smtp-goals          the issue's goals, each against Postfix in the same run: Haraka,
+                        Postfix, each + no-op and + no-op no-reply at 2k,100k,10m (1 msg/session),
+                        one 10 MiB message (memory), --smtp-sessions concurrent sessions;
+                        prints a goals table (flags after it override its choices)
+  --smtp-sessions=N     the many-sessions run: N concurrent sessions through Haraka + no-op,
+                        Haraka nodes=2 + no-op and Postfix + no-op (default 500 with
+                        --smtp-goals, else 0 = skip)
   --cpu-prof=DIR        write V8 CPU profiles of the Haraka processes into DIR
   --help                this text`
 
@@ -104,6 +125,8 @@ export function parseArgs(argv: readonly string[]): Options {
     smtpMemory: !quick,
     smtpMemoryOnly: false,
     smtpMemoryMiB: 50,
+    smtpGoals: false,
+    smtpSessions: 0,
     cpuProfDir: undefined,
   }
   const list = (v: string): Section[] =>
@@ -196,6 +219,18 @@ export function parseArgs(argv: readonly string[]): Options {
       case '--smtp-memory-only':
         o.smtpMemoryOnly = true
         o.smtpMemory = true
+        break
+      case '--smtp-goals':
+        o.smtpGoals = true
+        o.smtpSizes = [...SMTP_SIZES]
+        o.smtpPerSession = [1]
+        o.smtpVariants = [...GOAL_VARIANTS]
+        o.smtpMemory = true
+        o.smtpMemoryMiB = 10
+        o.smtpSessions = 500
+        break
+      case '--smtp-sessions':
+        o.smtpSessions = int(value, flag, 0)
         break
       case '--cpu-prof':
         if (value === '') throw new Error(`${flag} needs a directory`)

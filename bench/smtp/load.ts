@@ -24,12 +24,19 @@ export interface LoadSpec {
   perSession: number
   /** Body bytes (headers come on top, about 300 bytes). */
   size: number
+  /** Count failed sessions in LoadResult.errors instead of failing the run. */
+  countErrors?: boolean
+  /** Give up on a session after this many ms (a failed session); default: no limit. */
+  sessionTimeoutMs?: number
 }
 
 export interface LoadResult {
   ms: number
   /** Per-message latency, ms (Node generator only). */
   latencies: number[]
+  /** Sessions that failed (countErrors only), and the first error. */
+  errors?: number
+  firstError?: string
 }
 
 /** A whole message as sent after DATA: CRLF lines, no line starting with '.', final dot. */
@@ -113,6 +120,12 @@ class Client {
   close(): void {
     this.sock.destroy()
   }
+
+  /** Fails the session: the pending ask() rejects with `e`. */
+  abort(e: Error): void {
+    this.fail(e)
+    this.sock.destroy()
+  }
 }
 
 function describe(data: string | Buffer | undefined): string {
@@ -122,9 +135,19 @@ function describe(data: string | Buffer | undefined): string {
 }
 
 /** One session: connect, EHLO, `count` messages, QUIT; pushes each message's latency. */
-async function session(port: number, count: number, msg: Buffer, lat: number[]): Promise<void> {
+async function session(
+  port: number,
+  count: number,
+  msg: Buffer,
+  lat: number[],
+  timeoutMs?: number,
+): Promise<void> {
   let t = performance.now()
   const c = await Client.open(port)
+  const timer =
+    timeoutMs === undefined
+      ? undefined
+      : setTimeout(() => c.abort(new Error(`session timed out after ${timeoutMs} ms`)), timeoutMs)
   try {
     await c.ask(undefined, 220)
     await c.ask(`EHLO ${HELO}\r\n`, 250)
@@ -138,6 +161,7 @@ async function session(port: number, count: number, msg: Buffer, lat: number[]):
     }
     await c.ask('QUIT\r\n', 221)
   } finally {
+    clearTimeout(timer)
     c.close()
   }
 }
@@ -147,16 +171,29 @@ export async function nodeLoad(spec: LoadSpec): Promise<LoadResult> {
   const msg = buildMessage(spec.size)
   const lat: number[] = []
   let left = spec.total
+  let errors = 0
+  let firstError: string | undefined
   const t0 = performance.now()
   const worker = async (): Promise<void> => {
     while (left > 0) {
       const n = Math.min(spec.perSession, left)
       left -= n
-      await session(spec.port, n, msg, lat)
+      try {
+        await session(spec.port, n, msg, lat, spec.sessionTimeoutMs)
+      } catch (e) {
+        if (!spec.countErrors) throw e
+        errors++
+        firstError ??= e instanceof Error ? e.message : String(e)
+      }
     }
   }
   await Promise.all(Array.from({ length: spec.concurrency }, worker))
-  return { ms: performance.now() - t0, latencies: lat }
+  const r: LoadResult = { ms: performance.now() - t0, latencies: lat }
+  if (spec.countErrors) {
+    r.errors = errors
+    if (firstError !== undefined) r.firstError = firstError
+  }
+  return r
 }
 
 /** Per-message latency of `count` messages sent one at a time (one session at a time). */

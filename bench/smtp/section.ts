@@ -17,8 +17,10 @@ import {
 } from './milters'
 import { cpuMs, hwmBytes, resetHwm } from './procs'
 import { postfixMissing } from './postfix'
-import { memoryRuns } from './memory'
-import { smtpTable, type Sample } from './table'
+import { goalsTable } from './goals'
+import { manyRuns, type ManyRow } from './many'
+import { memoryRuns, type MemRow } from './memory'
+import { smtpTable, type Row, type Sample } from './table'
 import {
   VARIANTS,
   startHarakaServer,
@@ -79,19 +81,30 @@ function countFor(o: Options, size: SmtpSize): { total: number; probe: number } 
 }
 
 export async function smtpSection(o: Options): Promise<void> {
-  if (!o.smtpMemoryOnly) await loadRuns(o)
-  if (o.smtpMemory && o.smtpMemoryMiB > 0 && (!o.smtpVariants || o.smtpMemoryOnly)) {
+  const rows = o.smtpMemoryOnly ? [] : await loadRuns(o)
+  let mem: MemRow[] = []
+  if (o.smtpMemory && o.smtpMemoryMiB > 0 && (!o.smtpVariants || o.smtpMemoryOnly || o.smtpGoals)) {
     progress('  memory runs (one large message)')
     try {
-      await memoryRuns(o, startMilter, (s) => servers.add(s))
+      mem = await memoryRuns(o, startMilter, (s) => servers.add(s))
     } finally {
       await stopSmtp()
     }
   }
+  let many: ManyRow[] = []
+  if (o.smtpSessions > 0 && !o.smtpMemoryOnly) {
+    try {
+      const m = await startMilter('noop')
+      many = await manyRuns(o, m, (s) => servers.add(s))
+    } finally {
+      await stopSmtp()
+    }
+  }
+  if (o.smtpGoals) goalsTable(rows, mem, many, o.smtpMemoryMiB)
 }
 
 /** Every variant, size and messages-per-session, once per round. */
-async function loadRuns(o: Options): Promise<void> {
+async function loadRuns(o: Options): Promise<Row[]> {
   const pfMissing = postfixMissing()
   let variants = VARIANTS.filter((v) => !o.smtpVariants || o.smtpVariants.includes(v.name))
   if (o.smtpVariants)
@@ -154,7 +167,7 @@ async function loadRuns(o: Options): Promise<void> {
         }
       }
     }
-    smtpTable(o, variants, samples, useSource)
+    return smtpTable(o, variants, samples, useSource)
   } finally {
     await stopSmtp()
   }

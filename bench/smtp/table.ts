@@ -24,7 +24,8 @@ export interface Sample {
   peakRss: number
 }
 
-interface Row {
+/** One row of the table: a variant at one size and messages per session, over rounds. */
+export interface Row {
   variant: string
   size: SmtpSize
   perSession: number
@@ -55,7 +56,7 @@ export function smtpTable(
   variants: readonly Variant[],
   samples: readonly Sample[],
   smtpSource: boolean,
-): void {
+): Row[] {
   const rows: Row[] = []
   for (const size of o.smtpSizes) {
     for (const perSession of o.smtpPerSession) {
@@ -161,6 +162,7 @@ export function smtpTable(
     legend,
     data: rows,
   })
+  return rows
 }
 
 /** The goals, as figures of this run. */

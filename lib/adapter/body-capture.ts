@@ -86,14 +86,16 @@ export function captureBody(t: HarakaTransaction): void {
 }
 
 /**
- * The body, unstuffed, in pieces of exactly `size` bytes (the last one shorter), or undefined
- * when it must be read through pipe() (see the file comment).
+ * The body, unstuffed, or undefined when it must be read through pipe() (see the file
+ * comment): with `size`, in pieces of exactly `size` bytes (the last one shorter, copies where
+ * a piece spans views); without, as views of the stored bytes (no copy; any sizes, none empty),
+ * which the content phase cuts into packets itself.
  */
-export function bodyPieces(t: HarakaTransaction, size: number): AsyncIterable<Buffer> | undefined {
+export function bodyPieces(t: HarakaTransaction, size?: number): AsyncIterable<Buffer> | undefined {
   const cap = CAPTURES.get(t.message_stream)
   if (!cap?.usable) return undefined
   cap.close()
-  return eachOf(pieces(cap.views, size))
+  return eachOf(size === undefined ? unstuffed(cap.views) : pieces(cap.views, size))
 }
 
 // eslint-disable-next-line @typescript-eslint/require-await -- the content phase takes async iterables

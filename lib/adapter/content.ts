@@ -4,7 +4,6 @@
  */
 import type { MessageResult, MilterChain, Outcome } from '../policy/chain'
 import type { MilterConfig } from '../config'
-import { CHUNK_SIZE } from '../protocol/constants'
 import { REPLIES } from '../policy/replies'
 import type { MtaBounds } from '../session/limits'
 import type { MacroLookup } from '../session/macros'
@@ -43,7 +42,7 @@ export function runContent(
     headers: headerFields(t),
     envelope: envelopeOf(t),
     body: () =>
-      bodyPieces(t, CHUNK_SIZE) ?? {
+      bodyPieces(t) ?? {
         [Symbol.asyncIterator]: (): AsyncIterator<Buffer> =>
           readMessage(t, { skip_headers: true })[Symbol.asyncIterator](),
       },

@@ -5,7 +5,7 @@
 import { MilterProtocolError } from '../errors'
 import { assertNoNul, Reader, Writer } from './bytes'
 import { Cmd, Family, LEN_BYTES, MACRO_STAGE_CMD, type MacroStage } from './constants'
-import { encodeFrame, type Frame } from './frame'
+import { encodeFrame, frameHead, type Frame } from './frame'
 
 /** A string field: text (sent as UTF-8) or raw bytes. */
 export type Bytes = string | Buffer
@@ -103,6 +103,15 @@ export function encodeHeader(name: Bytes, value: Bytes): Buffer {
 export function encodeBody(chunk: Buffer): Buffer {
   if (chunk.length === 0) throw new RangeError('an empty BODY packet kills libmilter sessions')
   return encodeFrame(Cmd.BODY, chunk)
+}
+
+/**
+ * SMFIC_BODY without copying the chunk: the packet's first 5 bytes for a chunk of `length`
+ * bytes, to be written followed by the chunk itself (the same bytes as encodeBody(chunk)).
+ */
+export function encodeBodyHead(length: number): Buffer {
+  if (length === 0) throw new RangeError('an empty BODY packet kills libmilter sessions')
+  return frameHead(Cmd.BODY, length)
 }
 
 /** SMFIC_UNKNOWN: the whole unrecognised command line without CRLF. */

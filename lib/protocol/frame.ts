@@ -25,6 +25,17 @@ const EXACT_ALLOC_MAX = MDS_1M + 1
 /** Pieces up to this size are copied byte by byte rather than with Buffer#copy. */
 const SMALL_COPY = 16
 
+/**
+ * The 5 bytes before a packet's payload (length and code) for `dataLength` bytes of data: a
+ * large payload is written after it as it is (socket writev), without copying it into a packet.
+ */
+export function frameHead(code: number, dataLength: number): Buffer {
+  const out = Buffer.allocUnsafe(LEN_BYTES + 1)
+  out.writeUInt32BE(dataLength + 1, 0)
+  out.writeUInt8(code, LEN_BYTES)
+  return out
+}
+
 /** Encodes one packet. */
 export function encodeFrame(code: number, data?: Buffer): Buffer {
   const n = data?.length ?? 0

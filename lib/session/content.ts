@@ -4,7 +4,6 @@
  */
 import type { EomLimits } from './limits'
 import type { MacroLookup } from './macros'
-import { CHUNK_SIZE } from '../protocol/constants'
 import type { EomResult, MilterSession, Verdict } from './session'
 
 /** A header as sent to the milter: name and raw value after the colon. */
@@ -35,28 +34,45 @@ export async function sendContent(session: MilterSession, content: Content): Pro
   const eoh = await session.eoh(content.eohMacros)
   if (eoh.kind !== 'continue') return { verdict: eoh, ...none }
   // The body goes in packets of the largest size the protocol allows (65535 bytes), whatever
-  // pieces the message stream yields (Haraka's are about 16 KiB): fewer round trips per message.
+  // pieces the body yields: fewer round trips per message. A packet is made of views of those
+  // pieces (cut with subarray, never copied here), written after its head in one writev.
+  const max = session.bodyChunkSize
   let pending: Buffer[] = []
   let size = 0
-  /** Sends whole packets' worth of what is pending (all of it at the end), keeping the rest. */
-  const sendPending = async (all: boolean): Promise<Verdict> => {
-    const bytes = pending.length === 1 ? (pending[0] as Buffer) : Buffer.concat(pending, size)
-    const cut = all ? bytes.length : bytes.length - (bytes.length % CHUNK_SIZE)
-    const rest = bytes.subarray(cut)
-    pending = rest.length > 0 ? [rest] : []
-    size = rest.length
-    return session.body(bytes.subarray(0, cut))
+  /** Sends the first `n` pending bytes as one packet. */
+  const sendPacket = (n: number): Promise<Verdict> => {
+    const parts: Buffer[] = []
+    let need = n
+    let i = 0
+    while (need > 0) {
+      const p = pending[i] as Buffer
+      if (p.length <= need) {
+        parts.push(p)
+        need -= p.length
+        i++
+      } else {
+        parts.push(p.subarray(0, need))
+        pending[i] = p.subarray(need)
+        need = 0
+      }
+    }
+    pending = i === 0 ? pending : pending.slice(i)
+    size -= n
+    return session.bodyParts(parts)
   }
   for await (const chunk of content.body) {
     if (!session.wantsBody) break
+    if (chunk.length === 0) continue
     pending.push(chunk)
     size += chunk.length
-    if (size < CHUNK_SIZE) continue
-    const v = await sendPending(false)
-    if (v.kind !== 'continue') return { verdict: v, ...none }
+    while (size >= max) {
+      const v = await sendPacket(max)
+      if (v.kind !== 'continue') return { verdict: v, ...none }
+      if (!session.wantsBody) break
+    }
   }
   if (size > 0 && session.wantsBody) {
-    const v = await sendPending(true)
+    const v = await sendPacket(size)
     if (v.kind !== 'continue') return { verdict: v, ...none }
   }
   return session.endOfMessage(content.eomMacros, content.onReplaceBody, content.eomLimits)

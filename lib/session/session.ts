@@ -29,7 +29,7 @@ import {
 } from '../errors'
 import {
   encodeBare,
-  encodeBody,
+  encodeBodyHead,
   encodeConnect,
   encodeHeader,
   encodeHelo,
@@ -80,6 +80,8 @@ interface StepSpec {
   noReply: number
   phase: Phase
   packet: () => Buffer
+  /** Payload written after packet() as it is (a body chunk's pieces: no copy into the packet). */
+  tail?: readonly Buffer[] | undefined
   label: string
 }
 
@@ -94,6 +96,15 @@ const FRAMES_PER_TURN = 1024
 
 /** Gathered packets are written at once when they reach this size (a body under NR_BODY). */
 const FLUSH_BYTES = 64 * 1024
+
+/**
+ * Gathered pieces up to this many bytes in all are joined into one buffer for the write;
+ * above it (a body chunk) they are written corked, as they are, in one writev.
+ */
+const JOIN_MAX = 4 * 1024
+
+/** A BODY packet of more pieces than this is joined into one buffer (a writev of many tiny ones costs more). */
+const MAX_PARTS = 16
 
 /** NUL cannot travel in a `str\0` field: client-supplied text loses it (milter-protocol.md §1.5). */
 function noNul(v: Bytes): Bytes {
@@ -415,25 +426,55 @@ export class MilterSession {
   async body(bytes: Buffer): Promise<Verdict> {
     if (this.passThrough('body')) return CONTINUE
     if (bytes.length === 0) return CONTINUE
-    const max = Math.min(CHUNK_SIZE, this.negotiated.maxDataBytes)
+    const max = this.bodyChunkSize
     for (let off = 0; off < bytes.length; off += max) {
-      const chunk = bytes.subarray(off, Math.min(off + max, bytes.length))
-      const v = await this.step({
-        step: 'body',
-        omit: Proto.NOBODY,
-        noReply: Proto.NR_BODY,
-        phase: 'content',
-        packet: () => encodeBody(chunk),
-        label: 'SMFIC_BODY',
-      })
-      if (v.kind === 'skip') {
-        this.go({ kind: 'skipped', step: 'body' })
-        return CONTINUE
-      }
-      if (v.kind !== 'continue') return this.afterMessageStep(v, 'body')
-      if ((this.negotiated.protocol & Proto.NR_BODY) !== 0) await this.drained('SMFIC_BODY')
+      const end = Math.min(off + max, bytes.length)
+      const v = await this.bodyPacket([bytes.subarray(off, end)], end - off)
+      if (v !== undefined) return v
     }
     return CONTINUE
+  }
+
+  /** The most body bytes one SMFIC_BODY packet carries (65535). */
+  get bodyChunkSize(): number {
+    return Math.min(CHUNK_SIZE, this.negotiated.maxDataBytes)
+  }
+
+  /**
+   * One SMFIC_BODY packet whose payload is `parts` in order (1 to bodyChunkSize bytes in all;
+   * none: nothing sent). The parts are written as they are, after the packet's 5-byte head
+   * (one writev, no copy), unless there are many small ones. After SKIP, later calls send
+   * nothing.
+   */
+  async bodyParts(parts: readonly Buffer[]): Promise<Verdict> {
+    if (this.passThrough('body')) return CONTINUE
+    let n = 0
+    for (const p of parts) n += p.length
+    if (n === 0) return CONTINUE
+    if (n > this.bodyChunkSize)
+      throw new RangeError(`a BODY packet of ${n} bytes exceeds ${this.bodyChunkSize}`)
+    const v = await this.bodyPacket(parts.length > MAX_PARTS ? [Buffer.concat(parts, n)] : parts, n)
+    return v ?? CONTINUE
+  }
+
+  /** Sends one BODY packet of `n` bytes; undefined: continue with the next one. */
+  private async bodyPacket(parts: readonly Buffer[], n: number): Promise<Verdict | undefined> {
+    const v = await this.step({
+      step: 'body',
+      omit: Proto.NOBODY,
+      noReply: Proto.NR_BODY,
+      phase: 'content',
+      packet: () => encodeBodyHead(n),
+      tail: parts,
+      label: 'SMFIC_BODY',
+    })
+    if (v.kind === 'skip') {
+      this.go({ kind: 'skipped', step: 'body' })
+      return CONTINUE
+    }
+    if (v.kind !== 'continue') return this.afterMessageStep(v, 'body')
+    if ((this.negotiated.protocol & Proto.NR_BODY) !== 0) await this.drained('SMFIC_BODY')
+    return undefined
   }
 
   /**
@@ -610,7 +651,7 @@ export class MilterSession {
       this.advance(spec.step)
       return CONTINUE
     }
-    this.send(spec.packet())
+    this.send(spec.packet(), spec.tail)
     if ((this.negotiated.protocol & spec.noReply) !== 0) {
       this.advance(spec.step)
       return CONTINUE
@@ -761,9 +802,12 @@ export class MilterSession {
     return phase === 'connect' ? t.connectMs : phase === 'command' ? t.commandMs : t.contentMs
   }
 
-  private send(packet: Buffer): void {
+  /** Gathers one packet for the next flush(): `packet`, then `tail` (the rest of its payload). */
+  private send(packet: Buffer, tail?: readonly Buffer[]): void {
     if (this.failure) throw this.failure
-    const dataLen = packet.length - LEN_BYTES - 1
+    let tailBytes = 0
+    for (const t of tail ?? []) tailBytes += t.length
+    const dataLen = packet.length - LEN_BYTES - 1 + tailBytes
     if (dataLen > this.negotiated.maxDataBytes) {
       throw this.fail(
         new MilterSizeError(
@@ -772,13 +816,18 @@ export class MilterSession {
       )
     }
     if (this.opts.observer?.trace) {
+      const head = packet.subarray(LEN_BYTES + 1)
       this.opts.observer.trace('send', {
         code: packet.readUInt8(LEN_BYTES),
-        data: packet.subarray(LEN_BYTES + 1),
+        data: tail ? Buffer.concat([head, ...tail]) : head,
       })
     }
     this.outgoing.push(packet)
     this.outgoingBytes += packet.length
+    if (tail) {
+      for (const t of tail) this.outgoing.push(t)
+      this.outgoingBytes += tailBytes
+    }
     if (this.outgoingBytes >= FLUSH_BYTES) this.flush()
   }
 
@@ -792,19 +841,30 @@ export class MilterSession {
   private flush(written?: () => void): void {
     const n = this.outgoing.length
     if (n === 0) return
-    const data =
-      n === 1 ? (this.outgoing[0] as Buffer) : Buffer.concat(this.outgoing, this.outgoingBytes)
+    const pieces = this.outgoing
+    const bytes = this.outgoingBytes
     this.outgoing = []
     this.outgoingBytes = 0
-    if (!written) {
-      this.stream.write(data)
-      return
-    }
+    const s = this.stream
     let queued = false
-    this.stream.write(data, () => {
-      if (queued) written()
-    })
-    if ((this.stream.writableLength ?? 0) > 0) queued = true
+    const done = written
+      ? () => {
+          if (queued) written()
+        }
+      : undefined
+    if (n === 1 || bytes <= JOIN_MAX || !s.cork || !s.uncork) {
+      // small: one copy is cheaper than a writev of many pieces
+      const data = n === 1 ? (pieces[0] as Buffer) : Buffer.concat(pieces, bytes)
+      s.write(data, done)
+    } else {
+      // a body chunk (and what was gathered before it): one writev, no copy of the chunk
+      s.cork()
+      for (let i = 0; i < n - 1; i++) s.write(pieces[i] as Buffer)
+      s.write(pieces[n - 1] as Buffer, done)
+      s.uncork()
+    }
+    if (!written) return
+    if ((s.writableLength ?? 0) > 0) queued = true
     else written()
   }
 

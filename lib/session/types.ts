@@ -13,6 +13,9 @@ export interface MilterStream {
   write(data: Uint8Array, done?: (err?: Error | null) => void): boolean
   /** Bytes accepted by write() and not yet handed to the kernel. */
   readonly writableLength?: number
+  /** Gathers writes until uncork() (net.Socket: one writev, no copy); optional. */
+  cork?(): void
+  uncork?(): void
   destroy(): void
   end(): void
   on(event: 'data', listener: (chunk: Buffer) => void): unknown

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict'
 import { EventEmitter } from 'node:events'
 
-import { decodeCommand } from '../../../lib/protocol/commands'
+import { decodeCommand, encodeBody } from '../../../lib/protocol/commands'
 import { Proto } from '../../../lib/protocol/constants'
 import { FrameDecoder } from '../../../lib/protocol/frame'
 import { encodeReply } from '../../../lib/protocol/replies'
@@ -145,4 +145,115 @@ describe('session: writes', () => {
       ['quit'],
     ])
   })
+
+  for (const nr of [false, true]) {
+    it(`a body chunk is written after its 5-byte head as it is, in one corked write (${nr ? 'no-reply' : 'answered'})`, async () => {
+      const stream = new CorkingStream((c) =>
+        c === 'optneg'
+          ? optneg(nr ? ALL_NR : 0)
+          : c === 'macro' || c === 'quit' || (nr && c !== 'eob')
+            ? undefined
+            : encodeReply({ kind: 'continue' }),
+      )
+      const s = await MilterSession.negotiate(stream, OPTS)
+      await s.connect('client', { family: 'inet', address: '192.0.2.1', port: 1 }, () => undefined)
+      await s.helo('client', () => undefined)
+      await s.mail(['<a@example.org>'], () => undefined)
+      await s.rcpt(['<b@example.com>'], () => undefined)
+      await s.data(() => undefined)
+      const body = Buffer.alloc(3 * 65535 + 10, 'x\r\n')
+      const eom = await sendContent(s, { headers: [], body: [body] })
+      assert.equal(eom.verdict.kind, 'continue')
+      s.quit()
+      // every whole 65535-byte chunk left as a view of `body` itself (no copy); the 10-byte
+      // tail was joined with its head (small pieces are copied into one write)
+      const views = stream.pieces.filter((p) => p.buffer === body.buffer)
+      assert.deepEqual(
+        views.map((p) => p.length),
+        [65535, 65535, 65535],
+      )
+      // and the wire carries the same packets as encodeBody would have built
+      const wire = Buffer.concat(stream.pieces)
+      const expected = Buffer.concat([
+        encodeBody(body.subarray(0, 65535)),
+        encodeBody(body.subarray(65535, 2 * 65535)),
+        encodeBody(body.subarray(2 * 65535, 3 * 65535)),
+        encodeBody(body.subarray(3 * 65535)),
+      ])
+      assert.ok(wire.includes(expected), 'the BODY packets are on the wire, in order')
+      // each chunk went out corked: the head and the chunk in one group
+      for (const g of stream.corked) assert.ok(g.length >= 2)
+      assert.equal(stream.corked.length, 3)
+    })
+  }
 })
+
+describe('session: body packets from pieces of any size', () => {
+  for (const seed of [1, 2, 3]) {
+    it(`pieces of 1 byte to 150 KB become packets of 65535 bytes, the same bytes (seed ${seed})`, async () => {
+      let x = seed * 7919
+      const rnd = (n: number): number => {
+        x = (x * 1103515245 + 12345) % 2147483648
+        return x % n
+      }
+      const pieces: Buffer[] = []
+      let total = 0
+      while (total < 1_000_000) {
+        const n = 1 + rnd(rnd(4) === 0 ? 150_000 : 300)
+        const b = Buffer.alloc(n)
+        for (let i = 0; i < n; i++) b[i] = 0x41 + ((total + i) % 26)
+        pieces.push(b)
+        total += n
+      }
+      const chunks: Buffer[] = []
+      const decoder = new FrameDecoder()
+      const stream = new CorkingStream((c) =>
+        c === 'optneg'
+          ? optneg(0)
+          : c === 'macro' || c === 'quit'
+            ? undefined
+            : encodeReply({ kind: 'continue' }),
+      )
+      const write = stream.write.bind(stream)
+      stream.write = (data: Uint8Array): boolean => {
+        for (const f of decoder.push(Buffer.from(data)))
+          if (f.code === 0x42) chunks.push(Buffer.from(f.data))
+        return write(data)
+      }
+      const s = await MilterSession.negotiate(stream, OPTS)
+      await s.connect('client', { family: 'inet', address: '192.0.2.1', port: 1 }, () => undefined)
+      await s.helo('client', () => undefined)
+      await s.mail(['<a@example.org>'], () => undefined)
+      await s.rcpt(['<b@example.com>'], () => undefined)
+      await s.data(() => undefined)
+      const eom = await sendContent(s, { headers: [], body: pieces })
+      assert.equal(eom.verdict.kind, 'continue')
+      s.quit()
+      assert.deepEqual(Buffer.concat(chunks), Buffer.concat(pieces))
+      chunks.forEach((c, i) => {
+        if (i < chunks.length - 1) assert.equal(c.length, 65535, `packet ${i} is full`)
+        else assert.ok(c.length > 0 && c.length <= 65535)
+      })
+    })
+  }
+})
+
+/** A stream with cork()/uncork() that keeps every written piece as given. */
+class CorkingStream extends CountingStream {
+  readonly pieces: Buffer[] = []
+  readonly corked: Buffer[][] = []
+  private group: Buffer[] | undefined
+  cork(): void {
+    this.group = []
+  }
+  uncork(): void {
+    if (this.group) this.corked.push(this.group)
+    this.group = undefined
+  }
+  override write(data: Uint8Array): boolean {
+    const b = data as Buffer
+    this.pieces.push(b)
+    this.group?.push(b)
+    return super.write(data)
+  }
+}
