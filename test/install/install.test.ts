@@ -307,7 +307,10 @@ describe('install: npm pack tarball and git URL into a fresh Haraka (real milter
         dir,
       )
       assert.equal(help.code, 0, help.stderr)
-      assert.match(help.stdout, /^usage: haraka-milter check --milter SOCKET/)
+      // every command's usage: config, check and quarantine
+      assert.match(help.stdout, /^usage: haraka-milter config \[--config/)
+      assert.match(help.stdout, /^usage: haraka-milter check --milter SOCKET/m)
+      assert.match(help.stdout, /^usage: haraka-milter quarantine list/m)
 
       // README step 4: the README's own sed line puts milter before the queue plugin
       const port = await freePort()
