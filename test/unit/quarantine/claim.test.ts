@@ -16,6 +16,7 @@ import {
   staleReason,
   type ClaimRecord,
 } from '../../../lib/quarantine/claim'
+import { heldMeta, MESSAGE } from './fixture'
 import {
   claimEntry,
   entryState,
@@ -27,21 +28,8 @@ import {
 } from '../../../lib/quarantine/store'
 
 const ID = 'C1A1.1'
-const MESSAGE = Buffer.from('Subject: x\r\n\r\nbody\r\n')
-
 function meta(id = ID): QuarantineMeta {
-  return {
-    version: 1,
-    id,
-    time: '2026-03-04T05:06:07.000Z',
-    transaction: id,
-    sender: { address: 'alice@example.org', args: [] },
-    recipients: [{ address: 'bob@example.com', args: [] }],
-    reason: 'one: why',
-    milters: ['one'],
-    kind: 'hold',
-    client: { ip: '192.0.2.1', host: '', helo: 'c' },
-  }
+  return heldMeta(id)
 }
 
 /** The pid of a process that has exited. */

@@ -11,6 +11,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 
 import { quarantineCommand } from '../../../lib/cli/quarantine'
+import { heldMeta, MESSAGE } from './fixture'
 import {
   claimEntry,
   findEntry,
@@ -21,21 +22,8 @@ import {
 } from '../../../lib/quarantine/store'
 
 const ID = 'L1NK.1'
-const MESSAGE = Buffer.from('Subject: x\r\n\r\nbody\r\n')
-
 function meta(id = ID): QuarantineMeta {
-  return {
-    version: 1,
-    id,
-    time: '2026-03-04T05:06:07.000Z',
-    transaction: id,
-    sender: { address: 'alice@example.org', args: [] },
-    recipients: [{ address: 'bob@example.com', args: [] }],
-    reason: 'one: why',
-    milters: ['one'],
-    kind: 'hold',
-    client: { ip: '192.0.2.1', host: '', helo: 'c' },
-  }
+  return heldMeta(id)
 }
 
 function isUnsafe(pattern: RegExp) {
