@@ -104,8 +104,17 @@ export default tseslint.config(
   ),
   ...layer(
     'lib/quarantine/**/*.ts',
-    'the quarantine store and its SMTP sender are shared by the plugin and the CLI: no Haraka',
-    ['haraka*', 'Haraka', '@haraka/*', '../*', '../../*'],
+    'the quarantine store and its SMTP sender are shared by the plugin and the CLI: no Haraka; of the rest only the one SMTP reply type and formatter',
+    [
+      'haraka*',
+      'Haraka',
+      '@haraka/*',
+      '../*',
+      '!../protocol',
+      '../protocol/*',
+      '!../protocol/replycode',
+      '../../*',
+    ],
   ),
   ...layer('lib/policy/**/*.ts', 'the policy knows nothing of Haraka; the CLI uses it too', [
     'haraka*',

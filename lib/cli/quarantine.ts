@@ -9,7 +9,8 @@
 import { existsSync, readFileSync } from 'node:fs'
 import * as os from 'node:os'
 import { parseArgs } from 'node:util'
-import { formatReply, sendMessage, SmtpSendError } from '../quarantine/smtp'
+import { formatReplyLine } from '../protocol/replycode'
+import { sendMessage, SmtpSendError } from '../quarantine/smtp'
 import {
   CLAIM_STALE_MS,
   claimEntry,
@@ -316,7 +317,7 @@ async function release(
   } catch (err) {
     await claim.release().catch(() => undefined)
     io.err(
-      `haraka-milter: ${id} was delivered (${formatReply(sent.reply)}) but its entry could not be ` +
+      `haraka-milter: ${id} was delivered (${formatReplyLine(sent.reply)}) but its entry could not be ` +
         `removed: ${err instanceof Error ? err.message : String(err)}; delete it, or a release ` +
         'would deliver it again\n',
     )
@@ -326,7 +327,7 @@ async function release(
     io.err(
       `haraka-milter: parameters not offered by ${v.to}, left out: ${sent.dropped.join(' ')}\n`,
     )
-  io.out(`released ${id} to ${v.to}: ${formatReply(sent.reply)}\n`)
+  io.out(`released ${id} to ${v.to}: ${formatReplyLine(sent.reply)}\n`)
   return 0
 }
 

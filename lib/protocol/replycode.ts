@@ -13,7 +13,10 @@
 
 /** A validated SMTP reply from a milter. */
 export interface SmtpReply {
-  /** 421, 450, 550, ... always 4xx or 5xx. */
+  /**
+   * 421, 450, 550, ...: always 4xx or 5xx from a milter (parseReplyCode checks it); a reply
+   * the quarantine release reads from a server may be 2xx or 3xx too (serverReply).
+   */
   code: number
   /** The enhanced status code of the first line, e.g. '5.7.1', if any. */
   enhanced?: string
@@ -119,6 +122,22 @@ export function smtpLines(code: number, texts: readonly string[]): string[] {
 /** The reply as SMTP lines (`550-5.7.1 a`, `550 5.7.1 b`), for the CLI and the wire. */
 export function formatSmtpReply(reply: SmtpReply): string[] {
   return smtpLines(reply.code, replyTexts(reply))
+}
+
+/**
+ * A server's reply as read off the wire (code and the text of each line), with an enhanced
+ * code of the reply's own class split off each line that starts with one (RFC 3463).
+ */
+export function serverReply(code: number, texts: readonly string[]): SmtpReply {
+  const cls = String(code)[0]
+  const lines = texts.map((t) => {
+    const m = /^([245])\.([0-9]{1,3})\.([0-9]{1,3})(?: (.*))?$/s.exec(t)
+    return m && m[1] === cls
+      ? { enhanced: `${m[1]}.${m[2]}.${m[3]}`, text: m[4] ?? '' }
+      : { text: t }
+  })
+  const first = lines[0]?.enhanced
+  return first === undefined ? { code, lines } : { code, enhanced: first, lines }
 }
 
 /** The reply on one log line: the code once, then each line's text (`550 5.7.1 a / 5.7.1 b`). */

@@ -17,11 +17,7 @@
  */
 import * as net from 'node:net'
 
-/** One SMTP reply. */
-export interface SmtpReply {
-  code: number
-  lines: string[]
-}
+import { formatReplyLine, replyTexts, serverReply, type SmtpReply } from '../protocol/replycode'
 
 /** The server refused a command (4xx/5xx), or the session broke. */
 export class SmtpSendError extends Error {
@@ -32,11 +28,6 @@ export class SmtpSendError extends Error {
     super(message)
     this.name = 'SmtpSendError'
   }
-}
-
-/** `250-a` / `250 b` lines -> `250 a / b`. */
-export function formatReply(r: SmtpReply): string {
-  return `${r.code} ${r.lines.join(' / ')}`
 }
 
 /** What to send. */
@@ -139,7 +130,7 @@ class Replies {
       if (!m) return this.fail(new SmtpSendError(`malformed reply line ${JSON.stringify(line)}`))
       this.lines.push(m[3] ?? '')
       if (m[2] === '-') continue
-      const r = { code: Number(m[1]), lines: this.lines }
+      const r = serverReply(Number(m[1]), this.lines)
       this.lines = []
       const w = this.waiter
       this.waiter = undefined
@@ -200,7 +191,7 @@ export async function sendMessage(o: SendOptions): Promise<SendResult> {
     return replies.next(timeoutMs, what)
   }
   const refuse = (what: string, r: SmtpReply): never => {
-    throw new SmtpSendError(`${what} refused: ${formatReply(r)}`, r)
+    throw new SmtpSendError(`${what} refused: ${formatReplyLine(r)}`, r)
   }
   try {
     const greeting = await replies.next(timeoutMs, 'the greeting')
@@ -208,7 +199,8 @@ export async function sendMessage(o: SendOptions): Promise<SendResult> {
     const extensions = new Set<string>()
     const ehlo = await command(`EHLO ${o.helo}`)
     if (ehlo.code === 250) {
-      for (const l of ehlo.lines.slice(1)) extensions.add((l.split(' ')[0] ?? '').toUpperCase())
+      for (const l of replyTexts(ehlo).slice(1))
+        extensions.add((l.split(' ')[0] ?? '').toUpperCase())
     } else {
       const helo = await command(`HELO ${o.helo}`)
       if (helo.code !== 250) refuse('HELO', helo)

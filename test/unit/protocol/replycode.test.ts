@@ -5,6 +5,7 @@ import {
   formatSmtpReply,
   parseReplyCode,
   replyTexts,
+  serverReply,
   smtpLines,
   type SmtpReply,
 } from '../../../lib/protocol/replycode'
@@ -194,5 +195,21 @@ describe('protocol: the one SMTP reply formatter', () => {
 
   it('formatReplyLine: the code once, the lines joined for a log line', () => {
     assert.equal(formatReplyLine(reply), '550 5.7.1 first / second / 5.7.1')
+  })
+})
+
+describe('serverReply: a reply read from a server (the quarantine release)', () => {
+  it('splits an enhanced code of the reply’s class off each line, keeps the rest as text', () => {
+    assert.deepEqual(serverReply(250, ['2.0.0 Ok: queued as X', 'PIPELINING']), {
+      code: 250,
+      enhanced: '2.0.0',
+      lines: [{ enhanced: '2.0.0', text: 'Ok: queued as X' }, { text: 'PIPELINING' }],
+    })
+    // a 5.x.x on a 4xx reply is text, not its enhanced code
+    assert.deepEqual(serverReply(450, ['5.7.1 odd']), { code: 450, lines: [{ text: '5.7.1 odd' }] })
+    assert.equal(
+      formatReplyLine(serverReply(550, ['5.1.1 no such user', 'bye'])),
+      '550 5.1.1 no such user / bye',
+    )
   })
 })
