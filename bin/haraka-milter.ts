@@ -15,7 +15,7 @@ import { runCheck } from '../lib/cli/check'
 import { configPath, flagsConfig, loadConfig } from '../lib/cli/config-file'
 import { envelopeOf } from '../lib/cli/envelope'
 import { QUARANTINE_USAGE, quarantineCommand, UsageError } from '../lib/cli/quarantine'
-import { exitCode, formatReport, jsonReport } from '../lib/cli/report'
+import { exitCode, formatReport, jsonReport } from '../lib/cli/print-check'
 import { configExitCode, configView, formatConfigView, probeAll } from '../lib/cli/show-config'
 
 const CONFIG_USAGE = `usage: haraka-milter config [--config DIR/milter.ini] [--probe] [--json]
