@@ -32,7 +32,7 @@ import {
   type ClientFacts,
   type MessageFacts,
 } from './conditions'
-import { runContent, startResult, type MessageInput, type MessageResult } from './content'
+import { runContent, startResult, type MessageInput, type MessageResult } from './message'
 import type { Outcome } from './replies'
 import { enabledFor, route, type MixedRecipients, type RecipientFacts } from './routing'
 import { failureOf } from './failure'
@@ -44,7 +44,7 @@ import { SCOPE, type Stage } from './stage'
 import { laterRefusal, outcomeOf, verdictEffect } from './verdicts'
 
 export type { ClientFacts, MessageFacts } from './conditions'
-export type { MessageInput, MessageResult } from './content'
+export type { MessageInput, MessageResult } from './message'
 export type { Outcome } from './replies'
 export type { Stage } from './stage'
 export type { RecipientFacts } from './routing'

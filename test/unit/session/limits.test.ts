@@ -10,7 +10,7 @@ import { EventEmitter } from 'node:events'
 import { Readable } from 'node:stream'
 
 import { MilterLimitError, type MilterError } from '../../../lib/errors'
-import { startResult, runContent, type MessageInput } from '../../../lib/policy/content'
+import { startResult, runContent, type MessageInput } from '../../../lib/policy/message'
 import { decodeCommand } from '../../../lib/protocol/commands'
 import { MacroStage, Proto } from '../../../lib/protocol/constants'
 import { FrameDecoder } from '../../../lib/protocol/frame'
