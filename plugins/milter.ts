@@ -13,7 +13,7 @@ import {
   dispositionOf,
   restoreAuthResults,
   runContent,
-} from '../lib/adapter/content'
+} from '../lib/adapter/content-phase'
 import {
   connectAddress,
   connectHostname,
