@@ -5,7 +5,7 @@
  * Haraka state, replies, reports; policy: the chain). Exports are plain
  * functions (Haraka copies enumerable exports onto the plugin object).
  */
-import { writeQuarantine } from '../lib/adapter/apply'
+import { writeQuarantine } from '../lib/adapter/write-back'
 import { captureBody } from '../lib/adapter/body-capture'
 import { clientFacts, messageFacts } from '../lib/adapter/conditions'
 import {

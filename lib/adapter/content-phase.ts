@@ -15,7 +15,7 @@ import {
   writeBody,
   writeEnvelope,
   writeHeaders,
-} from './apply'
+} from './write-back'
 import { bodyPieces } from './body-capture'
 import type { HarakaConnection, HarakaTransaction } from './haraka'
 import { transactionState } from './state'
