@@ -7,7 +7,7 @@
  */
 import { writeQuarantine } from '../lib/adapter/write-back'
 import { captureBody } from '../lib/adapter/body-capture'
-import { clientFacts, messageFacts } from '../lib/adapter/conditions'
+import { clientFacts, messageFacts } from '../lib/adapter/condition-facts'
 import {
   applyStageResult,
   dispositionOf,
