@@ -50,7 +50,7 @@ import {
   type MilterDef,
 } from '../lib/config'
 import { MilterChain, type Outcome } from '../lib/policy/chain'
-import { answerAt, REPLIES } from '../lib/policy/replies'
+import { answerAt, REPLIES } from '../lib/policy/smtp-replies'
 import { isConnectionStage, type Stage } from '../lib/policy/stage'
 import { formatReplyLine } from '../lib/protocol/replycode'
 

@@ -5,7 +5,7 @@
 import type { MessageResult, MilterChain, Outcome } from '../policy/chain'
 import type { MilterConfig } from '../config'
 import { CHUNK_SIZE } from '../protocol/constants'
-import { REPLIES } from '../policy/replies'
+import { REPLIES } from '../policy/smtp-replies'
 import type { MtaBounds } from '../session/limits'
 import type { MacroLookup } from '../session/macros'
 import {

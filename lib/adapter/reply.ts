@@ -4,7 +4,7 @@
  * which stage, and reply_code = enhanced_only, are decided before this, in
  * lib/policy/replies.ts (answerAt).
  */
-import type { Outcome } from '../policy/replies'
+import type { Outcome } from '../policy/smtp-replies'
 import type { Next } from './haraka'
 import { replyTexts, smtpLines, type SmtpReply } from '../protocol/replycode'
 

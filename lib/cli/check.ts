@@ -16,7 +16,7 @@ import {
   type StagePacketsReport,
 } from '../debug/packet-trace'
 import { MilterChain, type MessageResult, type Outcome } from '../policy/chain'
-import { answerAt, type ReplyCodeMode, type Stage } from '../policy/replies'
+import { answerAt, type ReplyCodeMode, type Stage } from '../policy/smtp-replies'
 import {
   actionNames,
   hex,

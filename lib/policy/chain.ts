@@ -33,7 +33,7 @@ import {
   type MessageFacts,
 } from './conditions'
 import { runContent, startResult, type MessageInput, type MessageResult } from './message'
-import type { Outcome } from './replies'
+import type { Outcome } from './smtp-replies'
 import { enabledFor, route, type MixedRecipients, type RecipientFacts } from './routing'
 import { failureOf } from './failure'
 import { Replay, replaySteps, type ReplayStep } from './replay'
@@ -45,7 +45,7 @@ import { laterRefusal, outcomeOf, verdictEffect } from './verdicts'
 
 export type { ClientFacts, MessageFacts } from './conditions'
 export type { MessageInput, MessageResult } from './message'
-export type { Outcome } from './replies'
+export type { Outcome } from './smtp-replies'
 export type { Stage } from './stage'
 export type { RecipientFacts } from './routing'
 export type { MilterReport } from './milter-reports'

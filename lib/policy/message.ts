@@ -23,7 +23,7 @@ import {
 } from '../session/limits'
 import type { MacroLookup } from '../session/macros'
 import type { MilterSession, Verdict } from '../session/session'
-import type { Outcome } from './replies'
+import type { Outcome } from './smtp-replies'
 
 /** The message as the content phase starts. */
 export interface MessageInput {

@@ -9,7 +9,7 @@ import { MilterUnavailableError, type MilterError } from '../errors'
 import { formatReplyLine } from '../protocol/replycode'
 import type { Verdict } from '../session/types'
 import type { MilterEdits } from './message'
-import type { Outcome } from './replies'
+import type { Outcome } from './smtp-replies'
 import type { SlotEffect } from './slot'
 import { isConnectionStage, type Stage } from './stage'
 

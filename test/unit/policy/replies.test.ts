@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict'
 
-import { answerAt, REPLIES, type Outcome, type Stage } from '../../../lib/policy/replies'
+import { answerAt, REPLIES, type Outcome, type Stage } from '../../../lib/policy/smtp-replies'
 
 const verdict = (action: 'reject' | 'tempfail' | 'shutdown', code: number): Outcome => ({
   action,
