@@ -69,7 +69,7 @@ import {
   type SessionState,
   type State,
   type Step,
-} from './state'
+} from './state-table'
 
 /** What a step sends: omitted by which NO* bit, unanswered under which NR_* bit. */
 interface StepSpec {

@@ -11,7 +11,7 @@ import {
   type Event,
   type SessionState,
   type State,
-} from '../../../lib/session/state'
+} from '../../../lib/session/state-table'
 
 const ALL: State[] = [
   'negotiated',
