@@ -57,7 +57,7 @@ import { macroPairs, type MacroLookup } from './macros'
 import { offerFor, validateOptneg, type Negotiated, type Offer } from './negotiate'
 import { FrameReader } from './reader'
 import { describeTlsError, isTlsError } from '../transport/tls-error'
-import { isModification, modificationProblem, verdictOf } from './verdicts'
+import { isModification, modificationProblem, verdictOf } from './reply-verdict'
 import type { EomResult, MilterStream, SessionObserver, SessionOptions, Verdict } from './types'
 import {
   FROM,
