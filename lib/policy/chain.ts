@@ -10,8 +10,8 @@
  * milter's state), routing.ts (which milters a recipient needs), replay.ts
  * (what a milter joining late is told again), verdicts.ts (a verdict's
  * outcome and effect), failure.ts (a failure's outcome, state and wording),
- * shadow.ts (what shadow mode changes), content.ts (one milter's content
- * phase and edits), replies.ts (what the client is told), milter-reports.ts (what
+ * shadow.ts (what shadow mode changes), message.ts (one milter's content
+ * phase and edits), smtp-replies.ts (what the client is told), milter-reports.ts (what
  * each milter did, per message).
  *
  * Why this file is longer than the others: each SMTP stage has its entry

@@ -9,8 +9,8 @@
  * Why this file is longer than the others: it is the protocol's state
  * machine with one method per step (go-milter's layout), and splitting the
  * steps apart would scatter one conversation. What is not a step lives
- * beside it: state.ts (transitions, SKIP and QUIT_NC included), reader.ts
- * (frames, flow control, timers), verdicts.ts (what a reply means),
+ * beside it: state-table.ts (transitions, SKIP and QUIT_NC included), reader.ts
+ * (frames, flow control, timers), reply-verdict.ts (what a reply means),
  * types.ts, negotiate.ts.
  *
  * § references are to docs/milter-protocol.md.
@@ -112,7 +112,7 @@ export type {
 
 /** One milter connection. Create it with MilterSession.negotiate(). */
 export class MilterSession {
-  /** Changed only by go(), through the table in state.ts. */
+  /** Changed only by go(), through the table in state-table.ts. */
   private position: SessionState = NEGOTIATED
   private readonly reader: FrameReader
   private failure: MilterError | undefined
@@ -576,7 +576,7 @@ export class MilterSession {
     this.stream.end()
   }
 
-  /** The one place the state changes: by an event, per the table in state.ts. */
+  /** The one place the state changes: by an event, per the table in state-table.ts. */
   private go(e: Event): void {
     const to = next(this.position, e)
     if (to === undefined) {
