@@ -32,7 +32,7 @@ import {
   type ClientFacts,
   type MessageFacts,
 } from './conditions'
-import { runContent, startResult, type MessageInput, type MessageResult } from './message'
+import { runMilterContent, startResult, type MessageInput, type MessageResult } from './message'
 import type { Outcome } from './smtp-replies'
 import { enabledFor, route, type MixedRecipients, type RecipientFacts } from './routing'
 import { failureOf } from './failure'
@@ -501,7 +501,7 @@ export class MilterChain {
       const answer = await this.timed(
         slot,
         'eom',
-        runContent(
+        runMilterContent(
           slot.name,
           s,
           input,

@@ -106,7 +106,7 @@ export type ContentAnswer =
  * the edits are validated and returned but `result` is left as it was, and
  * a replacement body is read and dropped, never spooled.
  */
-export async function runContent(
+export async function runMilterContent(
   name: string,
   s: MilterSession,
   input: MessageInput,
