@@ -5,10 +5,10 @@
  * haraka-milter check --milter SOCKET [flags] MESSAGE.eml
  * haraka-milter quarantine list|show|release|delete ... (see lib/cli/quarantine)
  *
- * The commands are lib/cli/commands.ts; this file gives them the process's
+ * The commands are lib/cli/run-command.ts; this file gives them the process's
  * arguments and streams, and turns their result into the exit status.
  */
-import { runCommand } from '../lib/cli/commands'
+import { runCommand } from '../lib/cli/run-command'
 
 runCommand(process.argv.slice(2), {
   out: (t) => process.stdout.write(t),

@@ -2,7 +2,7 @@
  * `haraka-milter check` and `config` against a real libmilter filter
  * (test/milters/scripted.py): exit status, the human and JSON reports,
  * --out, --trace, and what the filter saw. The commands run in-process
- * (lib/cli/commands.ts with an Io); one smoke test per command (check,
+ * (lib/cli/run-command.ts with an Io); one smoke test per command (check,
  * config, quarantine) spawns dist/bin/haraka-milter.js for the process
  * boundary: argv, stdout, stderr, the exit status.
  */
@@ -26,7 +26,7 @@ import {
   type Transport,
 } from '../helpers/milter-process'
 import { makeCerts, startTlsProxy, type TestCerts, type TlsProxy } from '../helpers/tls'
-import { runCommand } from '../../lib/cli/commands'
+import { runCommand } from '../../lib/cli/run-command'
 
 const CLI = path.join(repoRoot(), 'dist', 'bin', 'haraka-milter.js')
 
