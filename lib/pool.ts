@@ -67,7 +67,7 @@ interface Idle {
   milter: string
   session: MilterSession
   timer: NodeJS.Timeout
-  /** When it was kept (ms, Date.now()). */
+  /** When it was kept (ms, by the pool's clock). */
   since: number
 }
 
@@ -143,6 +143,8 @@ export interface PoolOptions {
   breakers?: Map<string, Breaker>
   /** Open sessions to carry over from a previous pool (configuration reload). */
   live?: LiveSessions
+  /** The clock (ms) for probation idle times and new breakers' back-off; tests step it. */
+  now?: () => number
 }
 
 /** Opens, reuses and retires milter sessions; fails fast for endpoints marked down. */
@@ -160,6 +162,7 @@ export class MilterPool {
   private readonly trust = new Map<string, ReuseTrust>()
   /** Reused sessions handed out while their milter is on probation. */
   private readonly onTrial = new Map<string, Set<MilterSession>>()
+  private readonly now: () => number
 
   constructor(
     private readonly opts: PoolOptions = { reuse: false },
@@ -167,6 +170,7 @@ export class MilterPool {
   ) {
     this.breakers = opts.breakers ?? new Map<string, Breaker>()
     this.live = opts.live ?? new LiveSessions()
+    this.now = opts.now ?? Date.now
   }
 
   /** The endpoint a session from this pool is on (its text as configured). */
@@ -194,8 +198,11 @@ export class MilterPool {
     const key = `${def.name}|${text}`
     let b = this.breakers.get(key)
     if (!b) {
-      b = new Breaker(text, def.breaker, (c) =>
-        this.opts.onBreakerChange?.(def.name, c, def.endpoints.length),
+      b = new Breaker(
+        text,
+        def.breaker,
+        (c) => this.opts.onBreakerChange?.(def.name, c, def.endpoints.length),
+        this.now,
       )
       this.breakers.set(key, b)
     } else {
@@ -283,7 +290,7 @@ export class MilterPool {
       const trust = this.trust.get(key) ?? 'probation'
       if (item.session.idleClean) {
         if (trust === 'probation') {
-          if (Date.now() - item.since < PROBATION_IDLE_MS) return undefined
+          if (this.now() - item.since < PROBATION_IDLE_MS) return undefined
           const trial = this.onTrial.get(key) ?? new Set<MilterSession>()
           trial.add(item.session)
           this.onTrial.set(key, trial)
@@ -352,7 +359,7 @@ export class MilterPool {
     session.observe(undefined) // idle: no longer any connection's
     const item: Idle = {
       milter: def.name,
-      since: Date.now(),
+      since: this.now(),
       session,
       timer: setTimeout(() => {
         const l = this.idle.get(key)

@@ -5,15 +5,15 @@
  * Haraka state, replies, reports; policy: the chain). Exports are plain
  * functions (Haraka copies enumerable exports onto the plugin object).
  */
-import { writeQuarantine } from '../lib/adapter/apply'
+import { writeQuarantine } from '../lib/adapter/write-back'
 import { captureBody } from '../lib/adapter/body-capture'
-import { clientFacts, messageFacts } from '../lib/adapter/conditions'
+import { clientFacts, messageFacts } from '../lib/adapter/condition-facts'
 import {
   applyStageResult,
   dispositionOf,
   restoreAuthResults,
   runContent,
-} from '../lib/adapter/content'
+} from '../lib/adapter/content-phase'
 import {
   connectAddress,
   connectHostname,
@@ -50,7 +50,7 @@ import {
   type MilterDef,
 } from '../lib/config'
 import { MilterChain, type Outcome } from '../lib/policy/chain'
-import { answerAt, REPLIES } from '../lib/policy/replies'
+import { answerAt, REPLIES } from '../lib/policy/smtp-replies'
 import { isConnectionStage, type Stage } from '../lib/policy/stage'
 import { formatReplyLine } from '../lib/protocol/replycode'
 

@@ -2,9 +2,9 @@
  * Outcomes -> Haraka hook results: the return constant and the exact SMTP
  * reply (code, enhanced status code, every line). Which code is legal at
  * which stage, and reply_code = enhanced_only, are decided before this, in
- * lib/policy/replies.ts (answerAt).
+ * lib/policy/smtp-replies.ts (answerAt).
  */
-import type { Outcome } from '../policy/replies'
+import type { Outcome } from '../policy/smtp-replies'
 import type { Next } from './haraka'
 import { replyTexts, smtpLines, type SmtpReply } from '../protocol/replycode'
 

@@ -16,7 +16,8 @@ import {
   type StagePacketsReport,
 } from '../debug/packet-trace'
 import { MilterChain, type MessageResult, type Outcome } from '../policy/chain'
-import { answerAt, type ReplyCodeMode, type Stage } from '../policy/replies'
+import { answerAt, type ReplyCodeMode } from '../policy/smtp-replies'
+import type { Stage } from '../policy/stage'
 import {
   actionNames,
   hex,
@@ -53,7 +54,9 @@ export interface CheckOptions {
 
 /** One stage's outcome, as the text report shows it. */
 export interface StageReport {
-  stage: string
+  stage: Stage
+  /** At rcpt: the recipient (`<a@b>`) the verdict is about. */
+  recipient?: string
   verdict: string
   reply?: string[]
 }
@@ -213,8 +216,8 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
   const packets: Array<{ dir: 'send' | 'recv'; frame: Frame }> = []
   let chain: MilterChain | undefined
   let result: MessageResult | undefined
-  /** The stage name the text report shows for the verdict in flight (each RCPT its own). */
-  let stageLabel: string | undefined
+  /** The recipient whose RCPT is in flight (the text report shows each RCPT's own). */
+  let recipient: string | undefined
   try {
     const def = withMacros(opts)
     chain = new MilterChain({
@@ -227,7 +230,8 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
         return s
       },
       onVerdict: (_m, stage, v) => {
-        const s: StageReport = { stage: stageLabel ?? stage, verdict: describe(v) }
+        const s: StageReport = { stage, verdict: describe(v) }
+        if (stage === 'rcpt' && recipient !== undefined) s.recipient = recipient
         if (v.kind === 'replycode') s.reply = formatSmtpReply(v.reply)
         report.stages.push(s)
       },
@@ -256,7 +260,7 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
     let refused: Outcome | undefined
     for (const rcpt of opts.rcpts) {
       const addr = bare(rcpt)
-      stageLabel = `rcpt ${bracket(rcpt)}`
+      recipient = bracket(rcpt)
       const o = await chain.rcpt(
         [bracket(rcpt)],
         macroLookup(opts, {
@@ -265,7 +269,7 @@ export async function runCheck(opts: CheckOptions): Promise<CheckReport> {
           '{rcpt_mailer}': 'smtp',
         }),
       )
-      stageLabel = undefined
+      recipient = undefined
       if (stops(report.error)) return report
       if (o.action === 'shutdown') return (answered(report, 'rcpt', o, mode), report)
       if (o.action === 'continue' || o.action === 'discard') accepted.push(addr)

@@ -28,7 +28,7 @@ export interface ServiceLog {
   error(text: string): void
 }
 
-/** How long the master waits for its workers' figures. */
+/** How long the master waits for its workers' figures (by default). */
 const GATHER_MS = 4000
 
 /** True when the settings ask for anything (an endpoint or a summary): the process records. */
@@ -51,7 +51,15 @@ export class MetricsService {
   /** The last summary's snapshot: when, and each source's figures (the process, or each worker pid). */
   private last: { at: number; sources: Map<number, Figures> } | undefined
 
-  constructor(private readonly log: ServiceLog) {}
+  /** How long the master waits for its workers' figures. */
+  private readonly gatherMs: number
+
+  constructor(
+    private readonly log: ServiceLog,
+    opts: { gatherMs?: number } = {},
+  ) {
+    this.gatherMs = opts.gatherMs ?? GATHER_MS
+  }
 
   /** New settings (every load of milter.ini), with the milters in configured order. */
   configure(settings: MetricsSettings, milters: readonly string[]): void {
@@ -117,7 +125,7 @@ export class MetricsService {
       const registry = this.recorder.registry
       return { status: 200, contentType: registry.contentType, body: await registry.metrics() }
     }
-    const g = await gatherWorkers(GATHER_MS)
+    const g = await gatherWorkers(this.gatherMs)
     if (g.workers.size < g.asked)
       throw new Error(`${g.workers.size} of ${g.asked} Haraka workers answered in time`)
     const registry = aggregate(g)
@@ -144,7 +152,7 @@ export class MetricsService {
       const json: MetricJson[] = await this.recorder.registry.getMetricsAsJSON()
       return { sources: new Map([[0, figuresOf(json)]]), missing: 0 }
     }
-    const g: Gathered = await gatherWorkers(GATHER_MS)
+    const g: Gathered = await gatherWorkers(this.gatherMs)
     const sources = new Map([...g.workers].map(([pid, json]) => [pid, figuresOf(json)] as const))
     return { sources, missing: g.asked - g.workers.size }
   }

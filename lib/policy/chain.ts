@@ -10,8 +10,8 @@
  * milter's state), routing.ts (which milters a recipient needs), replay.ts
  * (what a milter joining late is told again), verdicts.ts (a verdict's
  * outcome and effect), failure.ts (a failure's outcome, state and wording),
- * shadow.ts (what shadow mode changes), content.ts (one milter's content
- * phase and edits), replies.ts (what the client is told), milter-reports.ts (what
+ * shadow.ts (what shadow mode changes), message.ts (one milter's content
+ * phase and edits), smtp-replies.ts (what the client is told), milter-reports.ts (what
  * each milter did, per message).
  *
  * Why this file is longer than the others: each SMTP stage has its entry
@@ -32,8 +32,8 @@ import {
   type ClientFacts,
   type MessageFacts,
 } from './conditions'
-import { runContent, startResult, type MessageInput, type MessageResult } from './content'
-import type { Outcome } from './replies'
+import { runMilterContent, startResult, type MessageInput, type MessageResult } from './message'
+import type { Outcome } from './smtp-replies'
 import { enabledFor, route, type MixedRecipients, type RecipientFacts } from './routing'
 import { failureOf } from './failure'
 import { Replay, replaySteps, type ReplayStep } from './replay'
@@ -44,8 +44,8 @@ import { SCOPE, type Stage } from './stage'
 import { laterRefusal, outcomeOf, verdictEffect } from './verdicts'
 
 export type { ClientFacts, MessageFacts } from './conditions'
-export type { MessageInput, MessageResult } from './content'
-export type { Outcome } from './replies'
+export type { MessageInput, MessageResult } from './message'
+export type { Outcome } from './smtp-replies'
 export type { Stage } from './stage'
 export type { RecipientFacts } from './routing'
 export type { MilterReport } from './milter-reports'
@@ -501,7 +501,7 @@ export class MilterChain {
       const answer = await this.timed(
         slot,
         'eom',
-        runContent(
+        runMilterContent(
           slot.name,
           s,
           input,

@@ -19,7 +19,7 @@ import {
 } from '../errors'
 import { EnvelopeEditError } from '../message/envelope'
 import { HeaderEditError } from '../message/headers'
-import { REPLIES, type Outcome } from './replies'
+import { REPLIES, type Outcome } from './smtp-replies'
 import { enforced, SHADOW_FAILURE_ACTION, shadowFailure } from './shadow'
 import type { SlotEffect } from './slot'
 

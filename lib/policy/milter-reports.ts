@@ -6,7 +6,7 @@
  */
 import type { MilterDef } from '../config'
 import type { Verdict } from '../session/types'
-import type { MilterEdits } from './content'
+import type { MilterEdits } from './message'
 import type { Stage } from './stage'
 
 /** One milter's part in one message. */

@@ -11,7 +11,7 @@ import type { ConnectAddress } from '../protocol/commands'
 import type { MacroLookup } from '../session/macros'
 import type { MilterSession } from '../session/session'
 import type { Verdict } from '../session/types'
-import type { Outcome } from './replies'
+import type { Outcome } from './smtp-replies'
 
 /** One step to replay: its stage and the call that makes it. */
 export interface ReplayStep {

@@ -6,7 +6,7 @@
  */
 import type { MilterDef } from '../config'
 import { recipientSkip } from './conditions'
-import { REPLIES, type Outcome } from './replies'
+import { REPLIES, type Outcome } from './smtp-replies'
 
 /** What the recipient rules and conditions of a milter look at. */
 export interface RecipientFacts {

@@ -12,7 +12,7 @@
  */
 import type { FailureScope, MilterDef } from '../config'
 import type { MilterSession } from '../session/session'
-import type { Outcome } from './replies'
+import type { Outcome } from './smtp-replies'
 import { hasMessageConditions } from './conditions'
 import { dependsOnRecipient } from './routing'
 

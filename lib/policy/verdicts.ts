@@ -8,7 +8,7 @@
 import type { Verdict } from '../session/types'
 import type { MilterDef } from '../config'
 import type { SmtpReply } from '../protocol/replycode'
-import { REPLIES, type Outcome } from './replies'
+import { REPLIES, type Outcome } from './smtp-replies'
 import { enforced, shadowVerdict } from './shadow'
 import type { SlotEffect } from './slot'
 import { isConnectionStage, type Stage } from './stage'

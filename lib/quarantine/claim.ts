@@ -31,7 +31,7 @@ import { randomBytes } from 'node:crypto'
 import { link, lstat, lutimes, rename, unlink } from 'node:fs/promises'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import { QuarantineError } from './errors'
+import { QuarantineError } from './quarantine-error'
 import {
   lstatOrUndefined,
   readRegular,

@@ -10,7 +10,7 @@ import { constants, type Stats } from 'node:fs'
 import { link, lstat, open, unlink } from 'node:fs/promises'
 import * as path from 'node:path'
 import type { Readable } from 'node:stream'
-import { QuarantineError } from './errors'
+import { QuarantineError } from './quarantine-error'
 
 /** Opens for reading without following a link, and without blocking on a FIFO. */
 const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK

@@ -25,10 +25,10 @@ import {
   type ClaimOp,
   type ClaimState,
 } from './claim'
-import { QuarantineError } from './errors'
+import { QuarantineError } from './quarantine-error'
 import { assertDirectory, readRegular, regularOrUndefined, unsafe, writeOnce } from './files'
 
-export { QuarantineError } from './errors'
+export { QuarantineError } from './quarantine-error'
 export { CLAIM_STALE_MS, type Claim, type ClaimOp } from './claim'
 
 /** The format version written in every sidecar. */

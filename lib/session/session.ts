@@ -9,8 +9,8 @@
  * Why this file is longer than the others: it is the protocol's state
  * machine with one method per step (go-milter's layout), and splitting the
  * steps apart would scatter one conversation. What is not a step lives
- * beside it: state.ts (transitions, SKIP and QUIT_NC included), reader.ts
- * (frames, flow control, timers), verdicts.ts (what a reply means),
+ * beside it: state-table.ts (transitions, SKIP and QUIT_NC included), reader.ts
+ * (frames, flow control, timers), reply-verdict.ts (what a reply means),
  * types.ts, negotiate.ts.
  *
  * § references are to docs/milter-protocol.md.
@@ -57,7 +57,7 @@ import { macroPairs, type MacroLookup } from './macros'
 import { offerFor, validateOptneg, type Negotiated, type Offer } from './negotiate'
 import { FrameReader } from './reader'
 import { describeTlsError, isTlsError } from '../transport/tls-error'
-import { isModification, modificationProblem, verdictOf } from './verdicts'
+import { isModification, modificationProblem, verdictOf } from './reply-verdict'
 import type { EomResult, MilterStream, SessionObserver, SessionOptions, Verdict } from './types'
 import {
   FROM,
@@ -69,7 +69,7 @@ import {
   type SessionState,
   type State,
   type Step,
-} from './state'
+} from './state-table'
 
 /** What a step sends: omitted by which NO* bit, unanswered under which NR_* bit. */
 interface StepSpec {
@@ -123,7 +123,7 @@ export type {
 
 /** One milter connection. Create it with MilterSession.negotiate(). */
 export class MilterSession {
-  /** Changed only by go(), through the table in state.ts. */
+  /** Changed only by go(), through the table in state-table.ts. */
   private position: SessionState = NEGOTIATED
   private readonly reader: FrameReader
   private failure: MilterError | undefined
@@ -617,7 +617,7 @@ export class MilterSession {
     this.stream.end()
   }
 
-  /** The one place the state changes: by an event, per the table in state.ts. */
+  /** The one place the state changes: by an event, per the table in state-table.ts. */
   private go(e: Event): void {
     const to = next(this.position, e)
     if (to === undefined) {

@@ -14,7 +14,7 @@ import * as path from 'node:path'
 
 import { runCheck, type CheckReport } from '../../lib/cli/check'
 import { loadConfig } from '../../lib/cli/config-file'
-import { envelopeOf } from '../../lib/cli/envelope'
+import { envelopeOf } from '../../lib/cli/envelope-from-headers'
 import { formatHeaderBlock, parseMessage } from '../../lib/message/headers'
 import { startHaraka, stopAllHarakas, type RunningHaraka } from '../helpers/haraka'
 import {

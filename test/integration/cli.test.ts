@@ -1,7 +1,10 @@
 /**
- * `haraka-milter check` (dist/bin/haraka-milter.js) against a real libmilter
- * filter (test/milters/scripted.py): exit status, the human and JSON
- * reports, --out, --trace, and what the filter saw.
+ * `haraka-milter check` and `config` against a real libmilter filter
+ * (test/milters/scripted.py): exit status, the human and JSON reports,
+ * --out, --trace, and what the filter saw. The commands run in-process
+ * (lib/cli/run-command.ts with an Io); one smoke test per command (check,
+ * config, quarantine) spawns dist/bin/haraka-milter.js for the process
+ * boundary: argv, stdout, stderr, the exit status.
  */
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
@@ -23,6 +26,7 @@ import {
   type Transport,
 } from '../helpers/milter-process'
 import { makeCerts, startTlsProxy, type TestCerts, type TlsProxy } from '../helpers/tls'
+import { runCommand } from '../../lib/cli/run-command'
 
 const CLI = path.join(repoRoot(), 'dist', 'bin', 'haraka-milter.js')
 
@@ -42,8 +46,22 @@ interface Run {
   stderr: string
 }
 
-/** Runs the CLI; never rejects (a non-zero exit is a result). */
-function runCli(args: string[], timeoutMs = 20000): Promise<Run> {
+/** Runs a command in-process, as the bin would; never rejects (a non-zero exit is a result). */
+async function runCli(args: string[]): Promise<Run> {
+  let stdout = ''
+  let stderr = ''
+  const io = { out: (t: string) => void (stdout += t), err: (t: string) => void (stderr += t) }
+  try {
+    return { code: await runCommand(args, io), stdout, stderr }
+  } catch (e) {
+    // what the bin prints and exits with
+    stderr += `haraka-milter: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`
+    return { code: 2, stdout, stderr }
+  }
+}
+
+/** Runs dist/bin/haraka-milter.js in a process (the smoke tests); never rejects. */
+function runBin(args: string[], timeoutMs = 20000): Promise<Run> {
   return new Promise((resolve) => {
     execFile(
       process.execPath,
@@ -164,10 +182,10 @@ describe('haraka-milter check (CLI) against libmilter (scripted.py)', function (
     return startScriptedMilter(script, { transport })
   }
 
-  it('an accepted message with edits: exit 0, negotiated options, stages, modifications, verdict', async function () {
+  it('(process) an accepted message with edits: exit 0, negotiated options, stages, modifications, verdict', async function () {
     const m = await start(EDITS)
     const out = path.join(dir, 'edited.eml')
-    const r = await runCli([
+    const r = await runBin([
       'check',
       '--milter',
       m.socket,
@@ -1012,14 +1030,14 @@ describe('haraka-milter config and check --config (CLI) against libmilter (scrip
     return file
   }
 
-  it('config --probe: the effective configuration, the warnings, each endpoint negotiated; exit 0', async function () {
+  it('(process) config --probe: the effective configuration, the warnings, each endpoint negotiated; exit 0', async function () {
     const m = await startScriptedMilter({}, { transport: 'inet' })
     const file = writeIni(
       'ok.ini',
       `[main]\nmilters = dkim\ndefualt_action = accept\n\n[milter.dkim]\nsocket = ${m.socket}\ncommand_timeout = 7\n` +
         `[listener.submission]\nlisten = 127.0.0.1:587\nmilters = dkim\nsource_channel = tcp_auth\n`,
     )
-    const r = await runCli(['config', '--config', file, '--probe'])
+    const r = await runBin(['config', '--config', file, '--probe'])
     assert.equal(r.code, 0, r.stdout + r.stderr)
     const l = lines(r.stdout)
     assert.equal(l[0], `${file}: ok`)
@@ -1186,5 +1204,25 @@ describe('haraka-milter config and check --config (CLI) against libmilter (scrip
         /^probe t inet:\d+@127\.0\.0\.1: FAILED MILTER_ERR_CONNECT: .*TLS alert "certificate required".*set tls_cert and tls_key$/m,
       )
     })
+  })
+})
+
+describe('haraka-milter quarantine (CLI)', function () {
+  it('(process) list on an empty store: exit 0, [] with --json; an unknown subcommand: exit 2 with the usage', async function () {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'haraka-milter-quarantine-'))
+    try {
+      const r = await runBin(['quarantine', 'list', '--json', '--dir', dir])
+      assert.equal(r.code, 0, r.stderr)
+      assert.deepEqual(JSON.parse(r.stdout), [])
+      const bad = await runBin(['quarantine', 'bogus'])
+      assert.equal(bad.code, 2)
+      assert.equal(bad.stdout, '')
+      assert.match(
+        bad.stderr,
+        /^haraka-milter: unknown quarantine command "bogus"\nusage: haraka-milter quarantine list/,
+      )
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
   })
 })

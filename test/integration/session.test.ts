@@ -1324,7 +1324,7 @@ describe('MilterSession against libmilter (scripted.py)', function () {
       assert.equal(m.eventsOf('eom')[1]!.bodySha256, sha256(BODY))
     })
 
-    it('QUIT_NC is refused (false, nothing sent) after an abort, and mid-message', async function () {
+    it('QUIT_NC is refused (false, nothing sent) after an abort, mid-message, and after a HELO that follows EOB', async function () {
       const m = await start({})
       const s = await open(m)
       assert.equal(await runConnection(s), undefined)
@@ -1342,6 +1342,11 @@ describe('MilterSession against libmilter (scripted.py)', function () {
       await m.waitForEvent((e) => e.event === 'abort')
       assert.equal(m.eventsOf('close').length, 0)
       assert.equal(m.eventsOf('connect').length, 1)
+      // libmilter takes HELO after EOB through its HELO state, which has no QUIT_NC (§5.3)
+      assert.equal(s.reusable, true, 'after the completed EOB')
+      assert.equal((await s.helo('client.example.com', lookup())).kind, 'continue')
+      assert.equal(s.reusable, false)
+      assert.equal(s.quitNc(), false, 'not after a HELO that follows EOB')
     })
 
     it('HELO inside a message sends ABORT first, then HELO; the next message flows', async function () {

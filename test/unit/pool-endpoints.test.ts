@@ -160,14 +160,15 @@ describe('MilterPool: several endpoints', () => {
   it('failover: the first endpoint is used again once its probe succeeds', async () => {
     const down = new Set([A])
     const f = fakeOpener(down)
-    const pool = new MilterPool({ reuse: false }, f.open)
+    let now = 0
+    const pool = new MilterPool({ reuse: false, now: () => now }, f.open)
     const d = def({ breaker_failures: 1, breaker_backoff: 1 })
     assert.equal(pool.endpointOf(await pool.acquire(d)), B)
     const breakerA = pool.breakerFor(d, d.endpoints[0])
     assert.equal(breakerA.state, 'open')
     assert.equal(pool.endpointOf(await pool.acquire(d)), B)
     down.delete(A)
-    await new Promise((r) => setTimeout(r, 1100)) // the back-off ends
+    now += 1100 // the back-off ends
     assert.equal(pool.endpointOf(await pool.acquire(d)), A, 'the probe session')
     assert.equal(breakerA.state, 'closed')
     assert.equal(pool.endpointOf(await pool.acquire(d)), A)

@@ -1,15 +1,13 @@
 /**
  * MilterPool reuse (SMFIC_QUIT_NC) against the in-process fake milter. A
  * milter is on probation until a reused session got a reply: a kept session
- * serves again only after PROBATION_IDLE_MS idle, and a milter that answers
+ * serves again only after PROBATION_IDLE_MS idle (on a clock the tests step), and a milter that answers
  * QUIT_NC (a reply the protocol does not have: it would be read as the
  * answer to the next CONNECT), closes after it, or fails a reused session
  * before its first reply has reuse turned off. Once proven, kept sessions
  * serve at once.
  */
 import assert from 'node:assert/strict'
-import { setTimeout as sleep } from 'node:timers/promises'
-
 import { parseMilterConfig, type MilterDef } from '../../lib/config'
 import { MilterPool, PROBATION_IDLE_MS } from '../../lib/pool'
 import type { MilterSession } from '../../lib/session/session'
@@ -22,6 +20,8 @@ interface Setup {
   d: MilterDef
   pool: MilterPool
   off: string[]
+  /** Moves the pool's clock on. */
+  wait(ms: number): void
 }
 
 async function start(script?: Script): Promise<Setup> {
@@ -31,11 +31,16 @@ async function start(script?: Script): Promise<Setup> {
   const d = cfg.milters.get('m')
   assert.ok(d)
   const off: string[] = []
+  let now = 0
   const pool = new MilterPool(
-    { reuse: true, onReuseOff: (milter, reason) => off.push(`${milter}: ${reason}`) },
+    {
+      reuse: true,
+      onReuseOff: (milter, reason) => off.push(`${milter}: ${reason}`),
+      now: () => now,
+    },
     (def) => m.open(def),
   )
-  return { m, d, pool, off }
+  return { m, d, pool, off, wait: (ms) => (now += ms) }
 }
 
 async function oneMessage(s: MilterSession): Promise<void> {
@@ -47,11 +52,24 @@ async function oneMessage(s: MilterSession): Promise<void> {
   assert.equal((await s.endOfMessage()).verdict.kind, 'continue')
 }
 
-/** Releases after one message and waits out the probation idle time. */
-async function releaseAndWait(x: Setup, s: MilterSession): Promise<void> {
+/**
+ * Releases after one message and waits out the probation idle time; with
+ * `misbehaves`, first until the milter's answer to QUIT_NC (a reply, a
+ * close) reached the kept session, as it would within that idle time.
+ */
+async function releaseAndWait(x: Setup, s: MilterSession, misbehaves = false): Promise<void> {
   x.pool.release(x.d, s)
   await x.m.last.waitFor((c) => c.cmd === 'quit_nc')
-  await sleep(PROBATION_IDLE_MS + 20)
+  if (misbehaves) await until(() => !s.idleClean)
+  x.wait(PROBATION_IDLE_MS)
+}
+
+/** Waits, a turn of the event loop at a time, until `cond` holds. */
+async function until(cond: () => boolean): Promise<void> {
+  for (let i = 0; !cond(); i++) {
+    if (i > 1000) throw new Error('condition not met')
+    await new Promise((r) => setTimeout(r, 1))
+  }
 }
 
 /** Counts CONNECTs per milter connection, so a script can tell the reused one. */
@@ -75,7 +93,7 @@ describe('MilterPool: reuse, only where QUIT_NC works', () => {
     const early = await x.pool.acquire(x.d)
     assert.notEqual(early, first)
     early.quit()
-    await sleep(PROBATION_IDLE_MS + 20)
+    x.wait(PROBATION_IDLE_MS)
     const second = await x.pool.acquire(x.d)
     assert.equal(second, first)
     await oneMessage(second)
@@ -93,7 +111,7 @@ describe('MilterPool: reuse, only where QUIT_NC works', () => {
     const x = await start((cmd) => (cmd.cmd === 'quit_nc' ? R.accept : undefined))
     const first = await x.pool.acquire(x.d)
     await oneMessage(first)
-    await releaseAndWait(x, first)
+    await releaseAndWait(x, first, true)
     const second = await x.pool.acquire(x.d)
     assert.notEqual(second, first)
     assert.equal(first.currentState, 'closed')
@@ -114,7 +132,7 @@ describe('MilterPool: reuse, only where QUIT_NC works', () => {
     const x = await start((cmd) => (cmd.cmd === 'quit_nc' ? 'close' : undefined))
     const first = await x.pool.acquire(x.d)
     await oneMessage(first)
-    await releaseAndWait(x, first)
+    await releaseAndWait(x, first, true)
     const second = await x.pool.acquire(x.d)
     assert.notEqual(second, first)
     await oneMessage(second)

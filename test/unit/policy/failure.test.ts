@@ -13,7 +13,7 @@ import {
 } from '../../../lib/errors'
 import { HeaderEditError } from '../../../lib/message/headers'
 import { asMilterError, failureOf } from '../../../lib/policy/failure'
-import { REPLIES } from '../../../lib/policy/replies'
+import { REPLIES } from '../../../lib/policy/smtp-replies'
 import { milterDef } from './defs'
 
 const EP = 'inet:1@127.0.0.1'

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict'
 
 import { Replay, replaySteps, type ReplayStep } from '../../../lib/policy/replay'
-import type { Outcome } from '../../../lib/policy/replies'
+import type { Outcome } from '../../../lib/policy/smtp-replies'
 import type { MacroLookup } from '../../../lib/session/macros'
 import type { MilterSession } from '../../../lib/session/session'
 import type { Verdict } from '../../../lib/session/types'

@@ -10,7 +10,7 @@ import { EventEmitter } from 'node:events'
 import { Readable } from 'node:stream'
 
 import { MilterLimitError, type MilterError } from '../../../lib/errors'
-import { startResult, runContent, type MessageInput } from '../../../lib/policy/content'
+import { startResult, runMilterContent, type MessageInput } from '../../../lib/policy/message'
 import { decodeCommand } from '../../../lib/protocol/commands'
 import { MacroStage, Proto } from '../../../lib/protocol/constants'
 import { FrameDecoder } from '../../../lib/protocol/frame'
@@ -356,7 +356,7 @@ describe('limits: the header block after edits', () => {
       const s = await open(answer(Array.from({ length: added }, (_, i) => header(i))))
       const result = startResult(input())
       try {
-        await runContent(
+        await runMilterContent(
           'm1',
           s,
           input(),
@@ -393,7 +393,7 @@ describe('content phase: edits that delete every recipient', () => {
   ): Promise<void> {
     const s = await open(answer(replies))
     try {
-      await runContent(
+      await runMilterContent(
         name,
         s,
         input(),

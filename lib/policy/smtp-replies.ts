@@ -18,8 +18,6 @@ export type Outcome =
     }
   | { action: 'discard'; milter: string }
 
-export type { Stage } from './stage'
-
 function fixed(code: number, enhanced: string, text: string): SmtpReply {
   return { code, enhanced, lines: [{ enhanced, text }] }
 }

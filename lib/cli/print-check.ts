@@ -72,7 +72,7 @@ export function formatReport(r: CheckReport): string {
   }
   for (const p of r.trace ?? []) out.push(formatPacket(p))
   for (const s of r.stages) {
-    out.push(`${s.stage}: ${s.verdict}`)
+    out.push(`${s.recipient === undefined ? s.stage : `${s.stage} ${s.recipient}`}: ${s.verdict}`)
     for (const line of s.reply ?? []) out.push(`  ${line}`)
   }
   if (r.modifications.length > 0) {

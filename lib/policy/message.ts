@@ -23,7 +23,7 @@ import {
 } from '../session/limits'
 import type { MacroLookup } from '../session/macros'
 import type { MilterSession, Verdict } from '../session/session'
-import type { Outcome } from './replies'
+import type { Outcome } from './smtp-replies'
 
 /** The message as the content phase starts. */
 export interface MessageInput {
@@ -106,7 +106,7 @@ export type ContentAnswer =
  * the edits are validated and returned but `result` is left as it was, and
  * a replacement body is read and dropped, never spooled.
  */
-export async function runContent(
+export async function runMilterContent(
   name: string,
   s: MilterSession,
   input: MessageInput,

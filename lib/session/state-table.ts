@@ -159,10 +159,12 @@ export interface SessionState {
    */
   readonly skipping?: Skippable
   /**
-   * `ready` reached by a completed end of message (and HELO or UNKNOWN
-   * since): the only point where QUIT_NC may be sent (milter-protocol.md
-   * §5.6). XXX HELO keeps it, as it always has; libmilter's table lists
-   * only MAIL, QUIT, QUIT_NC and UNKNOWN after EOB.
+   * `ready` reached by a completed end of message (and UNKNOWN since): the
+   * only point where QUIT_NC may be sent (milter-protocol.md §5.6). A HELO
+   * ends it: libmilter takes HELO after EOB only by falling back to its
+   * HELO state, whose row (§5.3) has no QUIT_NC, so it drops the QUIT_NC
+   * and the CONNECT after it, and the client waits for a reply that never
+   * comes.
    */
   readonly afterEob?: true
 }
@@ -177,6 +179,8 @@ export function next(from: SessionState, e: Event): SessionState | undefined {
   if (e.kind === 'restored') return from
   const to: { at: State; skipping?: Skippable; afterEob?: true } = { at }
   if (e.kind === 'skipped' && isSkippable(e.step)) to.skipping = e.step
-  if (e.kind === 'eomAnswered' || (from.afterEob && at === 'ready')) to.afterEob = true
+  // HELO ends afterEob even when NOHELO omits it (then libmilter never saw it): reuse is only an optimisation
+  const helo = (e.kind === 'continued' || e.kind === 'skipped') && e.step === 'helo'
+  if (e.kind === 'eomAnswered' || (from.afterEob && at === 'ready' && !helo)) to.afterEob = true
   return to
 }

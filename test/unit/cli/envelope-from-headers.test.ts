@@ -1,6 +1,6 @@
 /** check's envelope from the message's headers when --from / --rcpt are not given. */
 import assert from 'node:assert/strict'
-import { addressesIn, envelopeOf } from '../../../lib/cli/envelope'
+import { addressesIn, envelopeOf } from '../../../lib/cli/envelope-from-headers'
 
 describe('cli: the envelope from the headers', () => {
   it('Return-Path first, then From; To and Cc, each address once', () => {

@@ -4,7 +4,8 @@
  */
 import assert from 'node:assert/strict'
 
-import { answerAt, REPLIES, type Outcome, type Stage } from '../../../lib/policy/replies'
+import { answerAt, REPLIES, type Outcome } from '../../../lib/policy/smtp-replies'
+import type { Stage } from '../../../lib/policy/stage'
 
 const verdict = (action: 'reject' | 'tempfail' | 'shutdown', code: number): Outcome => ({
   action,

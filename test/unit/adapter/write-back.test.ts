@@ -15,7 +15,7 @@ import {
   writeEnvelope,
   writeHeaders,
   writeQuarantine,
-} from '../../../lib/adapter/apply'
+} from '../../../lib/adapter/write-back'
 import { transactionState } from '../../../lib/adapter/state'
 import { BodySpool } from '../../../lib/body-spool'
 import type { HeaderField } from '../../../lib/message/headers'

@@ -4,7 +4,7 @@
  */
 import type { MessageResult, MilterChain, Outcome } from '../policy/chain'
 import type { MilterConfig } from '../config'
-import { REPLIES } from '../policy/replies'
+import { REPLIES } from '../policy/smtp-replies'
 import type { MtaBounds } from '../session/limits'
 import type { MacroLookup } from '../session/macros'
 import {
@@ -14,7 +14,7 @@ import {
   writeBody,
   writeEnvelope,
   writeHeaders,
-} from './apply'
+} from './write-back'
 import { bodyPieces } from './body-capture'
 import type { HarakaConnection, HarakaTransaction } from './haraka'
 import { transactionState } from './state'
