@@ -544,6 +544,14 @@ export const KEYS: readonly KeyDef[] = [
     applies: 'reload',
     doc: 'The header action = tag adds, with the reason.',
   },
+  {
+    name: 'hold_reply',
+    sections: ['quarantine'],
+    type: 'string',
+    default: 'Message accepted',
+    applies: 'reload',
+    doc: "The text of the 250 a held message gets (Haraka adds the transaction id). The default is a discarded message's and does not tell the sender the message was held; printable ASCII, one line.",
+  },
   // [metrics]
   {
     name: 'listen',

@@ -376,10 +376,9 @@ export function milter_queue(this: MilterPlugin, next: Next, c: HarakaConnection
       this,
       `message ${d.kind === 'hold' ? 'held in quarantine' : 'discarded'} (${d.reason})${file ? `: ${file}` : ''}`,
     )
-    next(
-      hookCode('ok'),
-      d.kind === 'hold' ? 'Message accepted and held for review' : 'Message accepted',
-    )
+    // a held message's reply is [quarantine] hold_reply: by default a discarded message's, which
+    // tells the sender nothing of the hold
+    next(hookCode('ok'), d.kind === 'hold' ? st.cfg.quarantine.holdReply : 'Message accepted')
   }
   if (!keepCopy) return done()
   writeQuarantine(c, t, st.cfg.quarantine.dir, d)
