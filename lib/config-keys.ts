@@ -489,7 +489,7 @@ export const KEYS: readonly KeyDef[] = [
     default: '',
     required: true,
     applies: 'reload',
-    doc: 'The Haraka listen addresses this section is for: IP:PORT, [IPV6]:PORT, or :PORT for every address.',
+    doc: "The Haraka listen addresses this section is for: IP:PORT, [IPV6]:PORT, or :PORT for every address. A new address must also be in smtp.ini's listen, which Haraka reads only at start: a restart, not a reload.",
   },
   {
     name: 'milters',
