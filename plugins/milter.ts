@@ -382,7 +382,10 @@ export function milter_queue(this: MilterPlugin, next: Next, c: HarakaConnection
   }
   if (!keepCopy) return done()
   writeQuarantine(c, t, st.cfg.quarantine.dir, d)
-    .then(done)
+    .then((file) => {
+      if (d.kind === 'hold') this.milter?.metrics?.recordHeld(d.milters)
+      done(file)
+    })
     .catch((e: unknown) => {
       c.logerror(
         this,
