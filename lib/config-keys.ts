@@ -489,7 +489,7 @@ export const KEYS: readonly KeyDef[] = [
     default: '',
     required: true,
     applies: 'reload',
-    doc: 'The Haraka listen addresses this section is for: IP:PORT, [IPV6]:PORT, or :PORT for every address.',
+    doc: "The Haraka listen addresses this section is for: IP:PORT, [IPV6]:PORT, or :PORT for every address. A new address must also be in smtp.ini's listen, which Haraka reads only at start: a restart, not a reload.",
   },
   {
     name: 'milters',
@@ -543,6 +543,14 @@ export const KEYS: readonly KeyDef[] = [
     default: 'X-Milter-Quarantine',
     applies: 'reload',
     doc: 'The header action = tag adds, with the reason.',
+  },
+  {
+    name: 'hold_reply',
+    sections: ['quarantine'],
+    type: 'string',
+    default: 'Message accepted',
+    applies: 'reload',
+    doc: "The text of the 250 a held message gets (Haraka adds the transaction id). The default is a discarded message's and does not tell the sender the message was held; printable ASCII, one line.",
   },
   // [metrics]
   {

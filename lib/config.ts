@@ -125,7 +125,13 @@ export interface MilterConfig {
   listeners: ListenerDef[]
   replyCode: 'milter' | 'enhanced_only'
   discard: 'drop' | 'quarantine'
-  quarantine: { action: 'hold' | 'tag' | 'reject'; dir: string; tagHeader: string }
+  quarantine: {
+    action: 'hold' | 'tag' | 'reject'
+    dir: string
+    tagHeader: string
+    /** The text of the 250 for a held message. */
+    holdReply: string
+  }
   reuseConnections: boolean
   daemonName: string
   mixedRecipients: 'defer' | 'union'
@@ -365,6 +371,14 @@ function domains(r: Reader, key: string): string[] {
   return out
 }
 
+/** The text of an SMTP reply line: printable ASCII, at most 400 characters (RFC 5321 4.5.3.1.5: 512 a line). */
+function replyText(r: Reader, key: string): string {
+  const v = r.str(key)
+  if (!/^[\x20-\x7e]{1,400}$/.test(v))
+    throw r.err(key, 'must be one line of printable ASCII, at most 400 characters')
+  return v
+}
+
 /** The skip_* keys of a milter (each defaulting to [main]'s); nothing when none is set. */
 function skipOf(from: (key: string) => Reader): { skip?: SkipRules } {
   const clients = from('skip_clients')
@@ -592,6 +606,7 @@ export function parseMilterConfig(ini: Ini, file = 'milter.ini'): MilterConfig {
       action: q.oneOf<MilterConfig['quarantine']['action']>('action'),
       dir: q.str('dir'),
       tagHeader: q.str('tag_header'),
+      holdReply: replyText(q, 'hold_reply'),
     },
     reuseConnections: main.bool('reuse_connections'),
     daemonName: main.str('daemon_name'),

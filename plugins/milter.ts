@@ -76,13 +76,14 @@ function answer(
   c: HarakaConnection,
   stage: Stage,
   o: Outcome,
+  recipient?: string,
 ): void {
   const st = connectionState(c)
   const ready = st?.kind === 'milters' ? st : undefined
   const answered = answerAt(stage, o, ready?.cfg.replyCode ?? 'milter')
   if (c.transaction) noteDiscard(transactionState(c.transaction), answered)
   // what the milter decided is recorded where it happened, even when the reply waits for MAIL
-  record.call(this, c, ready, stage, stage === 'connect' ? o : answered, answered)
+  record.call(this, c, ready, stage, stage === 'connect' ? o : answered, answered, recipient)
   respond(next, answered)
 }
 
@@ -94,6 +95,7 @@ function record(
   stage: Stage,
   decided: Outcome,
   answered: Outcome,
+  recipient: string | undefined,
 ): void {
   // the endpoint of a milter's own outcome; none for the plugin's (configuration, recipient rules)
   const endpoint =
@@ -102,7 +104,8 @@ function record(
       : undefined
   reportOutcome(this, c, stage, decided, answered, endpoint)
   if (st && answered.action !== 'continue' && answered.action !== 'discard') {
-    st.refusal = { milter: answered.milter, reply: formatReplyLine(answered.reply) }
+    const reply = formatReplyLine(answered.reply)
+    st.refusals.push({ milter: answered.milter, stage, reply, ...(recipient ? { recipient } : {}) })
   }
 }
 
@@ -137,6 +140,7 @@ function stage(
   c: HarakaConnection,
   name: Stage,
   work: (st: Ready) => Promise<Outcome>,
+  recipient?: string,
 ): void {
   const st = connectionState(c)
   if (st?.kind !== 'milters') return next()
@@ -153,7 +157,7 @@ function stage(
     return crash.call(this, once, c, name, e)
   }
   pending
-    .then((o) => answer.call(this, once, c, name, o))
+    .then((o) => answer.call(this, once, c, name, o, recipient))
     .catch((e: unknown) => crash.call(this, once, c, name, e))
 }
 
@@ -251,7 +255,7 @@ export function hook_connect(this: MilterPlugin, next: Next, c: HarakaConnection
   })
   const hosts = this.hostList ?? new Set<string>()
   const isLocal: LocalDomain = (d) => hosts.has(d)
-  setConnectionState(c, { kind: 'milters', cfg, chain, sourceChannel, isLocal })
+  setConnectionState(c, { kind: 'milters', cfg, chain, sourceChannel, isLocal, refusals: [] })
   stage.call(this, next, c, 'connect', (st) =>
     st.chain.connect(connectHostname(c), connectAddress(c), macros(st, c), clientFacts(c)),
   )
@@ -323,12 +327,19 @@ export function milter_rcpt(
 ): void {
   const t = c.transaction
   if (!t) return next()
-  stage.call(this, next, c, 'rcpt', (st) => {
-    const facts = recipientFacts(st.cfg, c, rcpt, st.isLocal)
-    const m = macros(st, c, rcptExtras(rcpt, facts, st.isLocal))
-    const esmtp = transactionState(t).rcptArgs?.get(addressKey(rcpt.address))
-    return st.chain.rcpt([rcpt.format(), ...esmtpArgs(esmtp)], m, facts)
-  })
+  stage.call(
+    this,
+    next,
+    c,
+    'rcpt',
+    (st) => {
+      const facts = recipientFacts(st.cfg, c, rcpt, st.isLocal)
+      const m = macros(st, c, rcptExtras(rcpt, facts, st.isLocal))
+      const esmtp = transactionState(t).rcptArgs?.get(addressKey(rcpt.address))
+      return st.chain.rcpt([rcpt.format(), ...esmtpArgs(esmtp)], m, facts)
+    },
+    rcpt.format(),
+  )
 }
 
 /** DATA. */
@@ -365,14 +376,16 @@ export function milter_queue(this: MilterPlugin, next: Next, c: HarakaConnection
       this,
       `message ${d.kind === 'hold' ? 'held in quarantine' : 'discarded'} (${d.reason})${file ? `: ${file}` : ''}`,
     )
-    next(
-      hookCode('ok'),
-      d.kind === 'hold' ? 'Message accepted and held for review' : 'Message accepted',
-    )
+    // a held message's reply is [quarantine] hold_reply: by default a discarded message's, which
+    // tells the sender nothing of the hold
+    next(hookCode('ok'), d.kind === 'hold' ? st.cfg.quarantine.holdReply : 'Message accepted')
   }
   if (!keepCopy) return done()
   writeQuarantine(c, t, st.cfg.quarantine.dir, d)
-    .then(done)
+    .then((file) => {
+      if (d.kind === 'hold') this.milter?.metrics?.recordHeld(d.milters)
+      done(file)
+    })
     .catch((e: unknown) => {
       c.logerror(
         this,
@@ -385,9 +398,9 @@ export function milter_queue(this: MilterPlugin, next: Next, c: HarakaConnection
 /** One line per milter for what it did since the last report, with the refusal if any. */
 function logReports(this: MilterPlugin, c: HarakaConnection, st: Ready): void {
   const reports = st.chain.takeReports()
-  reportMessage(this, c, reports, st.refusal)
+  reportMessage(this, c, reports, st.refusals)
   this.milter?.metrics?.record(reports)
-  delete st.refusal
+  st.refusals = []
 }
 
 /** RSET, a new MAIL or EHLO, end of message: the message's report, ABORT to milters inside it. */

@@ -17,7 +17,10 @@
 // Environment: HARAKA_HOST (127.0.0.1), HARAKA_PORT (2525), DEMO_MILTER_PORT (18891),
 // DEMO_SEND=0 to skip the test message, DEMO_MILTER=node|pymilter to choose the demo
 // milter instead of the automatic choice (DEMO_MILTER=node shows what a machine without
-// python3-milter sees).
+// python3-milter sees), DEMO_RUN_DIR (demo/run) for the Haraka directory, the delivered
+// mail and the milter's log, DEMO_ONCE=1 to stop after the test message instead of
+// running on: exit 0 when it was delivered with the milter's X-Milter-Demo header, else 1
+// (the smoke test, test/e2e/quickstart.test.ts, runs it so).
 'use strict'
 
 const { spawn, spawnSync } = require('node:child_process')
@@ -28,7 +31,8 @@ const { sendMail, demoMessage } = require('../demo/send')
 
 const repoRoot = path.resolve(__dirname, '..')
 const demoDir = path.join(repoRoot, 'demo')
-const runDir = path.join(demoDir, 'run')
+const runDir = path.resolve(process.env.DEMO_RUN_DIR || path.join(demoDir, 'run'))
+const once = process.env.DEMO_ONCE === '1'
 const harakaDir = path.join(runDir, 'haraka')
 const mailDir = path.join(runDir, 'mail')
 const harakaBin = path.join(repoRoot, 'node_modules', 'Haraka', 'bin', 'haraka')
@@ -38,6 +42,8 @@ const children = new Set()
 let stopping = false
 /** The Haraka child, once started. */
 let haraka
+/** The exit status once stopping: 1 when DEMO_ONCE's test message was not delivered as it should be. */
+let result = 0
 
 function say(msg) {
   process.stderr.write(`run-haraka: ${msg}\n`)
@@ -211,12 +217,12 @@ async function sendTestMessage(host, port) {
   const last = r.final
   if (!r.accepted) {
     say(`the test message was not accepted (at ${r.failedAt}): ${last}`)
-    return
+    return false
   }
   const m = /delivered to (\S+\.eml)/.exec(last)
   if (!m || !fs.existsSync(m[1])) {
     say(`the test message was accepted (${last}) but no delivered file was named`)
-    return
+    return false
   }
   const header = headerBlock(m[1])
   say(`test message delivered to ${rel(m[1])}; its header, as the milter left it:`)
@@ -226,10 +232,13 @@ async function sendTestMessage(host, port) {
       .map((l) => `    ${l}`)
       .join('\n')}\n`,
   )
-  if (!/^X-Milter-Demo:/m.test(header))
+  if (!/^X-Milter-Demo:/m.test(header)) {
     say(
       'the X-Milter-Demo header is missing: the milter did not edit the message (see the log above)',
     )
+    return false
+  }
+  return true
 }
 
 async function main() {
@@ -261,13 +270,14 @@ async function main() {
 
   fs.mkdirSync(runDir, { recursive: true })
   const milter = chooseDemoMilter()
+  let milterChild
   try {
-    await startDemoMilter(milter, milterPort)
+    milterChild = await startDemoMilter(milter, milterPort)
   } catch (err) {
     fail(`the demo milter ${milter.name} did not start: ${err.message}`)
   }
   say(
-    `demo milter running on inet:${milterPort}@127.0.0.1: ${milter.name}; ` +
+    `demo milter running on inet:${milterPort}@127.0.0.1 (pid ${milterChild.pid}): ${milter.name}; ` +
       `what it receives: ${rel(path.join(runDir, 'milter-events.jsonl'))}`,
   )
 
@@ -280,6 +290,7 @@ async function main() {
     detached: true,
   })
   children.add(haraka)
+  say(`Haraka pid ${haraka.pid}`)
 
   let listening = false
   let out = ''
@@ -292,7 +303,18 @@ async function main() {
       listening = true
       out = ''
       say(`Haraka is listening on ${listen}; delivered mail goes to ${rel(mailDir)}/`)
-      if (process.env.DEMO_SEND !== '0') {
+      if (once) {
+        sendTestMessage(host, port)
+          .catch((err) => {
+            say(`could not send the test message: ${err.message}`)
+            return false
+          })
+          .then((ok) => {
+            result = ok ? 0 : 1
+            say(`DEMO_ONCE: ${ok ? 'delivered with the milter header' : 'failed'}, stopping`)
+            stopAll()
+          })
+      } else if (process.env.DEMO_SEND !== '0') {
         sendTestMessage(host, port)
           .catch((err) => say(`could not send the test message: ${err.message}`))
           .finally(() =>
@@ -326,7 +348,7 @@ async function main() {
     if (!stopping && !listening) say(`Haraka exited before it listened on ${listen}`)
     else say(`Haraka exited (${signal ? `signal ${signal}` : `code ${code}`})`)
     stopAll()
-    process.exit(stopping ? 0 : (code ?? 1))
+    process.exit(stopping ? result : (code ?? 1))
   })
 }
 

@@ -6,9 +6,10 @@
 import type { BreakerChange } from '../breaker'
 import type { ChainEvent, MilterReport, Outcome } from '../policy/chain'
 import { formatMilterReport } from '../policy/milter-reports'
-import type { Stage } from '../policy/stage'
+import { SCOPE, type Stage } from '../policy/stage'
 import { formatReplyLine } from '../protocol/replycode'
 import type { HarakaConnection } from './haraka'
+import type { Refusal } from './state'
 
 /** The plugin as Haraka's loggers want it. */
 export interface Reporter {
@@ -84,20 +85,35 @@ export function breakerText(
 }
 
 /**
+ * What a refusal refused, and its reply: `message refused at eom: 554 ...`,
+ * `recipient <b@example.com> deferred: 452 ...` (the others may be
+ * delivered), `connection refused at helo: ...`, `command refused at
+ * unknown: ...`. A 4xx defers, a 5xx refuses.
+ */
+function refusalText(f: Refusal): string {
+  const verb = f.reply.startsWith('4') ? 'deferred' : 'refused'
+  if (f.stage === 'rcpt') return `recipient ${f.recipient ?? '(unknown)'} ${verb}: ${f.reply}`
+  return `${SCOPE[f.stage]} ${verb} at ${f.stage}: ${f.reply}`
+}
+
+/**
  * One INFO line per milter per message: what it did (stages, verdict,
- * edits, time waited) and the SMTP reply given when it was not 250.
+ * edits, time waited), then each refusal the client was given (what it
+ * concerned and the reply); nothing more when the message was accepted
+ * for every recipient.
  */
 export function reportMessage(
   plugin: Reporter,
   c: HarakaConnection,
   reports: readonly MilterReport[],
-  refusal: { milter: string; reply: string } | undefined,
+  refusals: readonly Refusal[],
 ): void {
-  // the reply goes on the line of the milter that decided it; one the plugin decided (recipient
+  // a refusal goes on the line of the milter that decided it; one the plugin decided (recipient
   // rules, configuration) concerns every milter of the message
-  const decider = reports.some((r) => r.milter === refusal?.milter) ? refusal?.milter : undefined
+  const mine = (r: MilterReport, f: Refusal): boolean =>
+    f.milter === r.milter || !reports.some((x) => x.milter === f.milter)
   for (const r of reports) {
-    const reply = refusal && (decider === undefined || r.milter === decider) ? refusal.reply : ''
-    c.loginfo(plugin, `${formatMilterReport(r)}${reply ? `; reply ${reply}` : ''}`)
+    const told = refusals.filter((f) => mine(r, f)).map((f) => `; ${refusalText(f)}`)
+    c.loginfo(plugin, `${formatMilterReport(r)}${told.join('')}`)
   }
 }

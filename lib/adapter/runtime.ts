@@ -11,6 +11,7 @@ import {
   type MilterDef,
 } from '../config'
 import { poolFigures } from '../metrics/figures'
+import { QuarantineReader, type QuarantineFigures } from '../metrics/quarantine'
 import type { MilterMetrics } from '../metrics/recorder'
 import { metricsWanted, MetricsService, type Role } from '../metrics/service'
 import { MilterPool, type EndpointUse } from '../pool'
@@ -73,6 +74,9 @@ export class Runtime {
   /** Where each message's reports are counted; undefined when [metrics] asks for nothing. */
   metrics: MilterMetrics | undefined
   private service: MetricsService | undefined
+  private readonly quarantine = new QuarantineReader()
+  /** The last quarantine read failure logged, so a scrape every few seconds logs it once. */
+  private quarantineProblem: string | undefined
   private role: Exclude<Role, 'worker'> | undefined
 
   constructor(private readonly log: RuntimeLog) {}
@@ -129,11 +133,28 @@ export class Runtime {
         error: (t) => this.log.logerror(t),
       })
       s.recorder.gauges(() => poolFigures(this.cfg, this.pool))
+      s.recorder.quarantine(() => this.quarantineFigures())
       if (this.role) s.start(this.role)
       this.service = s
     }
     this.service.configure(cfg.metrics, [...cfg.milters.keys()])
     this.metrics = wanted ? this.service.recorder : undefined
+  }
+
+  /** The quarantine store's figures; none (and one WARN line per new problem) when it cannot be read. */
+  private async quarantineFigures(): Promise<QuarantineFigures | undefined> {
+    const dir = this.cfg?.quarantine.dir
+    if (dir === undefined) return undefined
+    try {
+      const f = await this.quarantine.read(dir)
+      this.quarantineProblem = undefined
+      return f
+    } catch (e) {
+      const text = `metrics: cannot read the quarantine directory ${dir}: ${e instanceof Error ? e.message : String(e)}`
+      if (text !== this.quarantineProblem) this.log.logwarn(text)
+      this.quarantineProblem = text
+      return undefined
+    }
   }
 
   /**

@@ -8,12 +8,25 @@
  * and queue plugins may read `transaction.notes.milter_envelope_args`.
  */
 import type { MilterConfig } from '../config'
-import type { MilterChain, Outcome } from '../policy/chain'
+import type { MilterChain, Outcome, Stage } from '../policy/chain'
 import type { HarakaConnection, HarakaTransaction, LocalDomain } from './haraka'
 
 /** What happens to an accepted message at queue time. */
 export type Disposition =
   { kind: 'discard'; milter: string } | { kind: 'hold'; reason: string; milters: string[] }
+
+/**
+ * A refusal given in the current transaction, for the report lines: who
+ * decided it, at which stage, and the recipient it concerned (at RCPT: the
+ * message may still be delivered to the others).
+ */
+export interface Refusal {
+  milter: string
+  stage: Stage
+  /** The reply line, e.g. `452 4.5.3 Recipient needs different filtering ...`. */
+  reply: string
+  recipient?: string
+}
 
 /** Per connection. */
 export type ConnectionState =
@@ -23,8 +36,8 @@ export type ConnectionState =
       chain: MilterChain
       sourceChannel: string
       isLocal: LocalDomain
-      /** The refusal given in the current transaction and who decided it, for the report lines. */
-      refusal?: { milter: string; reply: string }
+      /** The refusals given in the current transaction, for the report lines. */
+      refusals: Refusal[]
     }
   /** The configuration was broken when the connection came: every MAIL is refused. */
   | { kind: 'broken'; reason: string }

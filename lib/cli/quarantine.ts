@@ -8,8 +8,10 @@
  */
 import { existsSync, readFileSync } from 'node:fs'
 import * as os from 'node:os'
+import * as path from 'node:path'
 import { parseArgs } from 'node:util'
 import { formatReplyLine } from '../protocol/replycode'
+import { appendEvent, EVENTS_FILE } from '../quarantine/events'
 import { sendMessage, SmtpSendError } from '../quarantine/smtp'
 import {
   CLAIM_STALE_MS,
@@ -250,8 +252,10 @@ export async function quarantineCommand(argv: string[], io: Io): Promise<number>
       case 'delete': {
         const id = oneId(parsed.positionals, 'delete')
         await recover(dir, io, id)
-        const claim = await claimEntry(await find(dir, id, io), 'delete')
+        const e = await find(dir, id, io)
+        const claim = await claimEntry(e, 'delete')
         await claim.finish()
+        await recordEvent(dir, 'delete', e, io)
         io.out(`deleted ${id}\n`)
         return 0
       }
@@ -323,12 +327,32 @@ async function release(
     )
     return 1
   }
+  await recordEvent(dir, 'release', e, io)
   if (sent.dropped.length > 0)
     io.err(
       `haraka-milter: parameters not offered by ${v.to}, left out: ${sent.dropped.join(' ')}\n`,
     )
   io.out(`released ${id} to ${v.to}: ${formatReplyLine(sent.reply)}\n`)
   return 0
+}
+
+/**
+ * Appends a done release or delete to the events file, which Haraka's
+ * metrics count (lib/quarantine/events.ts). The entry is gone by then: a
+ * failure here costs a count, not the operation, so it is a warning.
+ */
+async function recordEvent(
+  dir: string,
+  op: 'release' | 'delete',
+  e: QuarantineEntry,
+  io: Io,
+): Promise<void> {
+  const event = { time: new Date().toISOString(), op, id: e.meta.id, milters: e.meta.milters }
+  await appendEvent(dir, event).catch((err: unknown) =>
+    io.err(
+      `haraka-milter: ${op} of ${e.meta.id} not counted in ${path.join(dir, EVENTS_FILE)} (metrics): ${err instanceof Error ? err.message : String(err)}\n`,
+    ),
+  )
 }
 
 /** A --rcpt address: `user@domain` or `<user@domain>`, no spaces, brackets or line breaks. */

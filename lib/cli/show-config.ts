@@ -170,6 +170,7 @@ function mainView(cfg: MilterConfig): Record<string, Record<string, string | num
       action: cfg.quarantine.action,
       dir: cfg.quarantine.dir,
       tag_header: cfg.quarantine.tagHeader,
+      hold_reply: cfg.quarantine.holdReply,
     },
     metrics: {
       listen: cfg.metrics.listen?.text ?? 'none',

@@ -9,6 +9,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 
 import type { MilterReport, ReportOutcome } from '../policy/milter-reports'
 import { SCOPE } from '../policy/stage'
+import type { QuarantineFigures } from './quarantine'
 
 /** What the gauges show, read at scrape time (from the pool and its breakers). */
 export interface GaugeFigures {
@@ -41,6 +42,10 @@ export const METRIC = {
   sessionsOpen: `${P}sessions_open`,
   sessionsPooled: `${P}sessions_pooled`,
   endpointUp: `${P}endpoint_up`,
+  quarantineHeld: `${P}quarantine_held_total`,
+  quarantineReleased: `${P}quarantine_released_total`,
+  quarantineDeleted: `${P}quarantine_deleted_total`,
+  quarantineEntries: `${P}quarantine_entries`,
 } as const
 
 /** The verdict label: a replycode counts as the reject or tempfail it is. */
@@ -53,6 +58,8 @@ function verdictLabel(o: ReportOutcome): string {
 export class MilterMetrics {
   readonly registry = new Registry()
   private figures: () => GaugeFigures = () => ({ open: [], pooled: [], endpoints: [] })
+  private quarantineFigures: () => Promise<QuarantineFigures | undefined> = () =>
+    Promise.resolve(undefined)
 
   private readonly messages = new Counter({
     name: METRIC.messages,
@@ -83,6 +90,12 @@ export class MilterMetrics {
     help: 'Time waiting for a milter to answer one command (eom: the whole content phase)',
     labelNames: ['milter', 'endpoint', 'stage'] as const,
     buckets: [...LATENCY_BUCKETS],
+    registers: [this.registry],
+  })
+  private readonly held = new Counter({
+    name: METRIC.quarantineHeld,
+    help: 'Messages held in the quarantine, per milter that asked for it (SMFIR_QUARANTINE or default_action = quarantine)',
+    labelNames: ['milter'] as const,
     registers: [this.registry],
   })
   private readonly messageWait = new Histogram({
@@ -122,6 +135,29 @@ export class MilterMetrics {
       },
       'min',
     )
+    // read from the store and its events file when scraped: the same for every process of a
+    // cluster, so the highest, not the sum, is the figure
+    this.storeCounter(
+      METRIC.quarantineReleased,
+      'Quarantined messages released (haraka-milter quarantine release), per milter that held them; counted from the events file in the quarantine directory',
+      (f) => f.released,
+    )
+    this.storeCounter(
+      METRIC.quarantineDeleted,
+      'Quarantined messages deleted (haraka-milter quarantine delete), per milter that held them; counted from the events file in the quarantine directory',
+      (f) => f.deleted,
+    )
+    const entries: Gauge = new Gauge({
+      name: METRIC.quarantineEntries,
+      help: 'Messages in the quarantine directory now (held, or being released or deleted)',
+      aggregator: 'max',
+      registers: [this.registry],
+      collect: async () => {
+        entries.reset()
+        const f = await this.quarantineFigures()
+        if (f) entries.set(f.entries)
+      },
+    })
   }
 
   /** A gauge computed when scraped (stale label sets dropped each time). */
@@ -145,9 +181,39 @@ export class MilterMetrics {
     })
   }
 
+  /** A counter of the quarantine's events file, per milter (cluster: the highest). */
+  private storeCounter(
+    name: string,
+    help: string,
+    pick: (f: QuarantineFigures) => ReadonlyMap<string, number>,
+  ): void {
+    const c: Counter = new Counter({
+      name,
+      help,
+      labelNames: ['milter'],
+      aggregator: 'max',
+      registers: [this.registry],
+      collect: async () => {
+        c.reset()
+        const f = await this.quarantineFigures()
+        if (f) for (const [milter, n] of pick(f)) c.inc({ milter }, n)
+      },
+    })
+  }
+
   /** Where the gauges read from (the runtime's pool and configuration). */
   gauges(figures: () => GaugeFigures): void {
     this.figures = figures
+  }
+
+  /** Where the quarantine metrics read from (the store of the configuration in force). */
+  quarantine(figures: () => Promise<QuarantineFigures | undefined>): void {
+    this.quarantineFigures = figures
+  }
+
+  /** A message held in the quarantine, for the milters that asked. */
+  recordHeld(milters: readonly string[]): void {
+    for (const milter of milters) this.held.inc({ milter })
   }
 
   /** Counts what each milter did for one message (or connection). */

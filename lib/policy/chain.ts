@@ -113,6 +113,12 @@ export class MilterChain {
   private readonly reports = new MilterReports()
   /** The endpoint each milter's current session is on (a milter may list several). */
   private readonly endpoints = new Map<string, string>()
+  /**
+   * Recipients of the current message a milter is left out for (skip_recipient_domains),
+   * reported once the recipients are final (DATA, or the end of the message): with
+   * mixed_recipients = union the milter may yet join the message, and then it is shown them.
+   */
+  private readonly rcptSkips = new Map<Slot, Array<{ rcpt: string; reason: string }>>()
 
   constructor(private readonly opts: ChainOptions) {
     this.slots = opts.milters.map((def) => new Slot(def))
@@ -137,7 +143,7 @@ export class MilterChain {
     for (const slot of this.slots) {
       const why = client && clientSkip(slot.def.skip, client)
       if (why === undefined) continue
-      slot.state = { kind: 'done' }
+      slot.state = { kind: 'skipped', reason: why }
       this.skip(slot, 'connect', why)
     }
     await Promise.all(this.slots.filter((s) => s.eager).map((s) => this.ensureOpen(s, 'connect')))
@@ -165,7 +171,11 @@ export class MilterChain {
     this.newMessage()
     this.replayed.mail(args, macros)
     for (const slot of this.slots) {
-      if (!facts || slot.state.kind === 'done') continue
+      const st = slot.state
+      // left out of the connection: each message's report says so (the first has it from CONNECT)
+      if (st.kind === 'skipped' && !this.reports.has(slot.def))
+        this.reports.skipped(slot.def, 'connect', st.reason)
+      if (!facts || st.kind === 'done' || st.kind === 'skipped') continue
       slot.skipped = messageSkip(slot.def.skip, facts)
       if (slot.skipped !== undefined) this.skip(slot, 'mail', slot.skipped)
     }
@@ -182,26 +192,34 @@ export class MilterChain {
    * recipient (CONNECT, HELO and MAIL replayed with their macros). Every
    * recipient of a message must need the same milters: with the `defer`
    * policy a recipient needing another set gets 452 4.5.3 (the client sends
-   * it in a new transaction); with `union` the milters are added.
+   * it in a new transaction); with `union` the milters are added, and a
+   * milter in the message is shown every recipient, skip_recipient_domains
+   * or not (logged as such, not as a skip).
    */
   async rcpt(
     args: readonly string[],
     macros?: MacroLookup,
     facts?: RecipientFacts,
   ): Promise<Outcome> {
+    const skips = new Map<Slot, string>()
     for (const slot of this.slots) {
       const why =
         slot.lazy && slot.skipped === undefined && recipientSkip(slot.def.skip, facts?.domain ?? '')
-      if (why) this.skip(slot, 'rcpt', why)
+      if (why) skips.set(slot, why)
     }
     const wanted = new Set(
       this.slots.filter(
         (s) =>
-          s.lazy && s.skipped === undefined && s.state.kind !== 'done' && enabledFor(s.def, facts),
+          s.lazy &&
+          s.skipped === undefined &&
+          s.state.kind !== 'done' &&
+          s.state.kind !== 'skipped' &&
+          enabledFor(s.def, facts),
       ),
     )
     const before = this.messageSet
     const r = route(wanted, before, this.opts.mixedRecipients ?? 'defer')
+    // a deferred recipient is no part of this message: nothing skipped for it here
     if (r.kind === 'defer') return r.outcome
     this.messageSet = r.set
     for (const slot of r.join) {
@@ -212,13 +230,27 @@ export class MilterChain {
       }
     }
     const o = await this.each('rcpt', (s) => s.rcpt(args, macros))
-    if (o.action === 'continue' || o.action === 'discard') this.replayed.rcpt(args, macros)
-    else this.undo(r.join, before)
+    if (o.action !== 'continue' && o.action !== 'discard') {
+      this.undo(r.join, before)
+      return o
+    }
+    this.replayed.rcpt(args, macros)
+    const rcpt = args[0] ?? ''
+    // a milter joining now was told the earlier recipients again, skipped ones included
+    for (const slot of r.join) {
+      for (const earlier of this.rcptSkips.get(slot) ?? []) this.shownAnyway(slot, earlier)
+      this.rcptSkips.delete(slot)
+    }
+    for (const [slot, reason] of skips) {
+      if (r.set.has(slot)) this.shownAnyway(slot, { rcpt, reason })
+      else this.rcptSkips.set(slot, [...(this.rcptSkips.get(slot) ?? []), { rcpt, reason }])
+    }
     return o
   }
 
-  /** DATA. */
+  /** DATA: the recipients are final, so are their skips. */
   data(macros?: MacroLookup): Promise<Outcome> {
+    this.reportRcptSkips()
     return this.each('data', (s) => s.data(macros))
   }
 
@@ -288,6 +320,7 @@ export class MilterChain {
    * spent waiting for it): one entry per milter consulted, in chain order.
    */
   takeReports(): MilterReport[] {
+    this.reportRcptSkips()
     return this.reports.take(this.slots.map((s) => s.def))
   }
 
@@ -320,6 +353,7 @@ export class MilterChain {
 
   /** A new message (HELO, MAIL, RSET, end of message): message-scoped failures end. */
   private newMessage(): void {
+    this.reportRcptSkips()
     for (const slot of this.slots) slot.newMessage()
     this.messageDiscarded = false
     this.messageSet = undefined
@@ -537,6 +571,23 @@ export class MilterChain {
   private skip(slot: Slot, stage: Stage, reason: string): void {
     this.reports.skipped(slot.def, stage, reason)
     this.opts.onSkip?.(slot.name, stage, reason)
+  }
+
+  /** The recipient skips of the message so far, each reason once per milter. */
+  private reportRcptSkips(): void {
+    for (const [slot, list] of this.rcptSkips)
+      for (const reason of new Set(list.map((x) => x.reason))) this.skip(slot, 'rcpt', reason)
+    this.rcptSkips.clear()
+  }
+
+  /** A recipient skip_recipient_domains lists, shown to the milter all the same (mixed_recipients = union). */
+  private shownAnyway(slot: Slot, x: { rcpt: string; reason: string }): void {
+    this.event(
+      'notice',
+      slot,
+      'rcpt',
+      `${x.rcpt} shown although skip_recipient_domains lists it (${x.reason}): with mixed_recipients = union a milter in the message sees every recipient`,
+    )
   }
 
   private event(

@@ -60,6 +60,11 @@ export class MilterReports {
     return r
   }
 
+  /** Has the milter anything in the report so far? */
+  has(def: MilterDef): boolean {
+    return this.byMilter.has(def.name)
+  }
+
   /** The endpoint the milter's session is on, when it lists several. */
   endpoint(def: MilterDef, endpoint: string): void {
     this.of(def).endpoint = endpoint

@@ -2,9 +2,10 @@
  * One milter's place in one SMTP connection, as an explicit state:
  *
  *   idle ──open──▶ open ──accept at CONNECT/HELO──▶ done
- *    ▲              │ └──refuse at CONNECT/HELO──▶ refused
- *    │              └──failure──▶ failed ──(scope message: next message)──▶ idle
- *    └─────────────────────────────────────────────────┘
+ *    ▲ │            │ └──refuse at CONNECT/HELO──▶ refused
+ *    │ │            └──failure──▶ failed ──(scope message: next message)──▶ idle
+ *    └─┼───────────────────────────────────────────────┘
+ *      └──client condition at CONNECT──▶ skipped
  *
  * `idle` is a rule milter before its first recipient, or a milter whose
  * failure (failure_scope = message) ended with its message: it is opened
@@ -21,6 +22,8 @@ export type SlotState =
   | { kind: 'open'; session: MilterSession }
   /** Accepted the connection (or failed open for the session): not consulted again. */
   | { kind: 'done' }
+  /** Left out of the whole connection by a client condition (skip_clients, skip_private_clients): never contacted. */
+  | { kind: 'skipped'; reason: string }
   /** Refused the client at (replayed) CONNECT or HELO. */
   | { kind: 'refused'; outcome: Outcome }
   /** Failed: its default_action's outcome, and a quarantine reason under `quarantine`. */

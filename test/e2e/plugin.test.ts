@@ -254,7 +254,7 @@ describe('plugin end to end (real Haraka, real libmilter, real SMTP delivery)', 
     const before = haraka.log().length
     assert.equal((await send(ports.a)).accepted, false)
     await haraka.waitForLog(
-      /\[milter\] one \(inet:\d+@127\.0\.0\.1\): stages .*eom; verdict reject@eom; edits none; waited \d+ ms; reply 554 5\.7\.1 Message rejected$/m,
+      /\[milter\] one \(inet:\d+@127\.0\.0\.1\): stages .*eom; verdict reject@eom; edits none; waited \d+ ms; message refused at eom: 554 5\.7\.1 Message rejected$/m,
       10000,
       before,
     )

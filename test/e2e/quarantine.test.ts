@@ -27,6 +27,7 @@ import {
   type StartedMilter,
 } from '../helpers/milter-process'
 import { freePort, REPO_ROOT } from '../helpers/paths'
+import { sample, scrape } from '../helpers/scrape'
 import { startSink, type Sink } from '../helpers/sink'
 import { sendMailTo } from '../helpers/smtp-client'
 
@@ -130,6 +131,7 @@ describe('quarantine end to end (hold with envelope, list, show, release, delete
   let configDir: string
   let inbound: number
   let releasePort: number
+  let metricsPort: number
 
   before(async () => {
     assertPymilterInstalled()
@@ -139,6 +141,7 @@ describe('quarantine end to end (hold with envelope, list, show, release, delete
     const milterPort = await freePort()
     inbound = await freePort()
     releasePort = await freePort()
+    metricsPort = await freePort()
     milter = await startScriptedMilter(
       {
         eom: [
@@ -158,6 +161,9 @@ content_timeout = 5
 [quarantine]
 action = hold
 dir = ${dir}
+
+[metrics]
+listen = 127.0.0.1:${metricsPort}
 
 [milter.scan]
 socket = inet:${milterPort}@127.0.0.1
@@ -199,14 +205,23 @@ milters =
       rcptParams: 'NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@example.com',
     })
     assert.equal(r.replies.message?.code, 250, JSON.stringify(r.replies))
-    assert.match(r.replies.message?.text ?? '', /held for review/)
+    // [quarantine] hold_reply's default: a discarded message's text, nothing of the hold
+    assert.match(r.replies.message?.text ?? '', /^Message accepted \(/)
     const added = (await listIds()).filter((id) => !before.has(id))
     assert.equal(added.length, 1, 'one new entry')
     return added[0] as string
   }
 
+  /** The latest day folder (the directory also holds events.log, the CLI's release/delete record). */
+  function lastDay(): string {
+    return readdirSync(dir)
+      .filter((d) => /^[0-9]{8}$/.test(d))
+      .sort()
+      .at(-1) as string
+  }
+
   function emlOf(id: string): Buffer {
-    const day = readdirSync(dir).sort().at(-1) as string
+    const day = lastDay()
     return readFileSync(path.join(dir, day, `${id}.eml`))
   }
 
@@ -237,7 +252,7 @@ milters =
     assert.equal(entry.reason, 'scan: looks like phishing')
     assert.ok(entry.size > MESSAGE.length)
     // the .eml is the plain message, no marker of ours
-    const day = readdirSync(dir)[0] as string
+    const day = lastDay()
     const eml = readFileSync(path.join(dir, day, `${id}.eml`), 'utf8')
     assert.match(eml, /^Received: /)
     assert.doesNotMatch(eml, /X-Milter-Quarantine/)
@@ -276,7 +291,7 @@ milters =
   it('release --to the milter-less listener delivers it once to both recipients, unmodified; a second release fails', async () => {
     const [id] = await listIds()
     assert.ok(id)
-    const day = readdirSync(dir)[0] as string
+    const day = lastDay()
     const held = readFileSync(path.join(dir, day, `${id}.eml`))
     const connectsBefore = milter.eventsOf('connect').length
 
@@ -327,6 +342,53 @@ milters =
     assert.equal(sink.messages.length, 1, 'delivered exactly once')
   })
 
+  it('metrics: held counts the message, entries the store; released and deleted what the CLI did', async () => {
+    const before = (await scrape(metricsPort)).body
+    const count = (text: string, name: string): number =>
+      sample(
+        text,
+        `haraka_milter_quarantine_${name}`,
+        name === 'entries' ? {} : { milter: 'scan' },
+      ) ?? 0
+    const id = await hold()
+    const other = await hold()
+    // read from the store at most every 5 s: polled, not slept
+    const settled = async (want: Record<string, number>): Promise<string> => {
+      const end = Date.now() + 15000
+      for (;;) {
+        const text = (await scrape(metricsPort)).body
+        const diff = Object.entries(want).filter(([k, n]) => count(text, k) !== n)
+        if (diff.length === 0) return text
+        if (Date.now() > end) throw new Error(`metrics not as ${JSON.stringify(want)}:\n${text}`)
+        await new Promise((r) => setTimeout(r, 200))
+      }
+    }
+    const held = count(before, 'held_total')
+    const released = count(before, 'released_total')
+    const deleted = count(before, 'deleted_total')
+    await settled({ held_total: held + 2, entries: (await listIds()).length })
+    sink.clear()
+    const r = await cli(
+      'quarantine',
+      'release',
+      id,
+      '--dir',
+      dir,
+      '--to',
+      `127.0.0.1:${releasePort}`,
+    )
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal((await cli('quarantine', 'delete', other, '--dir', dir)).code, 0)
+    const text = await settled({
+      held_total: held + 2,
+      released_total: released + 1,
+      deleted_total: deleted + 1,
+      entries: (await listIds()).length,
+    })
+    assert.match(text, /^# TYPE haraka_milter_quarantine_entries gauge$/m)
+    await sink.waitForMessages(1, 15000)
+  })
+
   it('release into a listener with milters is held again: the message carries no bypass', async () => {
     const id = await hold()
     sink.clear()
@@ -346,7 +408,7 @@ milters =
     assert.equal(del.code, 0, del.stderr)
     assert.equal(del.stdout, `deleted ${id}\n`)
     assert.deepEqual(await listIds(), [])
-    const day = readdirSync(dir)[0] as string
+    const day = lastDay()
     assert.deepEqual(readdirSync(path.join(dir, day)), [])
     assert.equal((await cli('quarantine', 'show', id, '--dir', dir)).code, 1)
     const bad = await cli('quarantine', 'show', '../../etc/passwd', '--dir', dir)
@@ -407,7 +469,7 @@ milters =
       await new Promise((resolve) => setTimeout(resolve, 1000))
       assert.equal(sink.messages.length, 1, 'delivered exactly once')
       assert.deepEqual(await listIds(), [])
-      const day = readdirSync(dir).sort().at(-1) as string
+      const day = lastDay()
       assert.deepEqual(readdirSync(path.join(dir, day)), [], 'no claim, .json or .eml left')
     } finally {
       silent.close()
@@ -440,7 +502,7 @@ milters =
     const del = await cli('quarantine', 'delete', id, '--dir', dir)
     assert.equal(del.code, 0, del.stderr)
     assert.deepEqual(await listIds(), [])
-    const day = readdirSync(dir).sort().at(-1) as string
+    const day = lastDay()
     assert.deepEqual(readdirSync(path.join(dir, day)), [], 'no claim, .json or .eml left')
     assert.equal(sink.messages.filter((m) => m.raw.includes(id)).length, 0)
   })
@@ -487,7 +549,7 @@ milters =
 
   it('symbolic links planted in the quarantine directory are refused, never followed', async () => {
     const id = await hold()
-    const day = readdirSync(dir).sort().at(-1) as string
+    const day = lastDay()
     const secret = path.join(configDir, 'secret.txt')
     writeFileSync(secret, 'Subject: not for you\r\n\r\nroot:x:0:0\r\n')
     const fake = path.join(configDir, 'fake.json')

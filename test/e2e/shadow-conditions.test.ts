@@ -191,6 +191,29 @@ ${sections.join('\n')}
     assert.equal((await sink.waitForMessages(1, 10000)).length, 1)
   })
 
+  it('skip_clients: every message of the connection gets its line, not only the first', async () => {
+    const since = haraka.log().length
+    const c = await SmtpClient.connect('127.0.0.1', port.nets ?? 0)
+    try {
+      for (const helo of ['client.example.org', undefined]) {
+        const r = await c.sendMail({
+          ...(helo ? { helo } : {}),
+          from: 'alice@example.org',
+          rcpts: ['bob@example.com'],
+          data: MESSAGE,
+        })
+        assert.equal(r.accepted, true, JSON.stringify(r.replies))
+      }
+      await c.quit()
+    } finally {
+      await c.close()
+    }
+    await sink.waitForMessages(2, 10000)
+    const line = String.raw`\[milter\] nets \(inet:\d+@127\.0\.0\.1\): stages -; verdict skipped \(client 127\.0\.0\.1 in 127\.0\.0\.0\/8\)@connect; edits none; waited 0 ms$`
+    // one line per message: two
+    await haraka.waitForLog(new RegExp(`${line}[\\s\\S]*${line}`, 'm'), 10000, since)
+  })
+
   it('skip_clients: a listed network', async () => {
     const since = haraka.log().length
     assert.equal((await send('nets')).accepted, true)
@@ -230,6 +253,24 @@ ${sections.join('\n')}
     await assertGuarded(send('rcpt', { rcpts: ['bob@example.com'] }))
   })
 
+  it('skip_recipient_domains, a recipient deferred (452): the delivered message’s line names that recipient, as deferred', async () => {
+    const since = haraka.log().length
+    const r = await send('rcpt', { rcpts: ['carol@example.net', 'bob@example.com'] })
+    assert.equal(r.accepted, true, JSON.stringify(r.replies))
+    assert.deepEqual(
+      r.replies.rcpts.map((x) => x.code),
+      [250, 452],
+    )
+    const [m] = await sink.waitForMessages(1, 10000)
+    assert.deepEqual(m?.rcptTo, ['carol@example.net'])
+    const [line] = await haraka.waitForLog(
+      /\[milter\] rcpt \(inet:\d+@127\.0\.0\.1\): stages -; verdict skipped \(recipient domain example\.net\)@rcpt; edits none; waited 0 ms; recipient <bob@example\.com> deferred: 452 4\.5\.3 Recipient needs different filtering - send it in a separate transaction$/m,
+      10000,
+      since,
+    )
+    assert.doesNotMatch(line, /reply|message (refused|deferred)/)
+  })
+
   it('skip_larger_than: by the SIZE= declared at MAIL, else by the size received', async () => {
     const big = `${MESSAGE}${'x'.repeat(70)}\r\n`.repeat(30)
     let since = haraka.log().length
@@ -243,6 +284,50 @@ ${sections.join('\n')}
     assert.equal(guard?.eventsOf('eom').length, 0, 'it saw the envelope, never the content')
     assert.ok((guard?.eventsOf('envfrom').length ?? 0) > 0)
     await assertGuarded(send('size'))
+  })
+
+  describe('with mixed_recipients = union', () => {
+    let union: RunningHaraka
+    let unionPort: number
+
+    before(async () => {
+      unionPort = await freePort()
+      union = await startHaraka({
+        listeners: [`127.0.0.1:${unionPort}`],
+        plugins: ['milter', 'rcpt_to.in_host_list', 'queue/smtp_forward'],
+        sinkPort: sink.port,
+        config: {
+          'milter.ini': `[main]\nmilters = rcpt\nmixed_recipients = union\n\n[milter.rcpt]\nsocket = inet:${guardPort}@127.0.0.1\n${CONDITIONS.rcpt}\n`,
+        },
+      })
+    })
+
+    it('a recipient in skip_recipient_domains shown to the milter is logged as shown, not as skipped', async () => {
+      const r = await sendMailTo('127.0.0.1', unionPort, {
+        helo: 'client.example.org',
+        from: 'alice@example.org',
+        rcpts: ['carol@example.net', 'bob@example.com'],
+        data: MESSAGE,
+      })
+      assert.deepEqual(
+        r.replies.rcpts.map((x) => x.code),
+        [250, 250],
+      )
+      assert.equal(r.last?.code, 554, 'the milter had the message, and refused it')
+      assert.deepEqual(
+        guard?.eventsOf('envrcpt').map((e) => e.rcpt),
+        ['<carol@example.net>', '<bob@example.com>'],
+      )
+      await union.waitForLog(
+        /\[INFO\].*\[milter\] rcpt rcpt: <carol@example\.net> shown although skip_recipient_domains lists it \(recipient domain example\.net\): with mixed_recipients = union/,
+        10000,
+      )
+      const [line] = await union.waitForLog(
+        /\[milter\] rcpt \(inet:\d+@127\.0\.0\.1\): stages [a-z,]+; verdict reject@eom; edits none; waited \d+ ms; message refused at eom: 554 5\.7\.1 .*$/m,
+        10000,
+      )
+      assert.doesNotMatch(line, /skipped/)
+    })
   })
 
   it('shadow: delivered unmodified to every recipient while the log shows what the milter wanted', async () => {

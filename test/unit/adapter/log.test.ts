@@ -1,12 +1,13 @@
 /**
- * The per-message INFO lines (lib/adapter/log.ts reportMessage): the
- * SMTP reply goes on the line of the milter that decided it, not on its
- * neighbours'.
+ * The per-message INFO lines (lib/adapter/log.ts reportMessage): a
+ * refusal goes on the line of the milter that decided it, not on its
+ * neighbours', and says what it refused (the message, or one recipient).
  */
 import assert from 'node:assert/strict'
 
 import { reportMessage } from '../../../lib/adapter/log'
 import type { HarakaConnection } from '../../../lib/adapter/haraka'
+import type { Refusal } from '../../../lib/adapter/state'
 import { parseMilterConfig } from '../../../lib/config'
 import { MilterReports } from '../../../lib/policy/milter-reports'
 
@@ -16,7 +17,7 @@ const CFG = parseMilterConfig({
   'milter.spam': { socket: 'inet:2@127.0.0.1' },
 })
 
-function lines(refusal: { milter: string; reply: string } | undefined): string[] {
+function lines(refusals: Refusal[]): string[] {
   const down = CFG.milters.get('down')!
   const spam = CFG.milters.get('spam')!
   const r = new MilterReports()
@@ -27,27 +28,52 @@ function lines(refusal: { milter: string; reply: string } | undefined): string[]
   const c = {
     loginfo: (_p: unknown, text: string) => out.push(text),
   } as unknown as HarakaConnection
-  reportMessage({ name: 'milter' }, c, r.take([down, spam]), refusal)
+  reportMessage({ name: 'milter' }, c, r.take([down, spam]), refusals)
   return out
 }
 
 describe('adapter: per-message report lines', () => {
-  it('the reply is on the deciding milter’s line only', () => {
-    const [down, spam] = lines({ milter: 'spam', reply: '550 5.7.1 Command rejected' })
-    assert.doesNotMatch(down ?? '', /reply/)
+  it('a refusal is on the deciding milter’s line only, with what it refused', () => {
+    const [down, spam] = lines([
+      {
+        milter: 'spam',
+        stage: 'rcpt',
+        reply: '550 5.7.1 Command rejected',
+        recipient: '<x@example.com>',
+      },
+    ])
+    assert.doesNotMatch(down ?? '', /refused|deferred/)
     assert.match(
       spam ?? '',
-      /verdict reject@rcpt; edits none; waited 2 ms; reply 550 5\.7\.1 Command rejected$/,
+      /verdict reject@rcpt; edits none; waited 2 ms; recipient <x@example\.com> refused: 550 5\.7\.1 Command rejected$/,
     )
   })
 
-  it('a refusal the plugin decided (recipient rules) is on every line', () => {
-    const out = lines({ milter: 'recipient rules', reply: '452 4.5.3 Try again' })
+  it('a refusal the plugin decided (recipient rules) is on every line, naming the recipient', () => {
+    const out = lines([
+      {
+        milter: 'recipient rules',
+        stage: 'rcpt',
+        reply: '452 4.5.3 Try again',
+        recipient: '<b@x>',
+      },
+    ])
     assert.equal(out.length, 2)
-    for (const l of out) assert.match(l, /; reply 452 4\.5\.3 Try again$/)
+    for (const l of out) assert.match(l, /; recipient <b@x> deferred: 452 4\.5\.3 Try again$/)
   })
 
-  it('no refusal, no reply', () => {
-    for (const l of lines(undefined)) assert.doesNotMatch(l, /reply/)
+  it('a message refusal says so, after a recipient’s', () => {
+    const [, spam] = lines([
+      { milter: 'spam', stage: 'rcpt', reply: '550 5.1.1 No', recipient: '<x@example.com>' },
+      { milter: 'spam', stage: 'eom', reply: '554 5.7.1 Message rejected' },
+    ])
+    assert.match(
+      spam ?? '',
+      /; recipient <x@example\.com> refused: 550 5\.1\.1 No; message refused at eom: 554 5\.7\.1 Message rejected$/,
+    )
+  })
+
+  it('no refusal, nothing after the time waited', () => {
+    for (const l of lines([])) assert.match(l, /waited \d+ ms$/)
   })
 })

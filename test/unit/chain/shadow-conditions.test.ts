@@ -236,7 +236,7 @@ describe('chain: skip_* conditions', function () {
   })
 
   it('skip_recipient_domains: not asked about those recipients; with union it joins at the first other one', async () => {
-    const { chain, fake, skips } = await setup(
+    const { chain, fake, skips, events } = await setup(
       { x: 'tempfail;skip_recipient_domains=internal.example' },
       { x: pass },
       'union',
@@ -246,17 +246,75 @@ describe('chain: skip_* conditions', function () {
     const internal = { destinationChannel: 'local', optin: undefined, domain: 'internal.example' }
     assert.deepEqual(await chain.rcpt(['<a@internal.example>'], undefined, internal), CONTINUE)
     assert.equal(fake['x']?.conns.length, 0)
-    assert.deepEqual(skips, ['x@rcpt: recipient domain internal.example'])
     const other = { destinationChannel: 'local', optin: undefined, domain: 'example.com' }
     assert.deepEqual(await chain.rcpt(['<b@example.com>'], undefined, other), CONTINUE)
     // joined with CONNECT and MAIL replayed, then asked about its recipient
     const rcpts = fake['x']?.last.all('rcpt').map((c) => c.args[0]?.toString())
     assert.deepEqual(fake['x']?.last.names, ['optneg', 'connect', 'mail', 'rcpt', 'rcpt'])
     assert.deepEqual(rcpts, ['<a@internal.example>', '<b@example.com>'])
+    // it was shown the listed recipient: logged as such, not as a skip
+    await chain.data()
+    assert.deepEqual(skips, [])
+    const shown = events.filter((e) => e.milter === 'x' && /shown although/.test(e.message))
+    assert.equal(shown.length, 1)
+    assert.match(shown[0]!.message, /^<a@internal\.example> shown although skip_recipient_domains/)
+    assert.doesNotMatch(chain.takeReports()[0]?.verdict ?? '', /skipped/)
+  })
+
+  it('skip_recipient_domains with union, a listed recipient after the milter joined: shown, not skipped', async () => {
+    const { chain, fake, skips, events } = await setup(
+      { x: 'tempfail;skip_recipient_domains=internal.example' },
+      { x: pass },
+      'union',
+    )
+    await chain.connect('h', ADDR, undefined, PUBLIC)
+    await chain.mail(['<s@example.org>'], undefined, facts())
+    const internal = { destinationChannel: 'local', optin: undefined, domain: 'internal.example' }
+    const other = { destinationChannel: 'local', optin: undefined, domain: 'example.com' }
+    await chain.rcpt(['<b@example.com>'], undefined, other)
+    await chain.rcpt(['<a@internal.example>'], undefined, internal)
+    assert.equal(fake['x']?.last.all('rcpt').length, 2)
+    assert.deepEqual(chain.takeReports()[0]?.verdict, 'continue')
+    assert.deepEqual(skips, [])
+    assert.ok(events.some((e) => /^<a@internal\.example> shown although/.test(e.message)))
+  })
+
+  it('skip_recipient_domains: the skip is reported once the recipients are final (DATA)', async () => {
+    const { chain, fake, skips } = await setup(
+      { x: 'tempfail;skip_recipient_domains=internal.example' },
+      { x: pass },
+      'union',
+    )
+    await chain.connect('h', ADDR, undefined, PUBLIC)
+    await chain.mail(['<s@example.org>'], undefined, facts())
+    const internal = { destinationChannel: 'local', optin: undefined, domain: 'internal.example' }
+    await chain.rcpt(['<a@internal.example>'], undefined, internal)
+    await chain.rcpt(['<c@internal.example>'], undefined, internal)
+    assert.deepEqual(skips, [], 'not yet: a later recipient could bring the milter in')
+    await chain.data()
+    assert.equal(fake['x']?.conns.length, 0)
+    assert.deepEqual(skips, ['x@rcpt: recipient domain internal.example'], 'each reason once')
+    assert.equal(
+      chain.takeReports()[0]?.verdict,
+      'skipped (recipient domain internal.example)@rcpt',
+    )
+  })
+
+  it('skip_clients: every message of the connection reports the skip, not only the first', async () => {
+    const { chain, skips } = await setup({ p: 'tempfail;skip_private_clients=true' }, { p: pass })
+    await chain.connect('h', ADDR, undefined, PRIVATE)
+    for (let i = 0; i < 3; i++) {
+      await chain.mail(['<s@example.org>'], undefined, facts())
+      const [r] = chain.takeReports()
+      assert.equal(r?.verdict, 'skipped (private client 10.1.2.3)@connect', `message ${i + 1}`)
+      chain.abort()
+    }
+    assert.equal(skips.length, 1, 'in the connection’s results once')
+    assert.deepEqual(chain.takeReports(), [], 'nothing left for the end of the connection')
   })
 
   it('skip_recipient_domains with defer: a recipient needing other milters is deferred (452)', async () => {
-    const { chain } = await setup(
+    const { chain, skips } = await setup(
       { x: 'tempfail;skip_recipient_domains=internal.example' },
       { x: pass },
     )
@@ -269,6 +327,26 @@ describe('chain: skip_* conditions', function () {
     assert.equal(o.action, 'tempfail')
     assert.ok(o.action === 'tempfail')
     assert.equal(o.reply.code, 452)
+    await chain.data()
+    assert.deepEqual(skips, ['x@rcpt: recipient domain internal.example'])
+  })
+
+  it('skip_recipient_domains with defer: a listed recipient after the milter joined is deferred, not skipped', async () => {
+    const { chain, skips } = await setup(
+      { x: 'tempfail;skip_recipient_domains=internal.example' },
+      { x: pass },
+    )
+    await chain.connect('h', ADDR, undefined, PUBLIC)
+    await chain.mail(['<s@example.org>'], undefined, facts())
+    const internal = { destinationChannel: 'local', optin: undefined, domain: 'internal.example' }
+    const other = { destinationChannel: 'local', optin: undefined, domain: 'example.com' }
+    await chain.rcpt(['<b@example.com>'], undefined, other)
+    assert.equal(
+      (await chain.rcpt(['<a@internal.example>'], undefined, internal)).action,
+      'tempfail',
+    )
+    await chain.data()
+    assert.deepEqual(skips, [], 'that recipient is no part of this message')
   })
 
   it('skip_larger_than: by SIZE= at MAIL, else by the size received (ABORT instead of the content)', async () => {

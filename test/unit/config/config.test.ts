@@ -73,6 +73,7 @@ describe('config: parseMilterConfig', () => {
         action: 'hold',
         dir: '/var/spool/haraka/milter-quarantine',
         tagHeader: 'X-Milter-Quarantine',
+        holdReply: 'Message accepted',
       })
       assert.equal(cfg.reuseConnections, false)
       assert.equal(cfg.daemonName, 'Haraka')
@@ -314,7 +315,12 @@ describe('config: parseMilterConfig', () => {
         },
         'milter.a': { socket: '127.0.0.1:1' },
         'milter.b': { socket: '127.0.0.1:2' },
-        quarantine: { action: 'tag', dir: '/tmp/q', tag_header: 'X-Held' },
+        quarantine: {
+          action: 'tag',
+          dir: '/tmp/q',
+          tag_header: 'X-Held',
+          hold_reply: 'Message Queued',
+        },
       })
       assert.deepEqual(cfg.defaultMilters, ['b'])
       assert.equal(cfg.defaultSourceChannel, 'tcp_in')
@@ -323,7 +329,20 @@ describe('config: parseMilterConfig', () => {
       assert.equal(cfg.reuseConnections, true)
       assert.equal(cfg.daemonName, 'mx1')
       assert.equal(cfg.mixedRecipients, 'union')
-      assert.deepEqual(cfg.quarantine, { action: 'tag', dir: '/tmp/q', tagHeader: 'X-Held' })
+      assert.deepEqual(cfg.quarantine, {
+        action: 'tag',
+        dir: '/tmp/q',
+        tagHeader: 'X-Held',
+        holdReply: 'Message Queued',
+      })
+    })
+
+    it('[quarantine] hold_reply: one line of printable ASCII', () => {
+      for (const bad of ['held\r\n250 ok', 'h\u00e9ld', 'x'.repeat(401)])
+        assert.throws(
+          () => parseMilterConfig({ quarantine: { hold_reply: bad } }),
+          /\[quarantine\] hold_reply: must be one line of printable ASCII/,
+        )
     })
 
     it('reuse_connections takes booleans (haraka-config booleans option) and words', () => {

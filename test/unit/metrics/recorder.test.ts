@@ -4,14 +4,19 @@
  * sum of two workers' registries.
  */
 import assert from 'node:assert/strict'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
 
 import { parseMilterConfig } from '../../../lib/config'
 import { MilterConnectError } from '../../../lib/errors'
 import { aggregate } from '../../../lib/metrics/cluster'
 import { poolFigures } from '../../../lib/metrics/figures'
+import { CACHE_MS, QuarantineReader } from '../../../lib/metrics/quarantine'
 import { METRIC, MilterMetrics, type MetricJson } from '../../../lib/metrics/recorder'
 import { MilterReports, type MilterReport } from '../../../lib/policy/milter-reports'
 import { MilterPool } from '../../../lib/pool'
+import { appendEvent } from '../../../lib/quarantine/events'
 import type { MilterSession } from '../../../lib/session/session'
 
 const cfg = parseMilterConfig({
@@ -226,5 +231,79 @@ describe('metrics: recording from reports', () => {
     assert.equal(value(json, METRIC.endpointUp, { milter: 'a' }), 0)
     const text = await registry.metrics()
     assert.match(text, /^haraka_milter_message_wait_seconds_count\{milter="a"\} 3$/m)
+  })
+})
+
+describe('metrics: the quarantine', () => {
+  const released = new Map([['scan', 2]])
+  const deleted = new Map([['scan', 1]])
+
+  it('held per milter as recorded; released, deleted and entries read from the store when scraped', async () => {
+    const m = new MilterMetrics()
+    let scrapes = 0
+    m.quarantine(() => {
+      scrapes += 1
+      return Promise.resolve({ entries: 4, released, deleted })
+    })
+    m.recordHeld(['scan', 'av'])
+    m.recordHeld(['scan'])
+    const json = await m.registry.getMetricsAsJSON()
+    assert.equal(value(json, METRIC.quarantineHeld, { milter: 'scan' }), 2)
+    assert.equal(value(json, METRIC.quarantineHeld, { milter: 'av' }), 1)
+    assert.equal(value(json, METRIC.quarantineReleased, { milter: 'scan' }), 2)
+    assert.equal(value(json, METRIC.quarantineDeleted, { milter: 'scan' }), 1)
+    assert.equal(value(json, METRIC.quarantineEntries, {}), 4)
+    assert.ok(scrapes > 0)
+    const text = await m.registry.metrics()
+    assert.match(text, /^haraka_milter_quarantine_entries 4$/m)
+  })
+
+  it('nothing to read (no configuration, an unreadable store): 0 and no milter, the scrape goes on', async () => {
+    const m = new MilterMetrics()
+    m.quarantine(() => Promise.resolve(undefined))
+    const json = await m.registry.getMetricsAsJSON()
+    assert.equal(value(json, METRIC.quarantineEntries, {}), 0)
+    assert.equal(json.find((x) => x.name === METRIC.quarantineReleased)?.values.length, 0)
+  })
+
+  it('a cluster: figures read from the one store are not multiplied by the workers; held is summed', async () => {
+    const workers = [new MilterMetrics(), new MilterMetrics(), new MilterMetrics()]
+    for (const w of workers) {
+      w.quarantine(() => Promise.resolve({ entries: 4, released, deleted }))
+      w.recordHeld(['scan'])
+    }
+    const registry = aggregate({
+      asked: 3,
+      workers: new Map(
+        await Promise.all(
+          workers.map(async (w, i) => [100 + i, await w.registry.getMetricsAsJSON()] as const),
+        ),
+      ),
+    })
+    const json = await registry.getMetricsAsJSON()
+    assert.equal(value(json, METRIC.quarantineEntries, {}), 4)
+    assert.equal(value(json, METRIC.quarantineReleased, { milter: 'scan' }), 2)
+    assert.equal(value(json, METRIC.quarantineDeleted, { milter: 'scan' }), 1)
+    assert.equal(value(json, METRIC.quarantineHeld, { milter: 'scan' }), 3)
+  })
+
+  it('QuarantineReader: reads the store at most once per CACHE_MS, again after', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'milter-qreader-'))
+    try {
+      let now = 1000
+      const r = new QuarantineReader(() => now)
+      await appendEvent(dir, { time: 't', op: 'release', id: 'A.1', milters: ['scan'] })
+      const [a, b] = await Promise.all([r.read(dir), r.read(dir)])
+      assert.equal(a, b, 'two scrapes at once share one reading')
+      assert.deepEqual([...(a?.released ?? [])], [['scan', 1]])
+      assert.equal(a?.entries, 0)
+      await appendEvent(dir, { time: 't', op: 'release', id: 'B.1', milters: ['scan'] })
+      now += CACHE_MS - 1
+      assert.equal((await r.read(dir)).released.get('scan'), 1, 'cached')
+      now += 1
+      assert.equal((await r.read(dir)).released.get('scan'), 2, 'read again')
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
