@@ -4,9 +4,9 @@
  * mixed sizes up to a few MB through a chain of four faulty milters per listener), once with one
  * Haraka process and once with Haraka in cluster mode (smtp.ini nodes=2).
  *
- *   npm run faults                        matrix + soaks (about 10-15 minutes)
- *   npm run faults -- --quick             a subset and small soaks (1-2 minutes)
- *   npm run faults -- --help              every option
+ *   npm run soak                        matrix + soaks (about 10-15 minutes)
+ *   npm run soak -- --quick             a subset and small soaks (1-2 minutes)
+ *   npm run soak -- --help              every option
  *
  * Prints one row per case and default_action (messages sent, 250/4xx/5xx, delivered, held,
  * lost, duplicated, delivered after a refusal, edits missing, forbidden reply codes, hangs,
@@ -25,14 +25,9 @@ import {
   sessionScopeCases,
   soakCase,
   type MatrixOptions,
-} from '../test/helpers/fault-cases'
-import {
-  FaultHarness,
-  type CasePlan,
-  type CaseResult,
-  type Rss,
-} from '../test/helpers/fault-harness'
-import { POLICY_KINDS, type Violation } from '../test/helpers/reconcile'
+} from '../helpers/fault-cases'
+import { FaultHarness, type CasePlan, type CaseResult, type Rss } from '../helpers/fault-harness'
+import { POLICY_KINDS, type Violation } from '../helpers/reconcile'
 
 interface Options {
   quick: boolean
@@ -56,7 +51,7 @@ interface Options {
   verbose: boolean
 }
 
-const USAGE = `usage: node dist/bench/faults.js [options]
+const USAGE = `usage: node dist/test/soak/faults.js [options]
   --quick               CI-like subset, small soaks (1-2 minutes)
   --seed=N              seed for every fault decision (default 20261125)
   --timeout=S           milter connect/command/content timeout in seconds (default 1.5)
