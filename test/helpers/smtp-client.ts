@@ -139,7 +139,9 @@ export class SmtpClient {
   private socketError: Error | null = null
   /** Why the connection ended, when we know (a socket error, a malformed reply). */
   private why: string | undefined
+  /** What the next reply answers, for error messages (quoted when `lastQuoted`). */
   private lastSent = '(greeting)'
+  private lastQuoted = false
 
   private constructor(
     socket: net.Socket,
@@ -152,11 +154,12 @@ export class SmtpClient {
       socket.once('close', () => {
         this.closedFlag = true
         this.failWaiters(
-          new Error(
-            `SMTP ${this.peer}: connection closed while waiting for a reply to ${this.lastSent}` +
-              (this.socketError ? ` (${this.socketError.message})` : '') +
-              (this.pendingLines.length ? `; partial reply: ${this.rawLines.join('')}` : ''),
-          ),
+          () =>
+            new Error(
+              `SMTP ${this.peer}: connection closed while waiting for a reply to ${this.sentText()}` +
+                (this.socketError ? ` (${this.socketError.message})` : '') +
+                (this.pendingLines.length ? `; partial reply: ${this.rawLines.join('')}` : ''),
+            ),
         )
         resolve()
       })
@@ -243,7 +246,7 @@ export class SmtpClient {
     if (queued) return Promise.resolve(queued)
     if (this.closedFlag) {
       return Promise.reject(
-        new Error(`SMTP ${this.peer}: connection closed, no reply to ${this.lastSent}`),
+        new Error(`SMTP ${this.peer}: connection closed, no reply to ${this.sentText()}`),
       )
     }
     return new Promise<Reply>((resolve, reject) => {
@@ -257,7 +260,7 @@ export class SmtpClient {
                 if (i !== -1) this.waiters.splice(i, 1)
                 reject(
                   new Error(
-                    `SMTP ${this.peer}: timed out after ${timeoutMs} ms waiting for a reply to ${this.lastSent}` +
+                    `SMTP ${this.peer}: timed out after ${timeoutMs} ms waiting for a reply to ${this.sentText()}` +
                       (this.rawLines.length
                         ? `; partial reply: ${JSON.stringify(this.rawLines.join(''))}`
                         : ''),
@@ -283,14 +286,16 @@ export class SmtpClient {
 
   /** Send one command line (CRLF appended) and read its reply. */
   command(line: string, timeoutMs: number = this.timeoutMs): Promise<Reply> {
-    this.lastSent = JSON.stringify(line)
+    this.lastSent = line
+    this.lastQuoted = true
     this.send(`${line}\r\n`)
     return this.readReply(timeoutMs)
   }
 
   /** Send several command lines in one write (PIPELINING) and read one reply per line. */
   async pipeline(lines: string[], timeoutMs: number = this.timeoutMs): Promise<Reply[]> {
-    this.lastSent = JSON.stringify(lines.join(' | '))
+    this.lastSent = lines.join(' | ')
+    this.lastQuoted = true
     this.send(lines.map((l) => `${l}\r\n`).join(''))
     const replies: Reply[] = []
     for (let i = 0; i < lines.length; i++) replies.push(await this.readReply(timeoutMs))
@@ -303,6 +308,7 @@ export class SmtpClient {
    */
   sendData(message: string | Buffer, opts: SendDataOptions = {}): Promise<Reply> {
     this.lastSent = 'the end of DATA'
+    this.lastQuoted = false
     if (opts.stuffed) {
       this.send(message)
       return this.readReply()
@@ -400,7 +406,7 @@ export class SmtpClient {
     const m = REPLY_LINE.exec(line)
     if (!m) {
       this.why = `malformed reply line ${JSON.stringify(line.slice(0, 80))}`
-      this.failWaiters(new Error(`SMTP ${this.peer}: ${this.why}`))
+      this.failWaiters(() => new Error(`SMTP ${this.peer}: ${this.why}`))
       this.socket.destroy()
       return
     }
@@ -409,11 +415,12 @@ export class SmtpClient {
     const text = m[3] ?? ''
     if (this.pendingLines.length && this.pendingCode !== code) {
       this.failWaiters(
-        new Error(
-          `SMTP ${this.peer}: reply code changed inside a multi-line reply: ${JSON.stringify(
-            this.rawLines.join('') + rawLine,
-          )}`,
-        ),
+        () =>
+          new Error(
+            `SMTP ${this.peer}: reply code changed inside a multi-line reply: ${JSON.stringify(
+              this.rawLines.join('') + rawLine,
+            )}`,
+          ),
       )
       this.socket.destroy()
       return
@@ -445,7 +452,14 @@ export class SmtpClient {
     }
   }
 
-  private failWaiters(err: Error): void {
+  private sentText(): string {
+    return this.lastQuoted ? JSON.stringify(this.lastSent) : this.lastSent
+  }
+
+  /** Rejects every pending read (the error is made only when one is waiting). */
+  private failWaiters(makeError: () => Error): void {
+    if (this.waiters.length === 0) return
+    const err = makeError()
     for (const w of this.waiters.splice(0)) {
       clearTimeout(w.timer)
       w.reject(err)
