@@ -1,4 +1,7 @@
-/** The bench's command line. */
+/** The bench's command line (node:util parseArgs). */
+import type { ParseArgsConfig } from 'node:util'
+
+import { parseCommandLine } from '../test/helpers/command-line'
 
 export const SECTIONS = ['codec', 'session', 'memory', 'e2e', 'smtp'] as const
 export type Section = (typeof SECTIONS)[number]
@@ -100,8 +103,43 @@ const USAGE = `usage: node dist/bench/bench.js [flags]
   --cpu-prof=DIR        write V8 CPU profiles of the Haraka processes into DIR
   --help                this text`
 
+/** Every flag (values as `--flag=VALUE` or `--flag VALUE`); `--memory-child` is internal. */
+const FLAGS = {
+  quick: { type: 'boolean' },
+  json: { type: 'boolean' },
+  only: { type: 'string' },
+  skip: { type: 'string' },
+  messages: { type: 'string' },
+  large: { type: 'string' },
+  'large-mib': { type: 'string' },
+  'replbody-mib': { type: 'string' },
+  'e2e-messages': { type: 'string' },
+  connections: { type: 'string' },
+  'min-ms': { type: 'string' },
+  'fake-same-thread': { type: 'boolean' },
+  'memory-child': { type: 'boolean' },
+  'smtp-messages': { type: 'string' },
+  'smtp-concurrency': { type: 'string' },
+  'smtp-rounds': { type: 'string' },
+  'smtp-sizes': { type: 'string' },
+  'smtp-per-session': { type: 'string' },
+  'smtp-variants': { type: 'string' },
+  'smtp-load': { type: 'string' },
+  'smtp-memory-mib': { type: 'string' },
+  'smtp-memory-only': { type: 'boolean' },
+  'smtp-goals': { type: 'boolean' },
+  'smtp-sessions': { type: 'string' },
+  'cpu-prof': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies ParseArgsConfig['options']
+
+/** Parses the command line; flags apply in order (--smtp-goals sets choices later flags override). */
 export function parseArgs(argv: readonly string[]): Options {
-  const quick = argv.includes('--quick')
+  const parsed = parseCommandLine(
+    { args: [...argv], options: FLAGS, strict: true, tokens: true },
+    USAGE,
+  )
+  const quick = parsed.values.quick === true
   const o: Options = {
     quick,
     json: false,
@@ -141,59 +179,60 @@ export function parseArgs(argv: readonly string[]): Options {
     if (!Number.isInteger(n) || n < min) throw new Error(`${flag} needs an integer >= ${min}`)
     return n
   }
-  for (const arg of argv) {
-    const eq = arg.indexOf('=')
-    const flag = eq >= 0 ? arg.slice(0, eq) : arg
-    const value = eq >= 0 ? arg.slice(eq + 1) : ''
-    switch (flag) {
-      case '--quick':
+  for (const t of parsed.tokens) {
+    if (t.kind !== 'option') continue
+    const flag = t.rawName
+    const value = t.value ?? ''
+    switch (t.name) {
+      case 'quick':
+      case 'help':
         break
-      case '--json':
+      case 'json':
         o.json = true
         break
-      case '--only':
+      case 'only':
         o.sections = new Set(list(value))
         break
-      case '--skip':
+      case 'skip':
         for (const s of list(value)) o.sections.delete(s)
         break
-      case '--messages':
+      case 'messages':
         o.smallMessages = int(value, flag)
         break
-      case '--large':
+      case 'large':
         o.largeMessages = int(value, flag)
         break
-      case '--large-mib':
+      case 'large-mib':
         o.largeBodyBytes = int(value, flag) * 1024 * 1024
         break
-      case '--replbody-mib':
+      case 'replbody-mib':
         o.replbodyBytes = int(value, flag) * 1024 * 1024
         break
-      case '--e2e-messages':
+      case 'e2e-messages':
         o.e2eMessages = int(value, flag)
         break
-      case '--connections':
+      case 'connections':
         o.e2eConnections = int(value, flag)
         break
-      case '--min-ms':
+      case 'min-ms':
         o.minMs = int(value, flag)
         break
-      case '--fake-same-thread':
+      case 'fake-same-thread':
         o.fakeSameThread = true
         break
-      case '--memory-child':
+      case 'memory-child':
         o.memoryChild = true
         break
-      case '--smtp-messages':
+      case 'smtp-messages':
         o.smtpMessages = int(value, flag)
         break
-      case '--smtp-concurrency':
+      case 'smtp-concurrency':
         o.smtpConcurrency = int(value, flag)
         break
-      case '--smtp-rounds':
+      case 'smtp-rounds':
         o.smtpRounds = int(value, flag)
         break
-      case '--smtp-sizes':
+      case 'smtp-sizes':
         o.smtpSizes = value.split(',').map((s) => {
           const t = s.trim().toLowerCase()
           if (!(SMTP_SIZES as readonly string[]).includes(t))
@@ -201,26 +240,26 @@ export function parseArgs(argv: readonly string[]): Options {
           return t as SmtpSize
         })
         break
-      case '--smtp-per-session':
+      case 'smtp-per-session':
         o.smtpPerSession = value.split(',').map((s) => int(s.trim(), flag))
         break
-      case '--smtp-variants':
+      case 'smtp-variants':
         o.smtpVariants = value.split(',').map((s) => s.trim())
         break
-      case '--smtp-load':
+      case 'smtp-load':
         if (value !== 'auto' && value !== 'smtp-source' && value !== 'node')
           throw new Error(`${flag}: auto, smtp-source or node`)
         o.smtpLoad = value
         break
-      case '--smtp-memory-mib':
+      case 'smtp-memory-mib':
         o.smtpMemoryMiB = int(value, flag, 0)
         o.smtpMemory = o.smtpMemoryMiB > 0
         break
-      case '--smtp-memory-only':
+      case 'smtp-memory-only':
         o.smtpMemoryOnly = true
         o.smtpMemory = true
         break
-      case '--smtp-goals':
+      case 'smtp-goals':
         o.smtpGoals = true
         o.smtpSizes = [...SMTP_SIZES]
         o.smtpPerSession = [1]
@@ -229,20 +268,13 @@ export function parseArgs(argv: readonly string[]): Options {
         o.smtpMemoryMiB = 10
         o.smtpSessions = 500
         break
-      case '--smtp-sessions':
+      case 'smtp-sessions':
         o.smtpSessions = int(value, flag, 0)
         break
-      case '--cpu-prof':
+      case 'cpu-prof':
         if (value === '') throw new Error(`${flag} needs a directory`)
         o.cpuProfDir = value
         break
-      case '--help':
-      case '-h':
-        process.stdout.write(`${USAGE}\n`)
-        process.exit(0)
-        break
-      default:
-        throw new Error(`unknown flag ${arg}\n${USAGE}`)
     }
   }
   return o

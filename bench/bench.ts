@@ -10,7 +10,7 @@
  *
  * One module per section: codec.ts, session.ts, memory.ts, e2e.ts, smtp/section.ts; shared:
  * args.ts (command line), report.ts (figures, tables, output), stats.ts (numbers, test data,
- * sampling), fake.ts (the fake milter of test/helpers/fake-milter.ts), milter-session.ts.
+ * sampling), milter-session.ts; the fake milter is the tests' (test/helpers/fake-milter.ts).
  *
  * Every child process is started through the test helpers (or bench/smtp/*) and stopped by PID
  * at the end, also on SIGINT/SIGTERM.
@@ -22,7 +22,6 @@ import { SECTIONS, SECTION_TITLES, parseArgs, type Options, type Section } from 
 import { codecSection } from './codec'
 import { sessionSection } from './session'
 import { e2eSection, stopActiveSink } from './e2e'
-import { stopAllFakes } from './fake'
 import { killChildren, memoryInChild, memorySection } from './memory'
 import { figures, machine, note, notes, printTable, progress, setJsonMode, tables } from './report'
 import { smtpSection, stopSmtp } from './smtp/section'
@@ -36,7 +35,6 @@ async function cleanup(): Promise<void> {
     stopAllHarakas(),
     stopAllOpenDkims(),
     stopActiveSink(),
-    stopAllFakes(),
   ])
 }
 

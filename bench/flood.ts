@@ -28,9 +28,9 @@
  */
 import * as fs from 'node:fs'
 import { performance } from 'node:perf_hooks'
-import { parseArgs } from 'node:util'
 import type { SMTPServerDataStream, SMTPServerSession } from 'smtp-server'
 
+import { parseCommandLine } from '../test/helpers/command-line'
 import { startRawFloodMilter, type RawFloodMilter } from '../test/helpers/flood-milter'
 import { startHaraka, type RunningHaraka } from '../test/helpers/haraka'
 import {
@@ -89,21 +89,20 @@ interface Options {
 }
 
 function options(argv: string[]): Options {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      cases: { type: 'string' },
-      deadline: { type: 'string', default: '100' },
-      sessions: { type: 'string', default: '4' },
-      strict: { type: 'boolean', default: false },
-      help: { type: 'boolean', default: false },
+  const { values } = parseCommandLine(
+    {
+      args: argv,
+      options: {
+        cases: { type: 'string' },
+        deadline: { type: 'string', default: '100' },
+        sessions: { type: 'string', default: '4' },
+        strict: { type: 'boolean', default: false },
+        help: { type: 'boolean', default: false },
+      },
+      strict: true,
     },
-    strict: true,
-  })
-  if (values.help) {
-    process.stdout.write(`${USAGE}\n`)
-    process.exit(0)
-  }
+    USAGE,
+  )
   const positive = (v: string, flag: string): number => {
     const n = Number(v)
     if (!Number.isFinite(n) || n <= 0) throw new Error(`--${flag} needs a positive number`)

@@ -12,11 +12,43 @@ import { BodySpool } from '../lib/body-spool'
 import { isMilterError } from '../lib/errors'
 import { Rep } from '../lib/protocol/constants'
 import { FrameDecoder } from '../lib/protocol/frame'
+import { encodeReply, type Reply } from '../lib/protocol/replies'
+import { FakeMilter, type Script } from '../test/helpers/fake-milter'
 import type { Options } from './args'
-import { startFake } from './fake'
 import { oneMessage, openBenchSession } from './milter-session'
 import { fmt, n, note, record, type Figure } from './report'
-import { MB, MiB, RssSampler, gc, rss, settle, textBlock, type MemPeak } from './stats'
+import {
+  MB,
+  MiB,
+  REPLBODY_SOURCE,
+  RssSampler,
+  gc,
+  rss,
+  settle,
+  textBlock,
+  type MemPeak,
+} from './stats'
+
+/** REPLBODY frames of 65535 bytes (the last one shorter), then CONTINUE. */
+function* replbodyFrames(total: number): Generator<Buffer | Reply> {
+  const full = encodeReply({ kind: 'replbody', chunk: REPLBODY_SOURCE })
+  for (let left = total; left > 0; left -= 65535) {
+    yield left >= 65535
+      ? full
+      : encodeReply({ kind: 'replbody', chunk: REPLBODY_SOURCE.subarray(0, left) })
+  }
+  yield { kind: 'continue' }
+}
+
+/** The fake milter (test/helpers/fake-milter.ts) answers EOB with `total` bytes of REPLBODY. */
+const replbodyAtEob =
+  (total: number): Script =>
+  (cmd) =>
+    cmd.cmd === 'eob' ? { paced: replbodyFrames(total) } : undefined
+
+/** It answers EOB with a frame that announces 4 GiB - 1, then nothing: the client must refuse. */
+const hugeFrameAtEob: Script = (cmd) =>
+  cmd.cmd === 'eob' ? Buffer.from([0xff, 0xff, 0xff, 0xff, Rep.REPLBODY]) : undefined
 
 /** One message whose EOB is answered with `total` bytes of REPLBODY, chunks handed to `sink`. */
 async function replbodyRun(
@@ -24,8 +56,8 @@ async function replbodyRun(
   sink: (chunk: Buffer) => Promise<void> | void,
   after?: () => Promise<void>,
 ): Promise<{ mem: MemPeak; ms: number }> {
-  const fake = await startFake({ kind: 'replbody', bytes: total })
-  const s = await openBenchSession(fake.socket)
+  const fake = await FakeMilter.start(replbodyAtEob(total), { record: false })
+  const s = await openBenchSession(fake.spec)
   try {
     await settle()
     const sampler = new RssSampler()
@@ -38,7 +70,7 @@ async function replbodyRun(
     return { mem: sampler.stop(), ms }
   } finally {
     s.quit()
-    await fake.stop()
+    await fake.close()
   }
 }
 
@@ -180,8 +212,8 @@ export async function memorySection(o: Options): Promise<void> {
   )
 
   // The same through a session: the milter announces 4 GiB at end of message.
-  const huge = await startFake({ kind: 'huge-frame' })
-  const hs = await openBenchSession(huge.socket)
+  const huge = await FakeMilter.start(hugeFrameAtEob, { record: false })
+  const hs = await openBenchSession(huge.spec)
   try {
     await settle()
     const sampler = new RssSampler()
@@ -214,7 +246,7 @@ export async function memorySection(o: Options): Promise<void> {
     )
   } finally {
     hs.destroy()
-    await huge.stop()
+    await huge.close()
   }
 }
 

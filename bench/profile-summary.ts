@@ -10,6 +10,8 @@
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 
+import { parseCommandLine } from '../test/helpers/command-line'
+
 interface CallFrame {
   functionName: string
   url: string
@@ -112,21 +114,33 @@ function summarise(files: readonly string[]): { total: number; busy: number; fns
   return { total, busy: total - idle, fns }
 }
 
+const USAGE = 'usage: node dist/bench/profile-summary.js FILE.cpuprofile|DIR... [--top=N] [--json]'
+
 function main(argv: string[]): number {
-  let top = 15
-  let json = false
+  const { values, positionals } = parseCommandLine(
+    {
+      args: argv,
+      options: {
+        top: { type: 'string', default: '15' },
+        json: { type: 'boolean', default: false },
+        help: { type: 'boolean' },
+      },
+      strict: true,
+      allowPositionals: true,
+    },
+    USAGE,
+  )
+  const top = Number(values.top)
+  const json = values.json
   const files: string[] = []
-  for (const a of argv) {
-    if (a.startsWith('--top=')) top = Number(a.slice(6))
-    else if (a === '--json') json = true
-    else if (a.endsWith('.cpuprofile')) files.push(a)
-    else if (fs.existsSync(a) && fs.statSync(a).isDirectory())
-      for (const f of fs.readdirSync(a))
-        if (f.endsWith('.cpuprofile')) files.push(path.join(a, f))
-        else {
-          process.stderr.write(`usage: profile-summary FILE.cpuprofile|DIR... [--top=N] [--json]\n`)
-          return 2
-        }
+  for (const a of positionals) {
+    if (a.endsWith('.cpuprofile')) files.push(a)
+    else if (fs.existsSync(a) && fs.statSync(a).isDirectory()) {
+      for (const f of fs.readdirSync(a)) if (f.endsWith('.cpuprofile')) files.push(path.join(a, f))
+    } else {
+      process.stderr.write(`${USAGE}\n`)
+      return 2
+    }
   }
   if (files.length === 0) {
     process.stderr.write('no .cpuprofile files given\n')
@@ -207,4 +221,9 @@ function main(argv: string[]): number {
   return 0
 }
 
-process.exitCode = main(process.argv.slice(2))
+try {
+  process.exitCode = main(process.argv.slice(2))
+} catch (e) {
+  process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`)
+  process.exitCode = 2
+}

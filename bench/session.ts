@@ -10,9 +10,9 @@ import { performance } from 'node:perf_hooks'
 import { encodeHelo, encodeOptneg } from '../lib/protocol/commands'
 import { FrameDecoder } from '../lib/protocol/frame'
 import { parseSocketSpec } from '../lib/transport/spec'
+import { FakeMilter, startFakeMilterWorker } from '../test/helpers/fake-milter'
 import { assertPymilterInstalled, startScriptedMilter } from '../test/helpers/milter-process'
 import type { Options } from './args'
-import { startFake, startFakeWorker } from './fake'
 import { oneMessage, openBenchSession } from './milter-session'
 import { fmt, n, note, record } from './report'
 import { MB, MiB, percentile, textBlock } from './stats'
@@ -133,11 +133,13 @@ export async function sessionSection(o: Options): Promise<void> {
     }
   }
 
-  const fake = o.fakeSameThread ? await startFake({ kind: 'continue' }) : await startFakeWorker()
+  const fake = o.fakeSameThread
+    ? await FakeMilter.start(undefined, { record: false })
+    : await startFakeMilterWorker()
   const target = o.fakeSameThread ? 'fake (same thread)' : 'fake (worker)'
   try {
     const pings = o.quick ? 2000 : 10000
-    const rtt = await rawRoundTrips(fake.socket, pings)
+    const rtt = await rawRoundTrips(fake.spec, pings)
     record(
       'session',
       `${target}: bare round trip`,
@@ -149,7 +151,7 @@ export async function sessionSection(o: Options): Promise<void> {
       [smallWhat, o.smallMessages, small],
       [largeWhat, o.largeMessages, large],
     ] as const) {
-      const r = await runMessages(fake.socket, count, body)
+      const r = await runMessages(fake.spec, count, body)
       recordRun(target, what, count, r)
       const perMsg = r.ms / count
       const over = perMsg - r.roundTrips * rtt.mean
@@ -162,7 +164,7 @@ export async function sessionSection(o: Options): Promise<void> {
       )
     }
   } finally {
-    await fake.stop()
+    await fake.close()
   }
   note(
     'scripted.py is pymilter on libmilter and writes one JSONL log line (with macros) per event; ' +

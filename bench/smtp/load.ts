@@ -1,13 +1,14 @@
 /**
  * SMTP load: Postfix's smtp-source when installed (what the performance issue measured with),
- * else a Node load generator; and a Node latency probe (per-message timing) for both. Neither
- * pipelines: one command, one reply, as smtp-source does.
+ * else a Node load generator (test/helpers/smtp-client.ts, the tests' client); and a Node
+ * latency probe (per-message timing) for both. Neither pipelines: one command, one reply, as
+ * smtp-source does.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import * as fs from 'node:fs'
-import * as net from 'node:net'
 import { performance } from 'node:perf_hooks'
 
+import { SmtpClient, type Reply } from '../../test/helpers/smtp-client'
 import { b, textBlock } from '../stats'
 import { SMTP_SOURCE } from './postfix'
 
@@ -58,80 +59,10 @@ export function buildMessage(size: number, seq = 0): Buffer {
   return Buffer.concat([b(head), body, b(tail)])
 }
 
-/** One SMTP connection that sends a command and waits for its (possibly multi-line) reply. */
-class Client {
-  private buf = ''
-  private waiter: ((line: string) => void) | undefined
-  private failed: Error | undefined
-
-  private constructor(private readonly sock: net.Socket) {
-    sock.setEncoding('latin1')
-    sock.on('data', (d: string) => {
-      this.buf += d
-      this.drain()
-    })
-    sock.on('error', (e) => this.fail(e))
-    sock.on('close', () => this.fail(new Error('connection closed')))
-  }
-
-  static async open(port: number): Promise<Client> {
-    const sock = net.createConnection({ host: '127.0.0.1', port })
-    sock.setNoDelay(true)
-    await new Promise<void>((resolve, reject) => {
-      sock.once('connect', resolve)
-      sock.once('error', reject)
-    })
-    return new Client(sock)
-  }
-
-  private fail(e: Error): void {
-    this.failed ??= e
-    const w = this.waiter
-    this.waiter = undefined
-    w?.('')
-  }
-
-  private drain(): void {
-    for (;;) {
-      const i = this.buf.indexOf('\r\n')
-      if (i < 0) return
-      const line = this.buf.slice(0, i)
-      this.buf = this.buf.slice(i + 2)
-      if (line.length > 3 && line[3] === '-') continue // continuation of a multi-line reply
-      const w = this.waiter
-      this.waiter = undefined
-      w?.(line)
-    }
-  }
-
-  /** Sends `data` (if any) and resolves with the last line of the reply; throws unless 2xx/3xx. */
-  async ask(data: string | Buffer | undefined, expect: number): Promise<string> {
-    const line = await new Promise<string>((resolve) => {
-      this.waiter = resolve
-      if (data !== undefined) this.sock.write(data)
-      this.drain()
-    })
-    if (this.failed) throw this.failed
-    if (Number(line.slice(0, 3)) !== expect)
-      throw new Error(`expected ${expect}, got "${line}" after ${describe(data)}`)
-    return line
-  }
-
-  close(): void {
-    this.sock.destroy()
-  }
-
-  /** Fails the session: the pending ask() rejects with `e`. */
-  abort(e: Error): void {
-    this.fail(e)
-    this.sock.destroy()
-  }
-}
-
-function describe(data: string | Buffer | undefined): string {
-  if (data === undefined) return 'connect'
-  if (Buffer.isBuffer(data)) return `message data (${data.length} B)`
-  return data.trim()
+/** Throws unless the reply has code `want`. */
+function expect(r: Reply, want: number, after: string): void {
+  if (r.code !== want)
+    throw new Error(`expected ${want}, got "${r.code} ${r.lines.at(-1) ?? ''}" after ${after}`)
 }
 
 /** One session: connect, EHLO, `count` messages, QUIT; pushes each message's latency. */
@@ -143,26 +74,34 @@ async function session(
   timeoutMs?: number,
 ): Promise<void> {
   let t = performance.now()
-  const c = await Client.open(port)
+  // no reply timeout (a 10 MB message may take long), no Nagle delay, as smtp-source
+  const c = SmtpClient.open('127.0.0.1', port, { timeoutMs: 0, noDelay: true })
+  let timedOut = false
   const timer =
     timeoutMs === undefined
       ? undefined
-      : setTimeout(() => c.abort(new Error(`session timed out after ${timeoutMs} ms`)), timeoutMs)
+      : setTimeout(() => {
+          timedOut = true
+          void c.close()
+        }, timeoutMs)
   try {
-    await c.ask(undefined, 220)
-    await c.ask(`EHLO ${HELO}\r\n`, 250)
+    expect(await c.readReply(), 220, 'connect')
+    expect(await c.command(`EHLO ${HELO}`), 250, 'EHLO')
     for (let i = 0; i < count; i++) {
       if (i > 0) t = performance.now()
-      await c.ask(`MAIL FROM:<${FROM}>\r\n`, 250)
-      await c.ask(`RCPT TO:<${TO}>\r\n`, 250)
-      await c.ask('DATA\r\n', 354)
-      await c.ask(msg, 250)
+      expect(await c.command(`MAIL FROM:<${FROM}>`), 250, 'MAIL FROM')
+      expect(await c.command(`RCPT TO:<${TO}>`), 250, 'RCPT TO')
+      expect(await c.command('DATA'), 354, 'DATA')
+      expect(await c.sendData(msg, { stuffed: true }), 250, `message data (${msg.length} B)`)
       lat.push(performance.now() - t)
     }
-    await c.ask('QUIT\r\n', 221)
+    expect(await c.command('QUIT'), 221, 'QUIT')
+  } catch (e) {
+    if (timedOut) throw new Error(`session timed out after ${timeoutMs} ms`, { cause: e })
+    throw e
   } finally {
     clearTimeout(timer)
-    c.close()
+    void c.close()
   }
 }
 

@@ -11,7 +11,7 @@
  *
  * One Haraka serves every case; the cases run a few at a time (each with its own fresh fault
  * milters and milter names), all before the assertions, which then report case by case.
- * `npm run faults` runs the full matrix and a soak.
+ * `npm run soak` runs the full matrix and a soak (test/soak/faults.ts).
  */
 import assert from 'node:assert/strict'
 

@@ -11,6 +11,7 @@
  * per byte on large inputs in 1-byte pieces and in one piece (worst case
  * and median), and the process RSS before and after. Exits 1 on any failure.
  */
+import { parseCommandLine } from '../helpers/command-line'
 import { allTargets, newStats, timingProbes, type FuzzOutcome } from './properties'
 
 const DEFAULT_CASES = 1_000_000
@@ -27,25 +28,23 @@ const USAGE = `usage: node dist/test/fuzz/run.js [--cases N] [--seed S] [--only 
   --only TEXT   run only the targets whose name contains TEXT`
 
 function parseArgs(argv: readonly string[]): Options {
+  const { values: v } = parseCommandLine(
+    {
+      args: [...argv],
+      options: {
+        cases: { type: 'string' },
+        seed: { type: 'string' },
+        only: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+    },
+    USAGE,
+  )
   const o: Options = {
-    cases: DEFAULT_CASES,
-    seed: (Date.now() ^ (Math.random() * 0x7fffffff)) | 0,
-    only: undefined,
-  }
-  for (let i = 0; i < argv.length; i++) {
-    const [flag, inline] = (argv[i] ?? '').split('=', 2) as [string, string | undefined]
-    const value = (): string => {
-      const v = inline ?? argv[++i]
-      if (v === undefined) throw new Error(`${flag} needs a value`)
-      return v
-    }
-    if (flag === '--help' || flag === '-h') {
-      console.log(USAGE)
-      process.exit(0)
-    } else if (flag === '--cases') o.cases = Number(value())
-    else if (flag === '--seed') o.seed = Number(value())
-    else if (flag === '--only') o.only = value()
-    else throw new Error(`unknown flag ${flag}\n${USAGE}`)
+    cases: v.cases === undefined ? DEFAULT_CASES : Number(v.cases),
+    seed: v.seed === undefined ? (Date.now() ^ (Math.random() * 0x7fffffff)) | 0 : Number(v.seed),
+    only: v.only,
   }
   if (!Number.isInteger(o.cases) || o.cases < 1)
     throw new Error('--cases must be a positive integer')

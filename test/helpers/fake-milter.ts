@@ -8,9 +8,12 @@
  * For load (bench/), `record: false` keeps nothing per command, and a script can
  * answer with raw bytes or with a long run of replies written under back-pressure
  * (`{ paced }`, e.g. a 50 MiB REPLBODY); answers to later commands wait for it.
+ * `startFakeMilterWorker()` runs the default (CONTINUE) milter in a worker thread, so that its
+ * decoding is not billed to a client measured on the main thread.
  */
 import { once } from 'node:events'
 import * as net from 'node:net'
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads'
 
 import { decodeCommand, type Command } from '../../lib/protocol/commands'
 import { Cmd } from '../../lib/protocol/constants'
@@ -265,4 +268,26 @@ export class FakeMilter {
     for (const s of this.sockets) s.destroy()
     await new Promise<void>((resolve) => this.server.close(() => resolve()))
   }
+}
+
+/** A CONTINUE fake milter in a worker thread (its own core): its spec, and close(). */
+export async function startFakeMilterWorker(): Promise<{ spec: string; close(): Promise<void> }> {
+  const worker = new Worker(__filename, { workerData: { fakeMilterWorker: true } })
+  const [msg] = (await once(worker, 'message')) as unknown[]
+  const port = (msg as { port?: unknown } | undefined)?.port
+  if (typeof port !== 'number') throw new Error('fake milter worker sent no port')
+  return {
+    spec: `inet:${port}@127.0.0.1`,
+    close: async () => {
+      await worker.terminate()
+    },
+  }
+}
+
+// The worker's side: start, post the port, stop on any message.
+if (!isMainThread && (workerData as { fakeMilterWorker?: boolean } | null)?.fakeMilterWorker) {
+  void FakeMilter.start(undefined, { record: false }).then((fake) => {
+    parentPort?.postMessage({ port: fake.port })
+    parentPort?.once('message', () => void fake.close().then(() => parentPort?.close()))
+  })
 }

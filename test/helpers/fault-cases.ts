@@ -1,7 +1,7 @@
 /**
  * The fault-injection cases: a representative subset for CI (test/e2e/faults.test.ts), the full
- * matrix and the soak (bench/faults.ts). Timings are derived from one timeout so that "slow" is
- * well below it and "slow with PROGRESS" well above it but below eom_timeout.
+ * matrix and the soak (test/soak/faults.ts). Timings are derived from one timeout so that "slow"
+ * is well below it and "slow with PROGRESS" well above it but below eom_timeout.
  */
 import {
   FAULTS,

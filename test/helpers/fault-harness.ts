@@ -14,7 +14,6 @@
  * its own, so the report names the case that broke it.
  */
 import * as fs from 'node:fs'
-import * as net from 'node:net'
 import * as os from 'node:os'
 import * as path from 'node:path'
 
@@ -33,6 +32,7 @@ import {
   type LaneReport,
   type LogIssue,
 } from './reconcile'
+import { SmtpClient } from './smtp-client'
 
 /** One milter of a lane. */
 export interface MilterPlan {
@@ -178,27 +178,12 @@ function fileSize(file: string): number {
 }
 
 /** Does Haraka greet (any code) on this port within `ms`? */
-function probe(port: number, ms: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: '127.0.0.1', port })
-    let done = false
-    const finish = (ok: boolean): void => {
-      if (done) return
-      done = true
-      clearTimeout(t)
-      s.destroy()
-      resolve(ok)
-    }
-    const t = setTimeout(() => finish(false), ms)
-    s.on('data', (d: Buffer) => {
-      if (d.includes(0x0a)) {
-        s.write('QUIT\r\n')
-        finish(true)
-      }
-    })
-    s.on('error', () => finish(false))
-    s.on('close', () => finish(false))
-  })
+async function probe(port: number, ms: number): Promise<boolean> {
+  const c = SmtpClient.open('127.0.0.1', port, { timeoutMs: ms })
+  const r = await c.read()
+  if (r.kind === 'reply' && !c.isClosed) c.send('QUIT\r\n')
+  await c.close()
+  return r.kind === 'reply'
 }
 
 /** The keys of one [milter.NAME] section (timeouts in seconds; fractions parse). */

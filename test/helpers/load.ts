@@ -10,9 +10,9 @@
  * messages of that session go on a new connection.
  */
 import { createHash } from 'node:crypto'
-import * as net from 'node:net'
 
 import { prng } from './fault-milter'
+import { SmtpClient } from './smtp-client'
 
 /** SMTP steps a reply is recorded for; `eod` is the reply to the final dot. */
 export type SmtpStep = 'greeting' | 'ehlo' | 'mail' | 'rcpt' | 'data' | 'eod' | 'rset' | 'quit'
@@ -112,126 +112,6 @@ export interface LoadResult {
   connections: number
   /** Wall time, ms. */
   ms: number
-}
-
-const LINE_RE = /^(\d{3})([ -])(.*)$/
-const ENHANCED_RE = /^([245]\.\d{1,3}\.\d{1,3})(?:\s|$)/
-
-type ReadResult =
-  | { kind: 'reply'; code: number; enhanced: string | null; text: string }
-  | { kind: 'hang' }
-  | { kind: 'dropped'; why: string }
-
-/** A minimal SMTP client: replies in order, a timeout per reply, never throws. */
-class Smtp {
-  private buf = ''
-  private lines: string[] = []
-  private readonly replies: ReadResult[] = []
-  private waiter: ((r: ReadResult) => void) | undefined
-  private closed = false
-  private why = 'closed by the server'
-
-  private constructor(private readonly sock: net.Socket) {
-    sock.setEncoding('latin1')
-    sock.on('data', (d: string) => this.onData(d))
-    sock.on('error', (e) => (this.why = e.message))
-    sock.on('close', () => {
-      this.closed = true
-      this.push({ kind: 'dropped', why: this.why })
-    })
-  }
-
-  static connect(host: string, port: number): Smtp {
-    return new Smtp(net.connect({ host, port }))
-  }
-
-  get isClosed(): boolean {
-    return this.closed
-  }
-
-  private push(r: ReadResult): void {
-    const w = this.waiter
-    if (w) {
-      this.waiter = undefined
-      w(r)
-    } else if (r.kind === 'reply' || !this.replies.some((x) => x.kind === 'dropped')) {
-      this.replies.push(r)
-    }
-  }
-
-  private onData(d: string): void {
-    this.buf += d
-    for (;;) {
-      const nl = this.buf.indexOf('\n')
-      if (nl === -1) return
-      const line = this.buf.slice(0, nl).replace(/\r$/, '')
-      this.buf = this.buf.slice(nl + 1)
-      const m = LINE_RE.exec(line) ?? /^(\d{3})()$/.exec(line)
-      if (!m) {
-        this.why = `malformed reply line ${JSON.stringify(line.slice(0, 80))}`
-        this.sock.destroy()
-        return
-      }
-      this.lines.push(line)
-      if (m[2] === '-') continue
-      const first = this.lines[0] ?? ''
-      const text = this.lines.map((l) => l.slice(4)).join('\n')
-      this.lines = []
-      const em = ENHANCED_RE.exec(first.slice(4))
-      this.push({ kind: 'reply', code: Number(m[1]), enhanced: em ? em[1]! : null, text })
-    }
-  }
-
-  read(timeoutMs: number): Promise<ReadResult> {
-    const queued = this.replies.shift()
-    if (queued) return Promise.resolve(queued)
-    if (this.closed) return Promise.resolve({ kind: 'dropped', why: this.why })
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.waiter = undefined
-        resolve({ kind: 'hang' })
-      }, timeoutMs)
-      this.waiter = (r) => {
-        clearTimeout(timer)
-        resolve(r)
-      }
-    })
-  }
-
-  write(data: string | Buffer): void {
-    if (!this.closed && !this.sock.destroyed) this.sock.write(data)
-  }
-
-  destroy(): void {
-    this.sock.destroy()
-  }
-
-  /** Resolves true once the connection is closed, false if it is still open after `ms`. */
-  waitClosed(ms: number): Promise<boolean> {
-    if (this.closed) return Promise.resolve(true)
-    return new Promise((resolve) => {
-      const t = setTimeout(() => resolve(this.closed), ms)
-      this.sock.once('close', () => {
-        clearTimeout(t)
-        resolve(true)
-      })
-    })
-  }
-
-  async end(): Promise<void> {
-    if (this.closed) return
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(() => {
-        this.sock.destroy()
-        resolve()
-      }, 2000)
-      this.sock.once('close', () => {
-        clearTimeout(t)
-        resolve()
-      })
-      this.sock.end()
-    })
-  }
 }
 
 /** A planned message: everything but its bytes (built when it is sent). */
@@ -354,25 +234,26 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
 
     /** Sends (unless null) and records one step; returns the reply or null (hang/dropped). */
     const step = async (
-      smtp: Smtp,
+      smtp: SmtpClient,
       o: MessageOutcome,
       name: SmtpStep,
       send: string | Buffer | null,
     ): Promise<{ code: number; enhanced: string | null } | null> => {
       const t0 = Date.now()
-      if (send !== null) smtp.write(send)
+      if (send !== null && !smtp.isClosed) smtp.send(send)
       const r = await smtp.read(replyTimeoutMs)
       const ms = Date.now() - t0
       if (r.kind === 'reply') {
-        const rec: StepRecord = { step: name, code: r.code, enhanced: r.enhanced, text: r.text, ms }
+        const { code, enhanced, text } = r.reply
+        const rec: StepRecord = { step: name, code, enhanced, text, ms }
         o.steps.push(rec)
-        if (!ALLOWED_CODES[name].has(r.code)) o.forbidden.push(rec)
-        if (r.code === 421 && name !== 'quit' && !(await smtp.waitClosed(5000))) {
+        if (!ALLOWED_CODES[name].has(code)) o.forbidden.push(rec)
+        if (code === 421 && name !== 'quit' && !(await smtp.waitClosed(5000))) {
           o.openAfter421 = name
-          smtp.destroy()
+          void smtp.close()
           await smtp.waitClosed(1000)
         }
-        return { code: r.code, enhanced: r.enhanced }
+        return { code, enhanced }
       }
       const failure = r.kind
       o.steps.push({
@@ -390,7 +271,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
         o.enhanced = null
         o.at = name
       }
-      smtp.destroy()
+      void smtp.close()
       return null
     }
 
@@ -407,7 +288,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
 
     while (i < list.length && Date.now() < deadline) {
       const conn = connections++
-      const smtp = Smtp.connect(host, opts.port)
+      const smtp = SmtpClient.open(host, opts.port)
       const first = newOutcome(list[i]!, conn, 0)
       const greeting = await step(smtp, first, 'greeting', null)
       if (!greeting) {

@@ -16,14 +16,25 @@ export interface Reply {
 }
 
 export interface SmtpClientOptions {
-  /** Timeout for connecting and for every reply, in ms (default 20000). */
+  /** Timeout for connecting and for every reply, in ms (default 20000; 0: none). */
   timeoutMs?: number
+  /** TCP_NODELAY (the load generator: as smtp-source, no Nagle delay on commands). */
+  noDelay?: boolean
 }
 
 export interface SendDataOptions {
   /** Turn lone LF into CRLF before sending (default true). False sends the bytes as given. */
   crlf?: boolean
+  /**
+   * The bytes are already dot-stuffed CRLF lines ending with the final ".": sent as they are
+   * (a load generator sends one prepared message many times; `crlf` is ignored).
+   */
+  stuffed?: boolean
 }
+
+/** What `read()` got: a reply, nothing within the timeout, or the connection closed. */
+export type ReadOutcome =
+  { kind: 'reply'; reply: Reply } | { kind: 'hang' } | { kind: 'dropped'; why: string }
 
 export interface SendMailOptions {
   /** EHLO name; omit to skip EHLO (e.g. when the session already greeted). */
@@ -62,7 +73,7 @@ export interface SendMailResult {
 interface Waiter {
   resolve: (reply: Reply) => void
   reject: (err: Error) => void
-  timer: NodeJS.Timeout
+  timer: NodeJS.Timeout | undefined
 }
 
 const REPLY_LINE = /^(\d{3})(?:([ -])(.*))?$/
@@ -102,8 +113,11 @@ export function dotStuff(data: Buffer): Buffer {
 }
 
 /**
- * A minimal raw SMTP client for tests: it sends exactly what it is told and parses every reply
- * exactly. Supports pipelining via `send()` + `readReply()`.
+ * The one SMTP client of the tests and the bench: it sends exactly what it is told and parses
+ * every reply exactly. Supports pipelining via `send()` + `readReply()`. The tests use
+ * `command()` / `sendMail()` (replies or errors); the fault load (test/helpers/load.ts) uses
+ * `open()` + `read()`, which never throw and tell a hang from a dropped connection; the bench's
+ * load generator (bench/smtp/load.ts) uses `timeoutMs: 0`, `noDelay` and prepared messages.
  */
 export class SmtpClient {
   /** The server greeting (220 or e.g. 421/554). */
@@ -123,7 +137,11 @@ export class SmtpClient {
   private readonly waiters: Waiter[] = []
   private closedFlag = false
   private socketError: Error | null = null
+  /** Why the connection ended, when we know (a socket error, a malformed reply). */
+  private why: string | undefined
+  /** What the next reply answers, for error messages (quoted when `lastQuoted`). */
   private lastSent = '(greeting)'
+  private lastQuoted = false
 
   private constructor(
     socket: net.Socket,
@@ -136,11 +154,12 @@ export class SmtpClient {
       socket.once('close', () => {
         this.closedFlag = true
         this.failWaiters(
-          new Error(
-            `SMTP ${this.peer}: connection closed while waiting for a reply to ${this.lastSent}` +
-              (this.socketError ? ` (${this.socketError.message})` : '') +
-              (this.pendingLines.length ? `; partial reply: ${this.rawLines.join('')}` : ''),
-          ),
+          () =>
+            new Error(
+              `SMTP ${this.peer}: connection closed while waiting for a reply to ${this.sentText()}` +
+                (this.socketError ? ` (${this.socketError.message})` : '') +
+                (this.pendingLines.length ? `; partial reply: ${this.rawLines.join('')}` : ''),
+            ),
         )
         resolve()
       })
@@ -148,12 +167,18 @@ export class SmtpClient {
     socket.on('data', (chunk: Buffer) => this.onData(chunk))
     socket.on('error', (err: Error) => {
       this.socketError = err
+      this.why = err.message
     })
   }
 
   /** True once the socket has closed. */
   get isClosed(): boolean {
     return this.closedFlag
+  }
+
+  /** Why the connection closed: the socket error, a malformed reply, or 'closed by the server'. */
+  get closeReason(): string {
+    return this.why ?? 'closed by the server'
   }
 
   /**
@@ -170,10 +195,13 @@ export class SmtpClient {
     const peer = net.isIPv6(bare) ? `[${bare}]:${port}` : `${bare}:${port}`
     const socket = await new Promise<net.Socket>((resolve, reject) => {
       const s = net.connect({ host: bare, port })
-      const timer = setTimeout(() => {
-        s.destroy()
-        reject(new Error(`SMTP ${peer}: connect timed out after ${timeoutMs} ms`))
-      }, timeoutMs)
+      const timer =
+        timeoutMs > 0
+          ? setTimeout(() => {
+              s.destroy()
+              reject(new Error(`SMTP ${peer}: connect timed out after ${timeoutMs} ms`))
+            }, timeoutMs)
+          : undefined
       s.once('connect', () => {
         clearTimeout(timer)
         s.removeListener('error', onError)
@@ -185,15 +213,31 @@ export class SmtpClient {
       }
       s.once('error', onError)
     })
+    if (opts.noDelay) socket.setNoDelay(true)
     const client = new SmtpClient(socket, timeoutMs, peer)
     client.greeting = await client.readReply()
     return client
   }
 
-  /** Write raw bytes/text without waiting for anything. */
+  /**
+   * A client at once, connecting in the background: the greeting is the first `read()`; a failed
+   * connect is a dropped connection (`closeReason` says why). `greeting` stays unset.
+   */
+  static open(host: string, port: number, opts: SmtpClientOptions = {}): SmtpClient {
+    const bare = bareHost(host)
+    const socket = net.connect({ host: bare, port })
+    if (opts.noDelay) socket.setNoDelay(true)
+    const peer = net.isIPv6(bare) ? `[${bare}]:${port}` : `${bare}:${port}`
+    return new SmtpClient(socket, opts.timeoutMs ?? 20000, peer)
+  }
+
+  /**
+   * Write raw bytes/text without waiting for anything. Nothing is written once we destroyed the
+   * socket ourselves (the next read reports the close).
+   */
   send(data: string | Buffer): void {
     if (this.closedFlag) throw new Error(`SMTP ${this.peer}: write after close`)
-    this.socket.write(data)
+    if (!this.socket.destroyed) this.socket.write(data)
   }
 
   /** Read the next reply (queued or future); rejects after the timeout or on close. */
@@ -202,40 +246,56 @@ export class SmtpClient {
     if (queued) return Promise.resolve(queued)
     if (this.closedFlag) {
       return Promise.reject(
-        new Error(`SMTP ${this.peer}: connection closed, no reply to ${this.lastSent}`),
+        new Error(`SMTP ${this.peer}: connection closed, no reply to ${this.sentText()}`),
       )
     }
     return new Promise<Reply>((resolve, reject) => {
       const waiter: Waiter = {
         resolve,
         reject,
-        timer: setTimeout(() => {
-          const i = this.waiters.indexOf(waiter)
-          if (i !== -1) this.waiters.splice(i, 1)
-          reject(
-            new Error(
-              `SMTP ${this.peer}: timed out after ${timeoutMs} ms waiting for a reply to ${this.lastSent}` +
-                (this.rawLines.length
-                  ? `; partial reply: ${JSON.stringify(this.rawLines.join(''))}`
-                  : ''),
-            ),
-          )
-        }, timeoutMs),
+        timer:
+          timeoutMs > 0
+            ? setTimeout(() => {
+                const i = this.waiters.indexOf(waiter)
+                if (i !== -1) this.waiters.splice(i, 1)
+                reject(
+                  new Error(
+                    `SMTP ${this.peer}: timed out after ${timeoutMs} ms waiting for a reply to ${this.sentText()}` +
+                      (this.rawLines.length
+                        ? `; partial reply: ${JSON.stringify(this.rawLines.join(''))}`
+                        : ''),
+                  ),
+                )
+              }, timeoutMs)
+            : undefined,
       }
       this.waiters.push(waiter)
     })
   }
 
+  /** The next reply, or a hang (none within `timeoutMs`), or the close; never rejects. */
+  async read(timeoutMs: number = this.timeoutMs): Promise<ReadOutcome> {
+    try {
+      return { kind: 'reply', reply: await this.readReply(timeoutMs) }
+    } catch {
+      return this.closedFlag || this.socket.destroyed
+        ? { kind: 'dropped', why: this.closeReason }
+        : { kind: 'hang' }
+    }
+  }
+
   /** Send one command line (CRLF appended) and read its reply. */
   command(line: string, timeoutMs: number = this.timeoutMs): Promise<Reply> {
-    this.lastSent = JSON.stringify(line)
+    this.lastSent = line
+    this.lastQuoted = true
     this.send(`${line}\r\n`)
     return this.readReply(timeoutMs)
   }
 
   /** Send several command lines in one write (PIPELINING) and read one reply per line. */
   async pipeline(lines: string[], timeoutMs: number = this.timeoutMs): Promise<Reply[]> {
-    this.lastSent = JSON.stringify(lines.join(' | '))
+    this.lastSent = lines.join(' | ')
+    this.lastQuoted = true
     this.send(lines.map((l) => `${l}\r\n`).join(''))
     const replies: Reply[] = []
     for (let i = 0; i < lines.length; i++) replies.push(await this.readReply(timeoutMs))
@@ -247,13 +307,18 @@ export class SmtpClient {
    * dot-stuffs, terminates with CRLF.CRLF and returns the reply to the final dot.
    */
   sendData(message: string | Buffer, opts: SendDataOptions = {}): Promise<Reply> {
+    this.lastSent = 'the end of DATA'
+    this.lastQuoted = false
+    if (opts.stuffed) {
+      this.send(message)
+      return this.readReply()
+    }
     const bytes =
       opts.crlf === false
         ? typeof message === 'string'
           ? Buffer.from(message, 'utf8')
           : message
         : toCrlf(message)
-    this.lastSent = 'the end of DATA'
     this.send(dotStuff(bytes))
     return this.readReply()
   }
@@ -309,6 +374,22 @@ export class SmtpClient {
     await this.closed
   }
 
+  /** Half-close (FIN, no QUIT) and wait for the server's close; destroy after `graceMs`. */
+  async end(graceMs = 2000): Promise<void> {
+    if (this.closedFlag) return
+    this.socket.end()
+    if (!(await this.waitClosed(graceMs))) await this.close()
+  }
+
+  /** Resolves true once the connection is closed, false if it is still open after `ms`. */
+  async waitClosed(ms: number): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)))
+    const closed = await Promise.race([this.closed.then(() => true as const), late])
+    clearTimeout(timer)
+    return closed
+  }
+
   private onData(chunk: Buffer): void {
     this.buffer = this.buffer.length ? Buffer.concat([this.buffer, chunk]) : chunk
     for (;;) {
@@ -324,9 +405,8 @@ export class SmtpClient {
     const line = rawLine.replace(/\r?\n$/, '')
     const m = REPLY_LINE.exec(line)
     if (!m) {
-      this.failWaiters(
-        new Error(`SMTP ${this.peer}: malformed reply line ${JSON.stringify(rawLine)}`),
-      )
+      this.why = `malformed reply line ${JSON.stringify(line.slice(0, 80))}`
+      this.failWaiters(() => new Error(`SMTP ${this.peer}: ${this.why}`))
       this.socket.destroy()
       return
     }
@@ -335,11 +415,12 @@ export class SmtpClient {
     const text = m[3] ?? ''
     if (this.pendingLines.length && this.pendingCode !== code) {
       this.failWaiters(
-        new Error(
-          `SMTP ${this.peer}: reply code changed inside a multi-line reply: ${JSON.stringify(
-            this.rawLines.join('') + rawLine,
-          )}`,
-        ),
+        () =>
+          new Error(
+            `SMTP ${this.peer}: reply code changed inside a multi-line reply: ${JSON.stringify(
+              this.rawLines.join('') + rawLine,
+            )}`,
+          ),
       )
       this.socket.destroy()
       return
@@ -371,7 +452,14 @@ export class SmtpClient {
     }
   }
 
-  private failWaiters(err: Error): void {
+  private sentText(): string {
+    return this.lastQuoted ? JSON.stringify(this.lastSent) : this.lastSent
+  }
+
+  /** Rejects every pending read (the error is made only when one is waiting). */
+  private failWaiters(makeError: () => Error): void {
+    if (this.waiters.length === 0) return
+    const err = makeError()
     for (const w of this.waiters.splice(0)) {
       clearTimeout(w.timer)
       w.reject(err)

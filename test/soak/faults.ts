@@ -4,9 +4,9 @@
  * mixed sizes up to a few MB through a chain of four faulty milters per listener), once with one
  * Haraka process and once with Haraka in cluster mode (smtp.ini nodes=2).
  *
- *   npm run faults                        matrix + soaks (about 10-15 minutes)
- *   npm run faults -- --quick             a subset and small soaks (1-2 minutes)
- *   npm run faults -- --help              every option
+ *   npm run soak                        matrix + soaks (about 10-15 minutes)
+ *   npm run soak -- --quick             a subset and small soaks (1-2 minutes)
+ *   npm run soak -- --help              every option
  *
  * Prints one row per case and default_action (messages sent, 250/4xx/5xx, delivered, held,
  * lost, duplicated, delivered after a refusal, edits missing, forbidden reply codes, hangs,
@@ -18,6 +18,7 @@
  * Every process is started through the test helpers and stopped by PID (also on SIGINT/SIGTERM).
  */
 import * as fs from 'node:fs'
+import type { ParseArgsConfig } from 'node:util'
 
 import {
   ciCases,
@@ -25,14 +26,10 @@ import {
   sessionScopeCases,
   soakCase,
   type MatrixOptions,
-} from '../test/helpers/fault-cases'
-import {
-  FaultHarness,
-  type CasePlan,
-  type CaseResult,
-  type Rss,
-} from '../test/helpers/fault-harness'
-import { POLICY_KINDS, type Violation } from '../test/helpers/reconcile'
+} from '../helpers/fault-cases'
+import { FaultHarness, type CasePlan, type CaseResult, type Rss } from '../helpers/fault-harness'
+import { parseCommandLine } from '../helpers/command-line'
+import { POLICY_KINDS, type Violation } from '../helpers/reconcile'
 
 interface Options {
   quick: boolean
@@ -56,7 +53,7 @@ interface Options {
   verbose: boolean
 }
 
-const USAGE = `usage: node dist/bench/faults.js [options]
+const USAGE = `usage: node dist/test/soak/faults.js [options]
   --quick               CI-like subset, small soaks (1-2 minutes)
   --seed=N              seed for every fault decision (default 20261125)
   --timeout=S           milter connect/command/content timeout in seconds (default 1.5)
@@ -77,117 +74,78 @@ const USAGE = `usage: node dist/bench/faults.js [options]
   --json=FILE           also write every result as JSON
   --verbose             progress lines on stderr`
 
+const MB = 1024 * 1024
+
+const FLAGS = {
+  quick: { type: 'boolean' },
+  seed: { type: 'string' },
+  timeout: { type: 'string' },
+  sessions: { type: 'string' },
+  messages: { type: 'string' },
+  probability: { type: 'string' },
+  concurrency: { type: 'string' },
+  scopes: { type: 'string' },
+  only: { type: 'string' },
+  faults: { type: 'string' },
+  stages: { type: 'string' },
+  'soak-messages': { type: 'string' },
+  'soak-sessions': { type: 'string' },
+  'soak-max-size': { type: 'string' },
+  'soak-nodes': { type: 'string' },
+  'dribble-bytes': { type: 'string' },
+  'max-minutes': { type: 'string' },
+  json: { type: 'string' },
+  verbose: { type: 'boolean' },
+  help: { type: 'boolean' },
+} as const satisfies ParseArgsConfig['options']
+
 function parseArgs(argv: readonly string[]): Options {
-  if (argv.includes('--help')) {
-    process.stdout.write(`${USAGE}\n`)
-    process.exit(0)
+  const { values: v } = parseCommandLine({ args: [...argv], options: FLAGS, strict: true }, USAGE)
+  const quick = v.quick === true
+  const num = (key: keyof typeof FLAGS, value: string | undefined, dflt: number): number => {
+    if (value === undefined) return dflt
+    const n = Number(value)
+    if (!Number.isFinite(n) || n < 0) throw new Error(`--${key} needs a number, not ${value}`)
+    return n
   }
-  const quick = argv.includes('--quick')
-  const o: Options = {
-    quick,
-    seed: 20261125,
-    timeoutS: 1.5,
-    sessions: quick ? 3 : 4,
-    messages: quick ? 2 : 3,
-    probability: 0.5,
-    concurrency: quick ? 5 : 4,
-    scopes: new Set(['message', 'session']),
-    only: new Set(['matrix', 'soak']),
-    faults: undefined,
-    stages: undefined,
-    soakMessages: quick ? 150 : 2000,
-    soakSessions: 10,
-    soakMaxSize: (quick ? 1 : 3) * 1024 * 1024,
-    soakNodes: [0, 2],
-    dribbleBytes: quick ? 64 * 1024 : 1024 * 1024,
-    maxMinutes: 25,
-    json: undefined,
-    verbose: argv.includes('--verbose'),
-  }
-  const list = (v: string): string[] =>
-    v
+  const count = (key: keyof typeof FLAGS, value: string | undefined, dflt: number): number =>
+    value === undefined ? dflt : Math.max(1, Math.round(num(key, value, dflt)))
+  const list = (value: string): string[] =>
+    value
       .split(',')
       .map((s) => s.trim())
       .filter(Boolean)
-  for (const arg of argv) {
-    const m = /^--([a-z-]+)=(.*)$/.exec(arg)
-    if (!m) {
-      if (arg === '--quick' || arg === '--verbose') continue
-      throw new Error(`unknown argument ${arg}\n${USAGE}`)
-    }
-    const [, key, value] = m as unknown as [string, string, string]
-    const num = (): number => {
-      const n = Number(value)
-      if (!Number.isFinite(n) || n < 0) throw new Error(`--${key} needs a number, not ${value}`)
-      return n
-    }
-    switch (key) {
-      case 'seed':
-        o.seed = num()
-        break
-      case 'timeout':
-        o.timeoutS = num()
-        break
-      case 'sessions':
-        o.sessions = Math.max(1, Math.round(num()))
-        break
-      case 'messages':
-        o.messages = Math.max(1, Math.round(num()))
-        break
-      case 'probability':
-        o.probability = Math.min(1, num())
-        break
-      case 'concurrency':
-        o.concurrency = Math.max(1, Math.round(num()))
-        break
-      case 'scopes':
-        o.scopes = new Set(
-          list(value).filter((s): s is 'message' | 'session' => s === 'message' || s === 'session'),
-        )
-        break
-      case 'only':
-        o.only = new Set(
-          list(value).filter((s): s is 'matrix' | 'soak' => s === 'matrix' || s === 'soak'),
-        )
-        break
-      case 'faults':
-        o.faults = list(value)
-        break
-      case 'stages':
-        o.stages = list(value)
-        break
-      case 'soak-messages':
-        o.soakMessages = Math.round(num())
-        break
-      case 'soak-sessions':
-        o.soakSessions = Math.max(1, Math.round(num()))
-        break
-      case 'soak-max-size':
-        o.soakMaxSize = Math.round(num())
-        break
-      case 'soak-nodes':
-        o.soakNodes = list(value).map(Number)
-        break
-      case 'dribble-bytes':
-        o.dribbleBytes = Math.max(1, Math.round(num()))
-        break
-      case 'max-minutes':
-        o.maxMinutes = num()
-        break
-      case 'json':
-        o.json = value
-        break
-      default:
-        throw new Error(`unknown option --${key}\n${USAGE}`)
-    }
+  const pick = <T extends string>(value: string | undefined, allowed: readonly T[]): Set<T> =>
+    new Set(
+      value === undefined
+        ? allowed
+        : list(value).filter((s): s is T => (allowed as readonly string[]).includes(s)),
+    )
+  return {
+    quick,
+    seed: num('seed', v.seed, 20261125),
+    timeoutS: num('timeout', v.timeout, 1.5),
+    sessions: count('sessions', v.sessions, quick ? 3 : 4),
+    messages: count('messages', v.messages, quick ? 2 : 3),
+    probability: Math.min(1, num('probability', v.probability, 0.5)),
+    concurrency: count('concurrency', v.concurrency, quick ? 5 : 4),
+    scopes: pick(v.scopes, ['message', 'session']),
+    only: pick(v.only, ['matrix', 'soak']),
+    faults: v.faults === undefined ? undefined : list(v.faults),
+    stages: v.stages === undefined ? undefined : list(v.stages),
+    soakMessages: Math.round(num('soak-messages', v['soak-messages'], quick ? 150 : 2000)),
+    soakSessions: count('soak-sessions', v['soak-sessions'], 10),
+    soakMaxSize: Math.round(num('soak-max-size', v['soak-max-size'], (quick ? 1 : 3) * MB)),
+    soakNodes: v['soak-nodes'] === undefined ? [0, 2] : list(v['soak-nodes']).map(Number),
+    dribbleBytes: count('dribble-bytes', v['dribble-bytes'], quick ? 64 * 1024 : MB),
+    maxMinutes: num('max-minutes', v['max-minutes'], 25),
+    json: v.json,
+    verbose: v.verbose === true,
   }
-  return o
 }
 
 // ---------------------------------------------------------------------------
 // Output
-
-const MB = 1024 * 1024
 
 function mb(n: number): string {
   return `${(n / MB).toFixed(0)}`
