@@ -371,11 +371,11 @@ async function main(): Promise<void> {
         milter.socket,
       ),
       // the same Haraka sending Postfix's default macro lists (per-milter macros.* keys): is
-      // what we send beyond them what the milter pays for? XXX servers.ts takes no extra
-      // milter.ini lines, so they ride on the socket value, one key per line
+      // what we send beyond them what the milter pays for?
       harakaPostfixMacros: await startHarakaServer(
         { name: 'haraka+noop-pfmacros', mta: 'haraka', base: 'haraka' },
-        [milter.socket, ...POSTFIX_MACRO_KEYS].join('\n'),
+        milter.socket,
+        { milterKeys: POSTFIX_MACRO_KEYS },
       ),
       postfix: await startPostfixServer(
         { name: 'postfix+noop', mta: 'postfix', base: 'postfix' },

@@ -88,6 +88,8 @@ exports.hook_queue = function (next) {
 export interface HarakaServerOptions {
   /** Directory for V8 CPU profiles (as node --cpu-prof) of every Haraka process. */
   cpuProfDir?: string | undefined
+  /** More keys of the bench milter's [milter.bench] section, one `key = value` a line. */
+  milterKeys?: readonly string[]
 }
 
 export async function startHarakaServer(
@@ -115,6 +117,7 @@ export async function startHarakaServer(
       '',
       '[milter.bench]',
       `socket = ${milterSocket}`,
+      ...(opts.milterKeys ?? []),
       '',
     ].join('\n')
   }
