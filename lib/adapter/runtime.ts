@@ -11,7 +11,7 @@ import {
   type MilterDef,
 } from '../config'
 import { poolFigures } from '../metrics/figures'
-import { QuarantineReader, type QuarantineFigures } from '../metrics/quarantine'
+import { QuarantineReader, type QuarantineFigures } from '../metrics/quarantine-figures'
 import type { MilterMetrics } from '../metrics/recorder'
 import { metricsWanted, MetricsService, type Role } from '../metrics/service'
 import { MilterPool, type EndpointUse } from '../pool'

@@ -9,7 +9,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 
 import type { MilterReport, ReportOutcome } from '../policy/milter-reports'
 import { SCOPE } from '../policy/stage'
-import type { QuarantineFigures } from './quarantine'
+import type { QuarantineFigures } from './quarantine-figures'
 
 /** What the gauges show, read at scrape time (from the pool and its breakers). */
 export interface GaugeFigures {
