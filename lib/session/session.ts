@@ -10,8 +10,9 @@
  * machine with one method per step (go-milter's layout), and splitting the
  * steps apart would scatter one conversation. What is not a step lives
  * beside it: state-table.ts (transitions, SKIP and QUIT_NC included), reader.ts
- * (frames, flow control, timers), reply-verdict.ts (what a reply means),
- * types.ts, negotiate.ts.
+ * (frames, flow control, timers), writer.ts (gathered packets, one write per
+ * stage, body chunks without a copy), reply-verdict.ts (what a reply means),
+ * types.ts, negotiate.ts, limits.ts.
  *
  * § references are to docs/milter-protocol.md.
  */
@@ -56,6 +57,7 @@ import {
 import { macroPairs, type MacroLookup } from './macros'
 import { offerFor, validateOptneg, type Negotiated, type Offer } from './negotiate'
 import { FrameReader } from './reader'
+import { PacketWriter } from './writer'
 import { describeTlsError, isTlsError } from '../transport/tls-error'
 import { isModification, modificationProblem, verdictOf } from './reply-verdict'
 import type { EomResult, MilterStream, SessionObserver, SessionOptions, Verdict } from './types'
@@ -94,15 +96,6 @@ const CONTINUE: Verdict = { kind: 'continue' }
  */
 const FRAMES_PER_TURN = 1024
 
-/** Gathered packets are written at once when they reach this size (a body under NR_BODY). */
-const FLUSH_BYTES = 64 * 1024
-
-/**
- * Gathered pieces up to this many bytes in all are joined into one buffer for the write;
- * above it (a body chunk) they are written corked, as they are, in one writev.
- */
-const JOIN_MAX = 4 * 1024
-
 /** A BODY packet of more pieces than this is joined into one buffer (a writev of many tiny ones costs more). */
 const MAX_PARTS = 16
 
@@ -131,9 +124,8 @@ export class MilterSession {
   /** Kept after QUIT_NC and no reply read since: nothing yet shows the milter handled QUIT_NC. */
   private unprovenReuse = false
   private ending = false
-  /** Packets not yet written (see flush()). */
-  private outgoing: Buffer[] = []
-  private outgoingBytes = 0
+  /** Packets gathered until the next wait for a reply. */
+  private readonly writer: PacketWriter
   /** Absolute time (ms) by which the current end of message must be answered. */
   private eomDeadline: number | undefined
   /**
@@ -150,6 +142,7 @@ export class MilterSession {
     /** The options in force; set by negotiate(). */
     public negotiated: Negotiated,
   ) {
+    this.writer = new PacketWriter(stream)
     this.reader = new FrameReader(
       stream,
       opts.name,
@@ -613,7 +606,7 @@ export class MilterSession {
     this.go({ kind: 'closed' })
     this.reader.stop()
     if (!this.closedByPeer) this.flush()
-    this.outgoing = []
+    this.writer.discard()
     this.stream.end()
   }
 
@@ -822,71 +815,23 @@ export class MilterSession {
         data: tail ? Buffer.concat([head, ...tail]) : head,
       })
     }
-    this.outgoing.push(packet)
-    this.outgoingBytes += packet.length
-    if (tail) {
-      for (const t of tail) this.outgoing.push(t)
-      this.outgoingBytes += tailBytes
-    }
-    if (this.outgoingBytes >= FLUSH_BYTES) this.flush()
+    this.writer.push(packet, tail)
   }
 
   /**
-   * Writes what send() gathered in one write: a stage's macros and command,
-   * and under no-reply flags every command up to the next one that is
-   * answered. Called before every wait for a reply, and before QUIT.
-   * `written` runs once the bytes are in the kernel: at once when the write
-   * went through synchronously (the usual case), else when it completes.
+   * Writes what send() gathered, in one write: called before every wait for a reply, and
+   * before QUIT. `written`: see PacketWriter.flush.
    */
   private flush(written?: () => void): void {
-    const n = this.outgoing.length
-    if (n === 0) return
-    const pieces = this.outgoing
-    const bytes = this.outgoingBytes
-    this.outgoing = []
-    this.outgoingBytes = 0
-    const s = this.stream
-    let queued = false
-    const done = written
-      ? () => {
-          if (queued) written()
-        }
-      : undefined
-    if (n === 1 || bytes <= JOIN_MAX || !s.cork || !s.uncork) {
-      // small: one copy is cheaper than a writev of many pieces
-      const data = n === 1 ? (pieces[0] as Buffer) : Buffer.concat(pieces, bytes)
-      s.write(data, done)
-    } else {
-      // a body chunk (and what was gathered before it): one writev, no copy of the chunk
-      s.cork()
-      for (let i = 0; i < n - 1; i++) s.write(pieces[i] as Buffer)
-      s.write(pieces[n - 1] as Buffer, done)
-      s.uncork()
-    }
-    if (!written) return
-    if ((s.writableLength ?? 0) > 0) queued = true
-    else written()
+    this.writer.flush(written)
   }
 
   /** Waits for the socket to drain (pipelined NR_BODY chunks), under the content timeout. */
   private drained(label: string): Promise<void> {
-    // what is still gathered is under FLUSH_BYTES: only what was written needs to drain
-    const s = this.stream as MilterStream & { writableNeedDrain?: boolean }
-    if (!s.writableNeedDrain) return Promise.resolve()
     const ms = this.opts.timeouts.contentMs
-    return new Promise<void>((resolve, reject) => {
-      const onDrain = (): void => {
-        clearTimeout(t)
-        resolve()
-      }
-      const t = setTimeout(() => {
-        s.removeListener('drain', onDrain)
-        reject(
-          this.fail(new MilterTimeoutError('content', ms, `${label} write to ${this.opts.name}`)),
-        )
-      }, ms)
-      s.once('drain', onDrain)
-    })
+    return this.writer.drained(ms, () =>
+      this.fail(new MilterTimeoutError('content', ms, `${label} write to ${this.opts.name}`)),
+    )
   }
 
   /** Records the sticky error, destroys the socket, wakes a waiting reader. */
