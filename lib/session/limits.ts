@@ -139,6 +139,19 @@ export class EomCounter {
         this.addedHeaders,
         l.maxAddedHeaders,
       )
+    // Each added header is a line at least: more of them than Haraka takes header lines would
+    // fail the check of the block after the edits anyway (checkHeaderBlock), so fail now,
+    // before the rest of the flood is read and held
+    const lines = l.maxHeaderLines
+    if (m.kind !== 'chgheader' && lines !== undefined && this.addedHeaders > lines)
+      throw over(
+        this.name,
+        'eom',
+        'connection.ini [headers] max_lines',
+        'more added headers than Haraka takes header lines',
+        this.addedHeaders,
+        lines,
+      )
     this.headerBytes += m.name.length + m.value.length
     if (this.headerBytes > l.maxHeaderBytes)
       throw over(

@@ -111,7 +111,7 @@ async function open(eob: Buffer, limits: Partial<Limits> = {}): Promise<MilterSe
 async function eom(
   eob: Buffer,
   limits: Partial<Limits> = {},
-  mta?: { maxMessageBytes?: number },
+  mta?: { maxMessageBytes?: number; maxHeaderLines?: number },
 ): Promise<EomResult> {
   const s = await open(eob, limits)
   try {
@@ -168,6 +168,17 @@ describe('limits: while the end-of-message answer is read', () => {
     await assert.rejects(
       eom(answer([...three, header(4)], false), { maxAddedHeaders: 3 }),
       isLimit('max_added_headers', 4, 3),
+    )
+  })
+
+  it('Haraka’s max_lines bounds added headers as they are read: exactly, then one past', async () => {
+    const lines = { maxHeaderLines: 3 }
+    const three = [header(1), header(2), header(3)]
+    // three added headers are read (the block after the edits is checked later, as a whole)
+    assert.equal((await eom(answer(three), {}, lines)).modifications.length, 3)
+    await assert.rejects(
+      eom(answer([...three, header(4)], false), {}, lines),
+      isLimit('connection.ini [headers] max_lines', 4, 3),
     )
   })
 
