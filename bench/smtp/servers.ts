@@ -134,6 +134,7 @@ export async function startHarakaServer(
     // Node refuses --cpu-prof in NODE_OPTIONS: a preload starts the profiler instead
     preloads.push(path.join(__dirname, '..', 'cpu-prof-preload.js'))
     env['BENCH_CPU_PROF_DIR'] = path.resolve(opts.cpuProfDir)
+    env['BENCH_CPU_PROF_NAME'] = v.name
   }
   if (v.noQuickAck) preloads.push(path.join(__dirname, '..', 'no-quickack-preload.js'))
   if (preloads.length > 0) env['NODE_OPTIONS'] = preloads.map((p) => `--require ${p}`).join(' ')
