@@ -25,6 +25,16 @@ export interface Variant {
   reuse?: boolean
   /** Without prompt ACKs after EOB (TCP_QUICKACK): the plugin as before that change. */
   noQuickAck?: boolean
+  /** The plugin's root Haraka loads (a built checkout, --before=DIR); undefined: this repository. */
+  pluginRoot?: string
+}
+
+/** Suffix of a variant run with the plugin of --before=DIR. */
+export const BEFORE = '@before'
+
+/** `v` with the plugin built in `dir` (named `v.name@before`; its base, Haraka alone, is shared). */
+export function beforeTwin(v: Variant, dir: string): Variant {
+  return { ...v, name: `${v.name}${BEFORE}`, pluginRoot: dir }
 }
 
 export const VARIANTS: readonly Variant[] = [
@@ -148,6 +158,7 @@ export async function startHarakaServer(
       config,
       env,
       ...(listeners ? { listeners } : {}),
+      ...(v.pluginRoot !== undefined ? { pluginRoot: v.pluginRoot } : {}),
     })
   } catch (e) {
     fs.rmSync(spool, { recursive: true, force: true })
