@@ -1,4 +1,6 @@
 /** The bench's command line (node:util parseArgs). */
+import * as fs from 'node:fs'
+import * as path from 'node:path'
 import type { ParseArgsConfig } from 'node:util'
 
 import { parseCommandLine } from '../test/helpers/command-line'
@@ -56,6 +58,11 @@ export interface Options {
   smtpSessions: number
   /** smtp: write a V8 CPU profile of each Haraka process of these variants into this dir. */
   cpuProfDir: string | undefined
+  /**
+   * smtp: a built checkout of an earlier commit: every Haraka variant with a milter also runs
+   * with that plugin (VARIANT@before), interleaved with the current one.
+   */
+  before: string | undefined
 }
 
 /** The variants --smtp-goals runs. */
@@ -101,6 +108,10 @@ const USAGE = `usage: node dist/bench/bench.js [flags]
                         Haraka nodes=2 + no-op and Postfix + no-op (default 500 with
                         --smtp-goals, else 0 = skip)
   --cpu-prof=DIR        write V8 CPU profiles of the Haraka processes into DIR
+  --before=DIR          a built checkout of an earlier commit (git worktree add DIR COMMIT;
+                        node_modules; npm run build): every Haraka variant with a milter also
+                        runs with that plugin as VARIANT@before, in the same rounds (the goals
+                        table gets a before column; the memory and many-sessions runs a row)
   --help                this text`
 
 /** Every flag (values as `--flag=VALUE` or `--flag VALUE`); `--memory-child` is internal. */
@@ -130,6 +141,7 @@ const FLAGS = {
   'smtp-goals': { type: 'boolean' },
   'smtp-sessions': { type: 'string' },
   'cpu-prof': { type: 'string' },
+  before: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies ParseArgsConfig['options']
 
@@ -166,6 +178,7 @@ export function parseArgs(argv: readonly string[]): Options {
     smtpGoals: false,
     smtpSessions: 0,
     cpuProfDir: undefined,
+    before: undefined,
   }
   const list = (v: string): Section[] =>
     v.split(',').map((s) => {
@@ -275,7 +288,26 @@ export function parseArgs(argv: readonly string[]): Options {
         if (value === '') throw new Error(`${flag} needs a directory`)
         o.cpuProfDir = value
         break
+      case 'before':
+        o.before = builtPlugin(value, flag)
+        break
     }
   }
   return o
+}
+
+/** The absolute root of a built plugin checkout (its package.json `main` exists), or throws. */
+function builtPlugin(dir: string, flag: string): string {
+  const root = path.resolve(dir)
+  let main: unknown
+  try {
+    main = (
+      JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { main?: unknown }
+    ).main
+  } catch {
+    throw new Error(`${flag}: no package.json in ${root}`)
+  }
+  if (typeof main !== 'string' || !fs.existsSync(path.join(root, main)))
+    throw new Error(`${flag}: ${root} is not built (no ${String(main)}; run npm run build there)`)
+  return root
 }

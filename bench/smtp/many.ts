@@ -13,7 +13,14 @@ import { MiB, percentile, sleep } from '../stats'
 import { nodeLoad } from './load'
 import type { BenchMilter } from './milters'
 import { hwmBytes, resetHwm } from './procs'
-import { VARIANTS, startHarakaServer, startPostfixServer, type Server } from './servers'
+import {
+  VARIANTS,
+  beforeTwin,
+  startHarakaServer,
+  startPostfixServer,
+  type Server,
+  type Variant,
+} from './servers'
 
 export interface ManyRow {
   variant: string
@@ -60,9 +67,15 @@ export async function manyRuns(
   const total = sessions * 2
   const milterPort = Number(/^inet:(\d+)@/.exec(milter.socket)?.[1] ?? NaN)
   const rows: ManyRow[] = []
-  for (const name of MANY_VARIANTS) {
+  const before = o.before
+  const variants = MANY_VARIANTS.flatMap((name): Variant[] => {
     const v = VARIANTS.find((x) => x.name === name)
-    if (!v) continue
+    if (!v) return []
+    // the plugin before (--before=DIR): one process, beside haraka+noop
+    return before !== undefined && name === 'haraka+noop' ? [v, beforeTwin(v, before)] : [v]
+  })
+  for (const v of variants) {
+    const name = v.name
     progress(`  many sessions: ${name}, ${sessions} at a time, ${total} messages`)
     const s =
       v.mta === 'haraka'

@@ -9,7 +9,7 @@ import { MiB, sleep } from '../stats'
 import { nodeLoad } from './load'
 import type { BenchMilter } from './milters'
 import { hwmBytes, resetHwm, rssBytes } from './procs'
-import { startHarakaServer, type MilterKind, type Server, type Variant } from './servers'
+import { BEFORE, startHarakaServer, type MilterKind, type Server, type Variant } from './servers'
 
 /** Haraka's memory with one large message, for one variant. */
 export interface MemRow {
@@ -21,9 +21,10 @@ export interface MemRow {
   overAloneMiB: number
 }
 
-const MEM_VARIANTS: ReadonlyArray<{ name: string; milter?: MilterKind }> = [
+const MEM_VARIANTS: ReadonlyArray<{ name: string; milter?: MilterKind; before?: boolean }> = [
   { name: 'haraka' },
   { name: 'haraka+noop (reads body)', milter: 'noop' },
+  { name: `haraka+noop${BEFORE} (reads body)`, milter: 'noop', before: true },
   { name: 'haraka+noop-replace (new body)', milter: 'noop-replace' },
 ]
 
@@ -35,11 +36,13 @@ export async function memoryRuns(
   const bytes = o.smtpMemoryMiB * MiB
   const rows: MemRow[] = []
   for (const mv of MEM_VARIANTS) {
+    if (mv.before && o.before === undefined) continue
     const v: Variant = {
       name: mv.name,
       mta: 'haraka',
       base: 'haraka',
       ...(mv.milter ? { milter: mv.milter } : {}),
+      ...(mv.before && o.before !== undefined ? { pluginRoot: o.before } : {}),
     }
     const milter = mv.milter ? await startMilter(mv.milter) : undefined
     const s = await startHarakaServer(v, milter?.socket)

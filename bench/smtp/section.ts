@@ -23,6 +23,7 @@ import { memoryRuns, type MemRow } from './memory'
 import { smtpTable, type Row, type Sample } from './table'
 import {
   VARIANTS,
+  beforeTwin,
   startHarakaServer,
   startPostfixServer,
   type MilterKind,
@@ -115,6 +116,12 @@ async function loadRuns(o: Options): Promise<Row[]> {
     note(`Postfix rows skipped: ${pfMissing}`)
     variants = variants.filter((v) => v.mta !== 'postfix')
   }
+  // the plugin before (--before=DIR) beside each Haraka variant that loads it
+  const before = o.before
+  if (before !== undefined)
+    variants = variants.flatMap((v) =>
+      v.mta === 'haraka' && v.milter && !v.noQuickAck ? [v, beforeTwin(v, before)] : [v],
+    )
   const useSource =
     o.smtpLoad === 'smtp-source' || (o.smtpLoad === 'auto' && haveSmtpSource() && !pfMissing)
   if (o.smtpLoad === 'smtp-source' && !haveSmtpSource())

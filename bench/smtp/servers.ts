@@ -25,6 +25,16 @@ export interface Variant {
   reuse?: boolean
   /** Without prompt ACKs after EOB (TCP_QUICKACK): the plugin as before that change. */
   noQuickAck?: boolean
+  /** The plugin's root Haraka loads (a built checkout, --before=DIR); undefined: this repository. */
+  pluginRoot?: string
+}
+
+/** Suffix of a variant run with the plugin of --before=DIR. */
+export const BEFORE = '@before'
+
+/** `v` with the plugin built in `dir` (named `v.name@before`; its base, Haraka alone, is shared). */
+export function beforeTwin(v: Variant, dir: string): Variant {
+  return { ...v, name: `${v.name}${BEFORE}`, pluginRoot: dir }
 }
 
 export const VARIANTS: readonly Variant[] = [
@@ -134,6 +144,7 @@ export async function startHarakaServer(
     // Node refuses --cpu-prof in NODE_OPTIONS: a preload starts the profiler instead
     preloads.push(path.join(__dirname, '..', 'cpu-prof-preload.js'))
     env['BENCH_CPU_PROF_DIR'] = path.resolve(opts.cpuProfDir)
+    env['BENCH_CPU_PROF_NAME'] = v.name
   }
   if (v.noQuickAck) preloads.push(path.join(__dirname, '..', 'no-quickack-preload.js'))
   if (preloads.length > 0) env['NODE_OPTIONS'] = preloads.map((p) => `--require ${p}`).join(' ')
@@ -147,6 +158,7 @@ export async function startHarakaServer(
       config,
       env,
       ...(listeners ? { listeners } : {}),
+      ...(v.pluginRoot !== undefined ? { pluginRoot: v.pluginRoot } : {}),
     })
   } catch (e) {
     fs.rmSync(spool, { recursive: true, force: true })

@@ -148,6 +148,10 @@ export function smtpTable(
     '  right after each load run; +p50/+p99: minus the same MTA alone',
     'RSS MiB: Haraka peak RSS during the run (VmHWM reset before it, summed over its processes)',
   ]
+  if (o.before !== undefined)
+    legend.push(
+      `VARIANT@before: the same with the plugin built in ${o.before} (--before), same rounds`,
+    )
   if (smtpSource && o.smtpPerSession.some((k) => k > 1))
     legend.push(
       `msg/sess > 1 with smtp-source: -d (one connection for all of a session's messages), run ` +

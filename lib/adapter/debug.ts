@@ -60,6 +60,7 @@ export class ConnectionDebug {
       trace: (dir, frame) => {
         if (this.level(milter) >= 2) this.log.info(traceLine(milter, dir, frame))
       },
+      tracing: () => this.level(milter) >= 2,
       warn: (message) => this.log.warn(message),
     }
   }

@@ -808,9 +808,10 @@ export class MilterSession {
         ),
       )
     }
-    if (this.opts.observer?.trace) {
+    const obs = this.opts.observer
+    if (obs?.trace && (obs.tracing?.() ?? true)) {
       const head = packet.subarray(LEN_BYTES + 1)
-      this.opts.observer.trace('send', {
+      obs.trace('send', {
         code: packet.readUInt8(LEN_BYTES),
         data: tail ? Buffer.concat([head, ...tail]) : head,
       })

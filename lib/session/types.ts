@@ -60,6 +60,12 @@ export interface Timeouts {
 /** Optional observers: packet trace (what the seed calls DEBUG=2) and warnings. */
 export interface SessionObserver {
   trace?(dir: 'send' | 'recv', frame: Frame): void
+  /**
+   * Whether `trace` wants packets now (absent: always). A sent BODY packet's data is joined
+   * into one buffer only for the trace, so a session asks first instead of copying every
+   * body for a trace that is off.
+   */
+  tracing?(): boolean
   warn?(message: string): void
   debug?(message: string): void
 }

@@ -37,6 +37,11 @@ export interface HarakaOptions {
   env?: Record<string, string>
   /** How long to wait for every listener (default 20000 ms). */
   startTimeoutMs?: number
+  /**
+   * The plugin's package root that `milter` loads (its package.json `main`, built): default this
+   * repository; the bench points it at a built checkout of an older commit to run both side by side.
+   */
+  pluginRoot?: string
 }
 
 export interface Listener {
@@ -236,7 +241,8 @@ function defaultConfig(
 /**
  * Create a throw-away Haraka install directory and run Haraka on it (single process, `nodes=0`).
  * The plugin under development is loadable as `milter` through the symlink
- * `<dir>/node_modules/haraka-plugin-milter` -> REPO_ROOT (its package.json `main`).
+ * `<dir>/node_modules/haraka-plugin-milter` -> REPO_ROOT or `opts.pluginRoot` (its package.json
+ * `main`).
  * Resolves once Haraka logged "Listening on <address>" for every listener.
  */
 export async function startHaraka(opts: HarakaOptions): Promise<RunningHaraka> {
@@ -248,7 +254,11 @@ export async function startHaraka(opts: HarakaOptions): Promise<RunningHaraka> {
   fs.mkdirSync(configDir, { recursive: true })
   fs.mkdirSync(path.join(dir, 'spool'), { recursive: true })
   fs.mkdirSync(path.join(dir, 'node_modules'), { recursive: true })
-  fs.symlinkSync(REPO_ROOT, path.join(dir, 'node_modules', 'haraka-plugin-milter'), 'dir')
+  fs.symlinkSync(
+    opts.pluginRoot ?? REPO_ROOT,
+    path.join(dir, 'node_modules', 'haraka-plugin-milter'),
+    'dir',
+  )
 
   const files = { ...defaultConfig(dir, opts, listeners), ...(opts.config ?? {}) }
   for (const [name, content] of Object.entries(files))

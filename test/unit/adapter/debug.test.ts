@@ -136,6 +136,16 @@ describe('adapter: debug lines', () => {
       assert.equal(info.length, 3)
     })
 
+    it('tracing() says whether packets are wanted, at the level in force (2 and up)', () => {
+      const { dbg, set } = setup(0)
+      const obs = dbg.observer('spam')
+      assert.equal(obs.tracing?.(), false)
+      set(1)
+      assert.equal(obs.tracing?.(), false)
+      set(2)
+      assert.equal(obs.tracing?.(), true)
+    })
+
     it('session warnings go to the log whatever the level', () => {
       const { dbg, warn } = setup(0)
       dbg.observer('spam').warn?.('spam: symlist names an unknown stage')

@@ -188,6 +188,45 @@ describe('session: writes', () => {
   }
 })
 
+describe('session: the packet trace', () => {
+  for (const on of [false, true]) {
+    it(`sent packets go to trace() only while tracing() says so (${on ? 'on' : 'off'}): no body joined for a trace that is off`, async () => {
+      const stream = new CountingStream((c) =>
+        c === 'optneg'
+          ? optneg(0)
+          : c === 'macro' || c === 'quit'
+            ? undefined
+            : encodeReply({ kind: 'continue' }),
+      )
+      const sent: Array<{ code: number; bytes: number }> = []
+      const s = await MilterSession.negotiate(stream, {
+        ...OPTS,
+        observer: {
+          trace: (dir, f) => {
+            if (dir === 'send') sent.push({ code: f.code, bytes: f.data.length })
+          },
+          tracing: () => on,
+        },
+      })
+      await s.connect('client', { family: 'inet', address: '192.0.2.1', port: 1 }, () => undefined)
+      await s.helo('client', () => undefined)
+      await s.mail(['<a@example.org>'], () => undefined)
+      await s.rcpt(['<b@example.com>'], () => undefined)
+      await s.data(() => undefined)
+      const body = Buffer.alloc(65535 + 10, 'x\r\n')
+      assert.equal((await sendContent(s, { headers: [], body: [body] })).verdict.kind, 'continue')
+      s.quit()
+      const bodies = sent.filter((x) => x.code === 0x42) // 'B'
+      if (on)
+        assert.deepEqual(
+          bodies.map((x) => x.bytes),
+          [65535, 10],
+        )
+      else assert.deepEqual(sent, [])
+    })
+  }
+})
+
 describe('session: body packets from pieces of any size', () => {
   for (const seed of [1, 2, 3]) {
     it(`pieces of 1 byte to 150 KB become packets of 65535 bytes, the same bytes (seed ${seed})`, async () => {
