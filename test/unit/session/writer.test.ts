@@ -55,10 +55,12 @@ describe('PacketWriter', () => {
     assert.equal(s.writes[0]?.[1]?.buffer, chunk.buffer, 'the same memory, not a copy')
   })
 
-  it('writes at once when 64 KiB are gathered; discard() drops what is gathered', () => {
+  it('writes at once when 1 MiB is gathered; discard() drops what is gathered', () => {
     const s = new Stream()
     const w = new PacketWriter(s)
-    w.push(Buffer.alloc(1), [Buffer.alloc(64 * 1024)])
+    w.push(Buffer.alloc(1), [Buffer.alloc(512 * 1024)])
+    assert.equal(s.writes.length, 0)
+    w.push(Buffer.alloc(1), [Buffer.alloc(512 * 1024)])
     assert.equal(s.writes.length, 1)
     w.push(Buffer.from('x'))
     w.discard()
