@@ -42,6 +42,7 @@ import {
   type Server,
   type Variant,
 } from './smtp/servers'
+import { formatColumns } from './report'
 
 const USAGE = `usage: node dist/bench/milter-wait.js [flags]
   --size=S              message size: 2k, 100k or 10m (default 2k)
@@ -342,15 +343,7 @@ async function traceRun(
 // Printing
 
 function table(head: string[], rows: string[][]): void {
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
-  const line = (cells: string[]): string =>
-    cells
-      .map((c, i) => (i === 0 ? c.padEnd(w[i] as number) : c.padStart(w[i] as number)))
-      .join('  ')
-      .trimEnd()
-  console.log(line(head))
-  console.log(line(w.map((x) => '-'.repeat(x))))
-  for (const r of rows) console.log(line(r))
+  for (const l of formatColumns(head, rows)) console.log(l)
 }
 
 const f2 = (x: number): string => (Number.isFinite(x) ? x.toFixed(2) : '-')

@@ -37,6 +37,7 @@ import {
 } from '../test/helpers/stall-milters'
 import { postfixMissing } from './smtp/postfix'
 import { startHarakaServer, startPostfixServer, type Server } from './smtp/servers'
+import { formatColumns } from './report'
 
 const NO_QUICKACK = path.join(__dirname, 'no-quickack-preload.js')
 
@@ -221,12 +222,7 @@ function printTable(rows: readonly Row[]): void {
     ms(r.postfix),
     String(r.fix.length),
   ])
-  const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => (b[i] as string).length)))
-  const line = (cells: string[]): string =>
-    cells.map((c, i) => (i < 2 ? c.padEnd(w[i] as number) : c.padStart(w[i] as number))).join('  ')
-  console.log(line(head))
-  console.log(line(w.map((n) => '-'.repeat(n))))
-  for (const b of body) console.log(line(b))
+  for (const l of formatColumns(head, body)) console.log(l)
   console.log(
     'median ms, one message at a time. session: SMFIC_BODYEOB written -> final reply (one ' +
       'MilterSession); SMTP: final dot -> its reply (Haraka + plugin; Postfix 3.7 with the same milter)',

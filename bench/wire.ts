@@ -28,6 +28,7 @@ import { startNoop, stopBenchMilters } from './smtp/milters'
 import { postfixMissing } from './smtp/postfix'
 import { cpuMs } from './smtp/procs'
 import { startHarakaServer, startPostfixServer, type Server } from './smtp/servers'
+import { formatColumns } from './report'
 
 // ---------------------------------------------------------------------------
 // The recording proxy
@@ -146,15 +147,7 @@ async function sendOne(port: number, size: number, seq: number): Promise<void> {
 // Printing
 
 function table(head: string[], rows: string[][]): void {
-  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
-  const line = (cells: string[]): string =>
-    cells
-      .map((c, i) => (i === 0 ? c.padEnd(w[i] as number) : c.padStart(w[i] as number)))
-      .join('  ')
-      .trimEnd()
-  console.log(line(head))
-  console.log(line(w.map((n) => '-'.repeat(n))))
-  for (const r of rows) console.log(line(r))
+  for (const l of formatColumns(head, rows)) console.log(l)
 }
 
 const per = (n: number, msgs: number): string => {
