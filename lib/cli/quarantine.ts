@@ -10,6 +10,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { parseArgs } from 'node:util'
+import { parseIni } from '../ini'
 import { formatReplyLine } from '../protocol/replycode'
 import { appendEvent, EVENTS_FILE } from '../quarantine/events'
 import { sendMessage, SmtpSendError } from '../quarantine/smtp'
@@ -66,25 +67,10 @@ export class UsageError extends Error {
   }
 }
 
-/** `[quarantine] dir` of a milter.ini text, if set (a minimal ini reader: sections, key = value). */
+/** `[quarantine] dir` of a milter.ini text, if set, read as the plugin reads the file (lib/ini.ts). */
 export function quarantineDirOf(ini: string): string | undefined {
-  let section = ''
-  let dir: string | undefined
-  for (const raw of ini.split(/\r?\n/)) {
-    const line = raw.trim()
-    if (line === '' || line.startsWith(';') || line.startsWith('#')) continue
-    const s = /^\[([^\]]+)\]$/.exec(line)
-    if (s) {
-      section = (s[1] ?? '').trim()
-      continue
-    }
-    const eq = line.indexOf('=')
-    if (section === 'quarantine' && eq > 0 && line.slice(0, eq).trim() === 'dir') {
-      const v = line.slice(eq + 1).trim()
-      dir = v === '' ? undefined : v
-    }
-  }
-  return dir
+  const dir = parseIni(ini)['quarantine']?.['dir']
+  return typeof dir === 'string' || typeof dir === 'number' ? String(dir) || undefined : undefined
 }
 
 /** `HOST:PORT` or `[V6]:PORT`. */

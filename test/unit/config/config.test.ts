@@ -17,6 +17,7 @@ import {
   type Ini,
   type MilterConfig,
 } from '../../../lib/config'
+import { keyDef, sectionKind } from '../../../lib/config-keys'
 import { MilterConfigError } from '../../../lib/errors'
 import { MacroStage } from '../../../lib/protocol/constants'
 import { REPO_ROOT } from '../../helpers/paths'
@@ -804,6 +805,34 @@ describe('config: the shipped config/milter.ini', () => {
     assert.deepEqual(cfg.defaultMilters, ['a'])
     assert.deepEqual(findListener(cfg, '127.0.0.1', 2526)?.milters, [])
     assert.deepEqual(cfg.warnings, [])
+  })
+
+  it('every commented-out default agrees with the key table (lib/config-keys.ts)', () => {
+    // `;key = value` under a real [section] is the default; under a commented-out
+    // `;[milter.NAME]` or `;[listener.NAME]` a key without a default may show an example.
+    const text = fs.readFileSync(path.join(REPO_ROOT, 'config', 'milter.ini'), 'utf8')
+    let section = 'main'
+    let example = false
+    let checked = 0
+    for (const line of text.split('\n')) {
+      const head = /^(;?)\[([^\]]+)\]\s*$/.exec(line)
+      if (head) {
+        example = head[1] === ';'
+        section = head[2] ?? ''
+        continue
+      }
+      const m = /^;([a-z_.]+) *= *(.*)$/.exec(line)
+      if (!m) continue
+      const [, key = '', value = ''] = m
+      const kind = sectionKind(section)
+      assert.ok(kind, `[${section}] is a known section`)
+      const def = keyDef(kind, key)
+      assert.ok(def, `[${section}] ${key} is in the key table`)
+      if (def.default !== '') assert.equal(value, def.default, `[${section}] ${key}`)
+      else if (!example) assert.match(value, /^(?:|\(.*\))$/, `[${section}] ${key} has no default`)
+      checked++
+    }
+    assert.ok(checked > 50, `${checked} keys checked`)
   })
 
   it('every commented-out example, uncommented as a user would, is valid too', () => {
