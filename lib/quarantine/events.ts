@@ -12,7 +12,7 @@ import { constants } from 'node:fs'
 import { open } from 'node:fs/promises'
 import * as path from 'node:path'
 import type { ClaimOp } from './claim'
-import { lstatOrUndefined, unsafe } from './files'
+import { lstatOrUndefined, READ_FLAGS, unsafe } from './files'
 
 /** The file's name in the quarantine directory. */
 export const EVENTS_FILE = 'events.log'
@@ -33,7 +33,13 @@ const APPEND_FLAGS =
   constants.O_CREAT |
   constants.O_NOFOLLOW |
   constants.O_NONBLOCK
-const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK
+
+/**
+ * Read at most this much at a time (1 MiB): the file grows without limit
+ * until an operator removes it. An event line is far shorter; a chunk with
+ * no line end in it is no event and is skipped.
+ */
+const READ_CHUNK = 1024 * 1024
 
 /** Appends one event (mode 0600 when it creates the file; a link there is refused). */
 export async function appendEvent(dir: string, e: QuarantineEvent): Promise<void> {
@@ -83,13 +89,21 @@ export class EventCounts {
     if (st.size === this.offset) return
     const fh = await open(file, READ_FLAGS)
     try {
-      const length = st.size - this.offset
-      const buf = Buffer.alloc(length)
-      const { bytesRead } = await fh.read(buf, 0, length, this.offset)
-      const text = buf.subarray(0, bytesRead)
-      const end = text.lastIndexOf(0x0a) + 1 // whole lines only
-      this.offset += end
-      for (const line of text.subarray(0, end).toString('utf8').split('\n')) this.count(line)
+      const buf = Buffer.alloc(Math.min(READ_CHUNK, st.size - this.offset))
+      while (this.offset < st.size) {
+        const length = Math.min(buf.length, st.size - this.offset)
+        const { bytesRead } = await fh.read(buf, 0, length, this.offset)
+        if (bytesRead === 0) break
+        const text = buf.subarray(0, bytesRead)
+        const end = text.lastIndexOf(0x0a) + 1 // whole lines only
+        if (end === 0) {
+          if (bytesRead < READ_CHUNK) break // a line not yet complete waits for the next update
+          this.offset += bytesRead // longer than any event: skipped
+          continue
+        }
+        this.offset += end
+        for (const line of text.subarray(0, end).toString('utf8').split('\n')) this.count(line)
+      }
     } finally {
       await fh.close()
     }

@@ -13,7 +13,7 @@ import type { Readable } from 'node:stream'
 import { QuarantineError } from './quarantine-error'
 
 /** Opens for reading without following a link, and without blocking on a FIFO. */
-const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK
+export const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK
 
 function errno(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException).code

@@ -98,6 +98,14 @@ export function dataBlock(message: Buffer): Buffer {
   return Buffer.from(`${body.replace(/(^|\n)\./g, '$1..')}.\r\n`, 'latin1')
 }
 
+/**
+ * Bounds on what the next hop may send: one line (64 KiB), the lines of one
+ * reply and the replies read ahead of the commands (MAX_REPLY_LINES each).
+ * An EHLO reply has one line per extension, a few dozen at most.
+ */
+const MAX_LINE = 65536
+const MAX_REPLY_LINES = 1000
+
 /** Reads replies off a socket, one at a time. */
 class Replies {
   private buf = ''
@@ -121,6 +129,7 @@ class Replies {
   }
 
   private feed(d: string): void {
+    if (this.failure) return // the session is over: nothing more is read
     this.buf += d
     let nl: number
     while ((nl = this.buf.indexOf('\n')) >= 0) {
@@ -129,6 +138,8 @@ class Replies {
       const m = /^([2-5][0-9][0-9])([ -]?)(.*)$/.exec(line)
       if (!m) return this.fail(new SmtpSendError(`malformed reply line ${JSON.stringify(line)}`))
       this.lines.push(m[3] ?? '')
+      if (this.lines.length > MAX_REPLY_LINES || this.ready.length >= MAX_REPLY_LINES)
+        return this.fail(new SmtpSendError(`more than ${MAX_REPLY_LINES} reply lines`))
       if (m[2] === '-') continue
       const r = serverReply(Number(m[1]), this.lines)
       this.lines = []
@@ -137,7 +148,7 @@ class Replies {
       if (w) w(r)
       else this.ready.push(r)
     }
-    if (this.buf.length > 65536) this.fail(new SmtpSendError('reply line too long'))
+    if (this.buf.length > MAX_LINE) this.fail(new SmtpSendError('reply line too long'))
   }
 
   next(timeoutMs: number, what: string): Promise<SmtpReply> {

@@ -212,6 +212,16 @@ milters =
     return added[0] as string
   }
 
+  /** `haraka-milter quarantine <op> ...args --dir <dir>`. */
+  function quarantine(op: string, ...args: string[]): Promise<CliResult> {
+    return cli('quarantine', op, ...args, '--dir', dir)
+  }
+
+  /** `quarantine release <id> --to 127.0.0.1:<port>` (the milter-less listener unless told). */
+  function release(id: string, port = releasePort, ...args: string[]): Promise<CliResult> {
+    return quarantine('release', id, '--to', `127.0.0.1:${port}`, ...args)
+  }
+
   /** The latest day folder (the directory also holds events.log, the CLI's release/delete record). */
   function lastDay(): string {
     return readdirSync(dir)
@@ -232,20 +242,18 @@ milters =
   }
 
   async function listJson(): Promise<{ entries: Listed[]; stderr: string }> {
-    const r = await cli('quarantine', 'list', '--dir', dir, '--json')
+    const r = await quarantine('list', '--json')
     assert.equal(r.code, 0, r.stderr)
     return { entries: JSON.parse(r.stdout) as Listed[], stderr: r.stderr }
   }
 
   async function listIds(): Promise<string[]> {
-    const r = await cli('quarantine', 'list', '--dir', dir, '--json')
-    assert.equal(r.code, 0, r.stderr)
-    return (JSON.parse(r.stdout) as Array<{ id: string }>).map((e) => e.id)
+    return (await listJson()).entries.map((e) => e.id)
   }
 
   it('holds a message with both recipients (one added by ADDRCPT); list and show print the envelope', async () => {
     const id = await hold()
-    const list = JSON.parse((await cli('quarantine', 'list', '--dir', dir, '--json')).stdout)
+    const list = JSON.parse((await quarantine('list', '--json')).stdout)
     const entry = list.find((e: { id: string }) => e.id === id)
     assert.equal(entry.sender, 'alice@example.org')
     assert.deepEqual(entry.recipients, ['bob@example.com', 'carol@example.net'])
@@ -267,7 +275,7 @@ milters =
       ),
     )
 
-    const show = await cli('quarantine', 'show', id, '--dir', dir)
+    const show = await quarantine('show', id)
     assert.equal(show.code, 0, show.stderr)
     assert.match(show.stdout, /^sender: <alice@example\.org> SIZE=400 BODY=8BITMIME$/m)
     // RCPT TO's ESMTP parameters are kept (Haraka stores none): the milter got them, and so does the envelope
@@ -295,17 +303,7 @@ milters =
     const held = readFileSync(path.join(dir, day, `${id}.eml`))
     const connectsBefore = milter.eventsOf('connect').length
 
-    const r = await cli(
-      'quarantine',
-      'release',
-      id,
-      '--dir',
-      dir,
-      '--to',
-      `127.0.0.1:${releasePort}`,
-      '--helo',
-      'release.test',
-    )
+    const r = await release(id, releasePort, '--helo', 'release.test')
     assert.equal(r.code, 0, r.stderr)
     assert.match(
       r.stdout,
@@ -327,15 +325,7 @@ milters =
     )
 
     assert.deepEqual(await listIds(), [])
-    const again = await cli(
-      'quarantine',
-      'release',
-      id,
-      '--dir',
-      dir,
-      '--to',
-      `127.0.0.1:${releasePort}`,
-    )
+    const again = await release(id)
     assert.equal(again.code, 1)
     assert.match(again.stderr, /no quarantine entry/)
     await new Promise((resolve) => setTimeout(resolve, 1000))
@@ -368,17 +358,9 @@ milters =
     const deleted = count(before, 'deleted_total')
     await settled({ held_total: held + 2, entries: (await listIds()).length })
     sink.clear()
-    const r = await cli(
-      'quarantine',
-      'release',
-      id,
-      '--dir',
-      dir,
-      '--to',
-      `127.0.0.1:${releasePort}`,
-    )
+    const r = await release(id)
     assert.equal(r.code, 0, r.stderr)
-    assert.equal((await cli('quarantine', 'delete', other, '--dir', dir)).code, 0)
+    assert.equal((await quarantine('delete', other)).code, 0)
     const text = await settled({
       held_total: held + 2,
       released_total: released + 1,
@@ -392,29 +374,29 @@ milters =
   it('release into a listener with milters is held again: the message carries no bypass', async () => {
     const id = await hold()
     sink.clear()
-    const r = await cli('quarantine', 'release', id, '--dir', dir, '--to', `127.0.0.1:${inbound}`)
+    const r = await release(id, inbound)
     assert.equal(r.code, 0, r.stderr)
     const ids = await listIds()
     assert.equal(ids.length, 1, 'held again under a new id')
     assert.notEqual(ids[0], id)
     assert.equal(sink.messages.length, 0)
-    const del = await cli('quarantine', 'delete', ids[0] as string, '--dir', dir)
+    const del = await quarantine('delete', ids[0] as string)
     assert.equal(del.code, 0, del.stderr)
   })
 
   it('delete removes a held entry; unknown and malformed ids are refused', async () => {
     const id = await hold()
-    const del = await cli('quarantine', 'delete', id, '--dir', dir)
+    const del = await quarantine('delete', id)
     assert.equal(del.code, 0, del.stderr)
     assert.equal(del.stdout, `deleted ${id}\n`)
     assert.deepEqual(await listIds(), [])
     const day = lastDay()
     assert.deepEqual(readdirSync(path.join(dir, day)), [])
-    assert.equal((await cli('quarantine', 'show', id, '--dir', dir)).code, 1)
-    const bad = await cli('quarantine', 'show', '../../etc/passwd', '--dir', dir)
+    assert.equal((await quarantine('show', id)).code, 1)
+    const bad = await quarantine('show', '../../etc/passwd')
     assert.equal(bad.code, 1)
     assert.match(bad.stderr, /invalid quarantine id/)
-    assert.equal((await cli('quarantine', 'release', 'x.1', '--dir', dir)).code, 2, 'no --to')
+    assert.equal((await quarantine('release', 'x.1')).code, 2, 'no --to')
   })
 
   it('a release killed after its claim is listed as being released, then delivered exactly once by the next release', async () => {
@@ -434,28 +416,12 @@ milters =
       assert.equal(during?.claim?.op, 'release')
       assert.equal(during?.claim?.pid, child.pid)
       assert.equal(during?.claim?.stale, false)
-      const busy = await cli(
-        'quarantine',
-        'release',
-        id,
-        '--dir',
-        dir,
-        '--to',
-        `127.0.0.1:${releasePort}`,
-      )
+      const busy = await release(id)
       assert.equal(busy.code, 1)
       assert.match(busy.stderr, new RegExp(`is being released by pid ${child.pid} on `))
       await killHard(child)
 
-      const r = await cli(
-        'quarantine',
-        'release',
-        id,
-        '--dir',
-        dir,
-        '--to',
-        `127.0.0.1:${releasePort}`,
-      )
+      const r = await release(id)
       assert.equal(r.code, 0, r.stderr)
       assert.match(
         r.stderr,
@@ -490,7 +456,7 @@ milters =
     assert.equal(during?.claim?.pid, child.pid)
     await killHard(child)
 
-    const text = await cli('quarantine', 'list', '--dir', dir)
+    const text = await quarantine('list')
     assert.equal(text.code, 0, text.stderr)
     assert.match(
       text.stderr,
@@ -499,7 +465,7 @@ milters =
       ),
     )
     assert.match(text.stdout, new RegExp(`^${id.replace(/\./g, '\\.')}  held  `, 'm'))
-    const del = await cli('quarantine', 'delete', id, '--dir', dir)
+    const del = await quarantine('delete', id)
     assert.equal(del.code, 0, del.stderr)
     assert.deepEqual(await listIds(), [])
     const day = lastDay()
@@ -529,15 +495,7 @@ milters =
       'held as sent',
     )
     sink.clear()
-    const r = await cli(
-      'quarantine',
-      'release',
-      id,
-      '--dir',
-      dir,
-      '--to',
-      `127.0.0.1:${releasePort}`,
-    )
+    const r = await release(id)
     assert.equal(r.code, 0, r.stderr)
     const [m] = await sink.waitForMessages(1, 15000)
     assert.ok(m)
@@ -573,7 +531,7 @@ milters =
     symlinkSync(secret, links[1] as string)
     sink.clear()
     try {
-      const list = await cli('quarantine', 'list', '--dir', dir)
+      const list = await quarantine('list')
       assert.equal(list.code, 0, list.stderr)
       assert.match(
         list.stderr,
@@ -585,18 +543,10 @@ milters =
         new RegExp(`^${id.replace(/\./g, '\\.')}  held  `, 'm'),
         'the real entry is still listed',
       )
-      const show = await cli('quarantine', 'show', 'EVIL.1', '--dir', dir)
+      const show = await quarantine('show', 'EVIL.1')
       assert.equal(show.code, 1)
       assert.match(show.stderr, /refused .*symbolic link/)
-      const rel = await cli(
-        'quarantine',
-        'release',
-        'EVIL.1',
-        '--dir',
-        dir,
-        '--to',
-        `127.0.0.1:${releasePort}`,
-      )
+      const rel = await release('EVIL.1')
       assert.equal(rel.code, 1)
       assert.match(rel.stderr, /refused .*symbolic link/)
       await new Promise((resolve) => setTimeout(resolve, 500))
@@ -604,7 +554,7 @@ milters =
     } finally {
       for (const l of links) unlinkSync(l)
     }
-    const del = await cli('quarantine', 'delete', id, '--dir', dir)
+    const del = await quarantine('delete', id)
     assert.equal(del.code, 0, del.stderr)
   })
 })

@@ -154,6 +154,22 @@ describe('chain: shadow mode', function () {
 describe('chain: skip_* conditions', function () {
   this.timeout(5000)
 
+  /** The recipient facts of a listed (internal) and an unlisted (other) domain. */
+  const internal = { destinationChannel: 'local', optin: undefined, domain: 'internal.example' }
+  const other = { destinationChannel: 'local', optin: undefined, domain: 'example.com' }
+
+  /** Milter x with skip_recipient_domains=internal.example, in a message (after CONNECT and MAIL). */
+  async function skipInternal(mixedRecipients: 'defer' | 'union'): ReturnType<typeof setup> {
+    const s = await setup(
+      { x: 'tempfail;skip_recipient_domains=internal.example' },
+      { x: pass },
+      mixedRecipients,
+    )
+    await s.chain.connect('h', ADDR, undefined, PUBLIC)
+    await s.chain.mail(['<s@example.org>'], undefined, facts())
+    return s
+  }
+
   it('skip_private_clients: a private client never contacts the milter', async () => {
     const { chain, fake, skips } = await setup(
       { p: 'tempfail;skip_private_clients=true', e: 'tempfail' },
@@ -236,17 +252,9 @@ describe('chain: skip_* conditions', function () {
   })
 
   it('skip_recipient_domains: not asked about those recipients; with union it joins at the first other one', async () => {
-    const { chain, fake, skips, events } = await setup(
-      { x: 'tempfail;skip_recipient_domains=internal.example' },
-      { x: pass },
-      'union',
-    )
-    await chain.connect('h', ADDR, undefined, PUBLIC)
-    await chain.mail(['<s@example.org>'], undefined, facts())
-    const internal = { destinationChannel: 'local', optin: undefined, domain: 'internal.example' }
+    const { chain, fake, skips, events } = await skipInternal('union')
     assert.deepEqual(await chain.rcpt(['<a@internal.example>'], undefined, internal), CONTINUE)
     assert.equal(fake['x']?.conns.length, 0)
-    const other = { destinationChannel: 'local', optin: undefined, domain: 'example.com' }
     assert.deepEqual(await chain.rcpt(['<b@example.com>'], undefined, other), CONTINUE)
     // joined with CONNECT and MAIL replayed, then asked about its recipient
     const rcpts = fake['x']?.last.all('rcpt').map((c) => c.args[0]?.toString())
@@ -262,15 +270,7 @@ describe('chain: skip_* conditions', function () {
   })
 
   it('skip_recipient_domains with union, a listed recipient after the milter joined: shown, not skipped', async () => {
-    const { chain, fake, skips, events } = await setup(
-      { x: 'tempfail;skip_recipient_domains=internal.example' },
-      { x: pass },
-      'union',
-    )
-    await chain.connect('h', ADDR, undefined, PUBLIC)
-    await chain.mail(['<s@example.org>'], undefined, facts())
-    const internal = { destinationChannel: 'local', optin: undefined, domain: 'internal.example' }
-    const other = { destinationChannel: 'local', optin: undefined, domain: 'example.com' }
+    const { chain, fake, skips, events } = await skipInternal('union')
     await chain.rcpt(['<b@example.com>'], undefined, other)
     await chain.rcpt(['<a@internal.example>'], undefined, internal)
     assert.equal(fake['x']?.last.all('rcpt').length, 2)
@@ -280,14 +280,7 @@ describe('chain: skip_* conditions', function () {
   })
 
   it('skip_recipient_domains: the skip is reported once the recipients are final (DATA)', async () => {
-    const { chain, fake, skips } = await setup(
-      { x: 'tempfail;skip_recipient_domains=internal.example' },
-      { x: pass },
-      'union',
-    )
-    await chain.connect('h', ADDR, undefined, PUBLIC)
-    await chain.mail(['<s@example.org>'], undefined, facts())
-    const internal = { destinationChannel: 'local', optin: undefined, domain: 'internal.example' }
+    const { chain, fake, skips } = await skipInternal('union')
     await chain.rcpt(['<a@internal.example>'], undefined, internal)
     await chain.rcpt(['<c@internal.example>'], undefined, internal)
     assert.deepEqual(skips, [], 'not yet: a later recipient could bring the milter in')
@@ -314,14 +307,7 @@ describe('chain: skip_* conditions', function () {
   })
 
   it('skip_recipient_domains with defer: a recipient needing other milters is deferred (452)', async () => {
-    const { chain, skips } = await setup(
-      { x: 'tempfail;skip_recipient_domains=internal.example' },
-      { x: pass },
-    )
-    await chain.connect('h', ADDR, undefined, PUBLIC)
-    await chain.mail(['<s@example.org>'], undefined, facts())
-    const internal = { destinationChannel: 'local', optin: undefined, domain: 'internal.example' }
-    const other = { destinationChannel: 'local', optin: undefined, domain: 'example.com' }
+    const { chain, skips } = await skipInternal('defer')
     assert.deepEqual(await chain.rcpt(['<a@internal.example>'], undefined, internal), CONTINUE)
     const o = await chain.rcpt(['<b@example.com>'], undefined, other)
     assert.equal(o.action, 'tempfail')
@@ -332,14 +318,7 @@ describe('chain: skip_* conditions', function () {
   })
 
   it('skip_recipient_domains with defer: a listed recipient after the milter joined is deferred, not skipped', async () => {
-    const { chain, skips } = await setup(
-      { x: 'tempfail;skip_recipient_domains=internal.example' },
-      { x: pass },
-    )
-    await chain.connect('h', ADDR, undefined, PUBLIC)
-    await chain.mail(['<s@example.org>'], undefined, facts())
-    const internal = { destinationChannel: 'local', optin: undefined, domain: 'internal.example' }
-    const other = { destinationChannel: 'local', optin: undefined, domain: 'example.com' }
+    const { chain, skips } = await skipInternal('defer')
     await chain.rcpt(['<b@example.com>'], undefined, other)
     assert.equal(
       (await chain.rcpt(['<a@internal.example>'], undefined, internal)).action,

@@ -57,6 +57,19 @@ describe('quarantine events file', () => {
     assert.equal(fs.statSync(path.join(dir, EVENTS_FILE)).mode & 0o777, 0o600)
   })
 
+  it('a file larger than one read is read in parts; a line longer than a part is skipped', async () => {
+    const file = path.join(dir, EVENTS_FILE)
+    const event = (id: string): string =>
+      `${JSON.stringify({ time: at, op: 'release', id, milters: ['one'] })}\n`
+    // many events over several MiB, then a 3 MiB line with no line end in its first MiB
+    const many = event('A.1').repeat(Math.ceil((3 * 1024 * 1024) / event('A.1').length))
+    fs.writeFileSync(file, `${many}${'x'.repeat(3 * 1024 * 1024)}\n${event('B.1')}`)
+    const counts = new EventCounts(dir)
+    await counts.update()
+    const n = many.split('\n').length - 1
+    assert.equal(counts.released.get('one'), n + 1, 'every event, the long line skipped')
+  })
+
   it('a line not yet complete waits; lines that are not events are skipped', async () => {
     const file = path.join(dir, EVENTS_FILE)
     fs.writeFileSync(file, 'garbage\n{"op":"release","milters":"x"}\n{"op":"release","mil')

@@ -192,6 +192,31 @@ describe('quarantine release', () => {
     assert.equal(fake.data.length, 1)
   })
 
+  it('a greeting of endless continuation lines is refused, not buffered', async () => {
+    const server = net.createServer((s) => {
+      s.on('error', () => undefined)
+      s.write('220-hello\r\n'.repeat(5000))
+    })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    const port = (server.address() as net.AddressInfo).port
+    try {
+      await assert.rejects(
+        sendMessage({
+          host: '127.0.0.1',
+          port,
+          helo: 'h',
+          from: FROM,
+          rcpts: RCPTS,
+          message: Buffer.from('x\r\n'),
+          timeoutMs: 5000,
+        }),
+        /more than 1000 reply lines/,
+      )
+    } finally {
+      server.close()
+    }
+  })
+
   it('an unreachable server keeps the entry', async () => {
     const meta: QuarantineMeta = {
       version: 1,
