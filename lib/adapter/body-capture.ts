@@ -13,8 +13,13 @@
  * bytes come out in pieces of exactly `size` bytes (the last one shorter), each built by at
  * most a few large copies.
  *
- * Anything unusual (a string line, headers over HEADERS_LIMIT, a stream replaced since DATA, no
- * capture) makes bodyPieces() return undefined and the caller reads through pipe() as before,
+ * The capture holds the stored bytes only while Haraka holds them too: past Haraka's own
+ * `connection.ini [main] spool_after` (haraka-message-stream's 25 MiB when unset; -1: never),
+ * where Haraka moves the message to disk to save memory, the views are dropped, so the capture
+ * never keeps in memory what Haraka chose not to.
+ *
+ * Anything unusual (a string line, headers over HEADERS_LIMIT, a body past spool_after, a stream
+ * replaced since DATA, no capture) makes bodyPieces() return undefined and the caller reads through pipe() as before,
  * so the bytes are the same either way; test/unit/adapter/body-capture.test.ts compares both.
  */
 import type { HarakaMessageStream, HarakaTransaction } from './haraka'
@@ -29,13 +34,17 @@ const HEADERS_LIMIT = 512 * 1024
 
 /** Views of the stored body bytes (after the empty line), consecutive lines merged. */
 class Capture {
-  readonly views: Buffer[] = []
+  views: Buffer[] = []
+  private bodyBytes = 0
   private ab: ArrayBufferLike | undefined
   private start = 0
   private end = 0
   private inHeaders = true
   private headerBytes = 0
   usable = true
+
+  /** @param maxBodyBytes Haraka's spool_after: past it the capture gives way (see above). */
+  constructor(private readonly maxBodyBytes: number) {}
 
   add(line: Buffer | string): void {
     if (!this.usable) return
@@ -52,6 +61,13 @@ class Capture {
       return
     }
     if (line.length === 0) return
+    this.bodyBytes += line.length
+    if (this.bodyBytes > this.maxBodyBytes) {
+      this.usable = false
+      this.views = []
+      this.ab = undefined
+      return
+    }
     if (line.buffer === this.ab && line.byteOffset === this.end) {
       this.end += line.length
       return
@@ -72,11 +88,24 @@ class Capture {
 
 const CAPTURES = new WeakMap<HarakaMessageStream, Capture>()
 
+/** haraka-message-stream's default spool_after (bytes kept in memory before spooling to disk). */
+const SPOOL_AFTER_DEFAULT = 25 * 1024 * 1024
+
+/** Haraka's `connection.ini [main] spool_after`, resolved as haraka-message-stream does. */
+export function spoolAfter(cfg: unknown): number {
+  const main = (cfg as { main?: { spool_after?: unknown } } | undefined)?.main
+  const raw = main?.spool_after
+  if (raw === undefined || raw === null || raw === '') return SPOOL_AFTER_DEFAULT
+  const n = typeof raw === 'number' ? raw : Number(raw)
+  if (n === -1) return Infinity
+  return Number.isFinite(n) && n >= 0 ? n : SPOOL_AFTER_DEFAULT
+}
+
 /** Starts capturing the lines Haraka stores for this transaction (call at DATA). */
 export function captureBody(t: HarakaTransaction): void {
   const ms = t.message_stream
   if (CAPTURES.has(ms) || typeof ms.add_line !== 'function') return
-  const cap = new Capture()
+  const cap = new Capture(spoolAfter(t.cfg))
   const store = ms.add_line.bind(ms)
   ms.add_line = (line: Buffer | string): void => {
     cap.add(line)

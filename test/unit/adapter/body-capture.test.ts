@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict'
 import { Writable } from 'node:stream'
 
-import { bodyPieces, captureBody } from '../../../lib/adapter/body-capture'
+import { bodyPieces, captureBody, spoolAfter } from '../../../lib/adapter/body-capture'
 import type { HarakaMessageStream, HarakaTransaction } from '../../../lib/adapter/haraka'
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -116,6 +116,33 @@ describe('body capture: the same bytes as pipe({ skip_headers })', function () {
   it('a stuffed dot at every line start, cut at every byte', async function () {
     await compare(['S: x\r\n', '\r\n', ...Array<string>(500).fill('..\r\n')], 9, 1, 7)
     await compare(['S: x\r\n', '\r\n', ...Array<string>(500).fill('..\r\n')], 9, 1, 0)
+  })
+
+  it('gives way to pipe() past Haraka’s spool_after, keeping nothing: exactly at it, then one past', async function () {
+    const body = 'x'.repeat(98) + '\r\n' // 100 bytes
+    for (const [limit, captured] of [
+      [100, true],
+      [99, false],
+    ] as const) {
+      const ms = new MessageStream({ main: { spool_after: limit } }, `tspool${limit}`)
+      const t = { message_stream: ms, cfg: { main: { spool_after: limit } } }
+      captureBody(t as unknown as HarakaTransaction)
+      ms.add_line(Buffer.from('Subject: x\r\n'))
+      ms.add_line(Buffer.from('\r\n'))
+      ms.add_line(Buffer.from(body))
+      await new Promise<void>((resolve) => ms.add_line_end(resolve))
+      const it = bodyPieces(t as unknown as HarakaTransaction, 65535)
+      if (captured) assert.deepEqual(Buffer.concat(await collect(it!)), Buffer.from(body))
+      else assert.equal(it, undefined, `spool_after ${limit}: read through pipe()`)
+    }
+  })
+
+  it('spool_after resolves as haraka-message-stream does: unset 25 MiB, -1 never, a number', function () {
+    assert.equal(spoolAfter(undefined), 25 * 1024 * 1024)
+    assert.equal(spoolAfter({ main: {} }), 25 * 1024 * 1024)
+    assert.equal(spoolAfter({ main: { spool_after: -1 } }), Infinity)
+    assert.equal(spoolAfter({ main: { spool_after: '1048576' } }), 1048576)
+    assert.equal(spoolAfter({ main: { spool_after: 'x' } }), 25 * 1024 * 1024)
   })
 
   it('gives way to pipe() when a line comes as a string, or the stream was replaced', function () {
