@@ -5,6 +5,9 @@
  * for bodies full of dot-stuffed lines cut at every kind of boundary.
  */
 import assert from 'node:assert/strict'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
 import { Writable } from 'node:stream'
 
 import { bodyPieces, captureBody, spoolAfter } from '../../../lib/adapter/body-capture'
@@ -124,8 +127,11 @@ describe('body capture: the same bytes as pipe({ skip_headers })', function () {
       [100, true],
       [99, false],
     ] as const) {
-      const ms = new MessageStream({ main: { spool_after: limit } }, `tspool${limit}`)
-      const t = { message_stream: ms, cfg: { main: { spool_after: limit } } }
+      // Haraka spools the message past spool_after: into a directory of this test's own
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'capture-spool-'))
+      const cfg = { main: { spool_after: limit, spool_dir: dir } }
+      const ms = new MessageStream(cfg, `tspool${limit}`)
+      const t = { message_stream: ms, cfg }
       captureBody(t as unknown as HarakaTransaction)
       ms.add_line(Buffer.from('Subject: x\r\n'))
       ms.add_line(Buffer.from('\r\n'))
@@ -134,6 +140,8 @@ describe('body capture: the same bytes as pipe({ skip_headers })', function () {
       const it = bodyPieces(t as unknown as HarakaTransaction, 65535)
       if (captured) assert.deepEqual(Buffer.concat(await collect(it!)), Buffer.from(body))
       else assert.equal(it, undefined, `spool_after ${limit}: read through pipe()`)
+      ms.destroy()
+      fs.rmSync(dir, { recursive: true, force: true })
     }
   })
 
