@@ -187,18 +187,15 @@ export class FrameDecoder {
 
   private checkLength(len: number): void {
     if (len === 0) this.poison('frame length 0')
-    if (this.cap && len - 1 > this.cap.max) {
-      this.poisoned = this.cap.error(len - 1)
-      this.reset()
-      throw this.poisoned
-    }
+    if (this.cap && len - 1 > this.cap.max) this.poison(this.cap.error(len - 1))
     if (len - 1 > this.maxDataBytes) {
       this.poison(`frame length ${len} exceeds the limit of ${this.maxDataBytes + 1}`)
     }
   }
 
-  private poison(msg: string): never {
-    this.poisoned = new MilterProtocolError(msg)
+  /** Fails this and every later push with `why` (a protocol error when given as text). */
+  private poison(why: string | MilterError): never {
+    this.poisoned = typeof why === 'string' ? new MilterProtocolError(why) : why
     this.reset()
     throw this.poisoned
   }

@@ -827,11 +827,15 @@ export class MilterSession {
     this.writer.flush(written)
   }
 
-  /** Waits for the socket to drain (pipelined NR_BODY chunks), under the content timeout. */
+  /** Waits for the socket to drain (pipelined NR_BODY chunks), under the content timeout; a close ends the wait. */
   private drained(label: string): Promise<void> {
     const ms = this.opts.timeouts.contentMs
-    return this.writer.drained(ms, () =>
-      this.fail(new MilterTimeoutError('content', ms, `${label} write to ${this.opts.name}`)),
+    return this.writer.drained(
+      ms,
+      () => this.fail(new MilterTimeoutError('content', ms, `${label} write to ${this.opts.name}`)),
+      // the session's own close listener ran first: this is its sticky error
+      () =>
+        this.fail(new MilterClosedError(`${this.opts.name}: connection closed during ${label}`)),
     )
   }
 

@@ -21,8 +21,8 @@ export interface MilterStream {
   on(event: 'data', listener: (chunk: Buffer) => void): unknown
   on(event: 'close' | 'drain', listener: () => void): unknown
   on(event: 'error', listener: (err: Error) => void): unknown
-  once(event: 'drain', listener: () => void): unknown
-  removeListener(event: 'drain', listener: () => void): unknown
+  once(event: 'close' | 'drain', listener: () => void): unknown
+  removeListener(event: 'close' | 'drain', listener: () => void): unknown
   /** Flow control: frames are read faster than a slow consumer (a body spool) takes them. */
   pause?(): unknown
   resume?(): unknown

@@ -86,21 +86,25 @@ export class PacketWriter {
   /**
    * Resolves once the socket has drained what was written (pipelined NR_BODY chunks);
    * what is still gathered is under FLUSH_BYTES, so only that. After `ms`, `onTimeout`'s
-   * error rejects.
+   * error rejects; a socket that closes first (no drain will come) rejects at once with
+   * `onClose`'s.
    */
-  drained(ms: number, onTimeout: () => Error): Promise<void> {
+  drained(ms: number, onTimeout: () => Error, onClose: () => Error): Promise<void> {
     const s = this.stream as MilterStream & { writableNeedDrain?: boolean }
     if (!s.writableNeedDrain) return Promise.resolve()
     return new Promise<void>((resolve, reject) => {
-      const onDrain = (): void => {
+      const settle = (err?: Error): void => {
         clearTimeout(t)
-        resolve()
-      }
-      const t = setTimeout(() => {
         s.removeListener('drain', onDrain)
-        reject(onTimeout())
-      }, ms)
+        s.removeListener('close', onClosed)
+        if (err) reject(err)
+        else resolve()
+      }
+      const onDrain = (): void => settle()
+      const onClosed = (): void => settle(onClose())
+      const t = setTimeout(() => settle(onTimeout()), ms)
       s.once('drain', onDrain)
+      s.once('close', onClosed)
     })
   }
 }

@@ -1,6 +1,6 @@
 /**
  * PacketWriter: packets gathered until flush() go out in one write; a body chunk goes out
- * after its header in one corked writev without a copy; 64 KiB gathered are written at once;
+ * after its header in one corked writev without a copy; 1 MiB gathered is written at once;
  * a drain that does not come rejects with the caller's error.
  */
 import assert from 'node:assert/strict'
@@ -80,14 +80,30 @@ describe('PacketWriter', () => {
   it('drained(): at once without backpressure; the caller’s error when no drain comes in time', async () => {
     const s = new Stream()
     const w = new PacketWriter(s)
-    await w.drained(10, () => new Error('never'))
+    const closed = (): Error => new Error('closed')
+    await w.drained(10, () => new Error('never'), closed)
     s.writableNeedDrain = true
-    const waiting = w.drained(5_000, () => new Error('no drain'))
+    const waiting = w.drained(5_000, () => new Error('no drain'), closed)
     s.emit('drain')
     await waiting
     await assert.rejects(
-      w.drained(1, () => new Error('no drain')),
+      w.drained(1, () => new Error('no drain'), closed),
       /no drain/,
     )
+    assert.equal(s.listenerCount('drain') + s.listenerCount('close'), 0, 'no listener left')
+  })
+
+  it('drained(): a socket that closes first rejects at once, not after the timeout', async () => {
+    const s = new Stream()
+    const w = new PacketWriter(s)
+    s.writableNeedDrain = true
+    const waiting = w.drained(
+      60_000,
+      () => new Error('no drain'),
+      () => new Error('closed'),
+    )
+    s.emit('close')
+    await assert.rejects(waiting, /closed/)
+    assert.equal(s.listenerCount('drain') + s.listenerCount('close'), 0, 'no listener left')
   })
 })
